@@ -1,0 +1,131 @@
+"""The ``mmlib`` command line.
+
+    mmlib cohort synth OUT_DIR --patients N --seed S      write a synthetic paired cohort and its manifest
+    mmlib cohort validate MANIFEST                        summary, or the list of errors (exit 1)
+    mmlib cohort import KIND SOURCE_DIR --out MANIFEST    a public collection -> a manifest
+    mmlib run [--profile NAME | --params FILE.yaml]       the whole study, tidy results in results/<profile>/
+    mmlib train MANIFEST --model NAME --out MODEL_DIR [--params PROFILE.yaml]
+    mmlib predict MODEL_DIR MANIFEST --out PREDICTIONS.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _cohort_synth(a):
+    from .synth import generate_cohort, load_cohort_info
+
+    manifest = generate_cohort(a.out_dir, n_patients=a.patients, seed=a.seed,
+                               mammography_format=a.mammography_format, mammography_views=a.views)
+    info = load_cohort_info(a.out_dir)
+    print(f"wrote {manifest} ({a.patients} synthetic patients, seed {a.seed}); oracle AUC {info['oracle_auc']:.3f}")
+    return 0
+
+
+def _cohort_validate(a):
+    from .cohort import ManifestError, format_summary, load_manifest
+
+    try:
+        cohort = load_manifest(a.manifest, decode_images=not a.no_decode)
+    except ManifestError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    except FileNotFoundError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    print(format_summary(cohort))
+    return 0
+
+
+def _cohort_import(a):
+    from .importers import import_cohort
+
+    try:
+        out = import_cohort(a.kind, a.source_dir, a.out)
+    except (FileNotFoundError, ValueError) as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+def _run(a):
+    from .experiment import load_params, run_experiment
+
+    params = load_params(a.params or a.profile)
+    out = run_experiment(params, out_dir=a.out)
+    print(f"results in {out}")
+    return 0
+
+
+def _train(a):
+    from .experiment import train_model
+
+    out = train_model(a.manifest, a.model, a.out, a.params)
+    print(f"saved model {a.model} to {out}")
+    return 0
+
+
+def _predict(a):
+    from .learner import predict_manifest
+
+    df = predict_manifest(a.model_dir, a.manifest)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(a.out, index=False)
+    print(f"wrote {len(df)} predictions to {a.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mmlib", description="Multimodal breast-lesion classification compendium")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    cohort = sub.add_parser("cohort", help="create, validate or import cohorts").add_subparsers(dest="action", required=True)
+    s = cohort.add_parser("synth", help="write a synthetic paired cohort")
+    s.add_argument("out_dir")
+    s.add_argument("--patients", type=int, default=300)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--views", type=int, default=1, help="mammography views per patient (1 or 2)")
+    s.add_argument("--mammography-format", default="dicom", choices=["dicom", "png"])
+    s.set_defaults(func=_cohort_synth)
+    v = cohort.add_parser("validate", help="check a manifest and print its summary")
+    v.add_argument("manifest")
+    v.add_argument("--no-decode", action="store_true", help="check that images exist without decoding them")
+    v.set_defaults(func=_cohort_validate)
+    i = cohort.add_parser("import", help="import a public collection as a manifest")
+    i.add_argument("kind")
+    i.add_argument("source_dir")
+    i.add_argument("--out", required=True)
+    i.set_defaults(func=_cohort_import)
+
+    r = sub.add_parser("run", help="run the whole study of a profile")
+    r.add_argument("--profile", default="default")
+    r.add_argument("--params", help="a profile YAML file (overrides --profile)")
+    r.add_argument("--out", help="results folder (default results/<profile>)")
+    r.set_defaults(func=_run)
+
+    t = sub.add_parser("train", help="train one model on a manifest's development patients")
+    t.add_argument("manifest")
+    t.add_argument("--model", required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--params", help="a profile name or YAML file")
+    t.set_defaults(func=_train)
+
+    pr = sub.add_parser("predict", help="apply a saved model to a manifest")
+    pr.add_argument("model_dir")
+    pr.add_argument("manifest")
+    pr.add_argument("--out", required=True)
+    pr.set_defaults(func=_predict)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,833 @@
+"""The study: cross-validation, internal test, baselines, ablations and missing-modality scenarios.
+
+:func:`run_experiment` takes the same flat parameter dict that papermill injects into the notebooks (one YAML
+per run profile under ``params/``) and writes tidy results under ``results/<profile>/``:
+
+``predictions.csv``  ``patient_id, model, ablation, scenario, split, fold, seed, prob_malignant, label,
+                     threshold``; cross-validation rows are out-of-fold predictions
+``metrics.csv``      ``model, ablation, scenario, split, metric, value, ci_low, ci_high`` (bootstrap 95% CIs
+                     resampling patients, stratified by label; metrics at the stated threshold, and
+                     ``<metric>@0.5`` at probability 0.5; ``auc_delong`` with DeLong's CI)
+``fold_metrics.csv`` the same per cross-validation fold (no CI)
+``stats.csv``        ``test, split, a, b, statistic, p_value, p_holm, detail`` (McNemar exact + Holm, DeLong
+                     + Holm, Cohen's d / Welch / Mann-Whitney for age)
+``missing_modalities.csv``  every model on the 7 input subsets: AUC, drop and ratio against all inputs, Brier
+                     and ECE and their change
+``run.json``         the record of the run: git commit, parameters, versions, device, wall time per stage,
+                     thresholds, ``oracle_auc`` for a synthetic cohort
+``models/<model>/``  the models of ablation ``none`` refitted on all development patients (safe folders)
+``logs/``            fastai CSV logs per model, ablation and fold
+
+Protocol choices (the paper's abstract is silent on them; these are the field's best practice):
+splits by patient before anything touches the images; early stopping and best-epoch selection on an
+*inner* validation split of the training folds (never on the fold being predicted); the decision threshold
+is chosen on training data only (Youden's J on the out-of-fold predictions of the other folds; for the test
+set on all development out-of-fold predictions); the internal test set is predicted once, by the fold
+ensemble (mean probability) or a model refitted on all development patients (``test_model``).
+A rerun with the same parameters reuses finished work (per model, ablation, fold and seed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .paths import COHORTS, PARAMS, ROOT, results_dir
+from .schema import MODALITIES, all_scenarios, scenario_name
+
+#: Every parameter of a run, with its default. A profile YAML overrides some of them.
+DEFAULT_PARAMS: dict = {
+    "profile": "default",            # name of the run profile (results go to results/<profile>/)
+    "cohort": "synthetic",           # "synthetic" or the path of a cohort manifest CSV
+    "synthetic_patients": 300,       # size of the synthetic cohort
+    "synthetic_seed": 0,             # seed of the synthetic cohort
+    "seeds": [0],                    # training seeds (predictions are averaged over seeds)
+    "n_folds": 5,                    # patient-level cross-validation folds on the development part
+    "test_fraction": 0.2,            # internal test share when the manifest has no split column
+    "split_seed": 0,                 # seed of the splits
+    "image_size": 224,               # square input side in pixels
+    "roi": False,                    # crop around the lesion mask/box before resizing
+    "roi_margin": 0.15,              # margin of the ROI crop, as a fraction of the lesion size
+    "encoder": "efficientnet_lite0", # timm image encoder
+    "encoder_weights": "imagenet",   # imagenet (offline for efficientnet_lite0), none, or a weights file
+    "train_mode": "frozen",          # frozen: cached encoder features (CPU fast path); finetune: end to end
+    "n_augment": 2,                  # augmented copies per training image in the feature cache
+    "epochs": 30,                    # training epochs (one-cycle schedule)
+    "lr": 3e-3,                      # learning rate
+    "wd": 1e-2,                      # weight decay
+    "bs": 32,                        # batch size
+    "dim": 128,                      # width of the fusion parts
+    "inner_valid": 0.15,             # share of training patients used for early stopping / best epoch
+    "early_stopping": 8,             # patience in epochs (0 = off)
+    "models": ["cuf_mt", "amw_cnn", "mm_abmil", "cnn_lstm"],
+    "baselines": ["age_only", "ultrasound_only", "mammography_only", "late_fusion"],
+    "ablations": True,               # the models' ablation switches, no clinical data, modality dropout
+    "modality_dropout": 0.3,         # p of the "modality_dropout" training variant
+    "scenarios": True,               # evaluate every model on the 7 input subsets
+    "test_model": "ensemble",        # ensemble of the fold models, or refit on all development patients
+    "save_models": True,             # refit ablation "none" of every model on all dev patients and save it
+    "n_boot": 2000,                  # bootstrap replicates of the CIs
+    "ece_bins": 10,                  # bins of the expected calibration error
+    "device": "auto",                # auto, cpu or cuda
+    "mixed_precision": False,        # fp16 training on a GPU
+    "progress": True,                # fastai progress bars
+}
+
+
+class ParamsError(ValueError):
+    """A run profile with an unknown or invalid parameter."""
+
+
+def load_params(profile: str | Path | dict | None = None, **overrides) -> dict:
+    """Parameters of a run: the defaults, updated by a profile (name in ``params/``, a YAML path or a dict)."""
+    import yaml
+
+    params = dict(DEFAULT_PARAMS)
+    if isinstance(profile, dict):
+        params.update(profile)
+    elif profile is not None:
+        path = Path(profile)
+        if not path.suffix:
+            path = PARAMS / f"{profile}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in PARAMS.glob("*.yaml"))
+            raise ParamsError(f"run profile {profile!r} not found ({path}); profiles: {known}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ParamsError(f"{path}: expected a mapping of parameter names to values")
+        params.update(loaded)
+        params.setdefault("profile", path.stem)
+    params.update(overrides)
+    return validate_params(params)
+
+
+def validate_params(params: dict) -> dict:
+    """Check names and values; returns a normalised copy. Unknown keys are refused (typos must not pass)."""
+    from .models import ABLATIONS, list_models
+
+    known_extra = {"results_dir", "real_data", "chapter"}
+    unknown = sorted(set(params) - set(DEFAULT_PARAMS) - known_extra)
+    if unknown:
+        raise ParamsError(f"unknown parameters {unknown}; known: {sorted(DEFAULT_PARAMS)}")
+    p = dict(params)
+    registered = set(list_models())
+    for key in ("models", "baselines"):
+        if isinstance(p[key], str):
+            p[key] = [p[key]]
+        bad = [m for m in p[key] if m not in registered and m != "age_only"]
+        if bad:
+            raise ParamsError(f"parameter {key!r}: unknown models {bad}; registered: {sorted(registered)} and 'age_only'")
+    if p["train_mode"] not in ("frozen", "finetune"):
+        raise ParamsError(f"parameter 'train_mode' must be 'frozen' or 'finetune', got {p['train_mode']!r}")
+    if p["test_model"] not in ("ensemble", "refit"):
+        raise ParamsError(f"parameter 'test_model' must be 'ensemble' or 'refit', got {p['test_model']!r}")
+    for key in ("n_folds", "epochs", "bs", "image_size", "n_boot", "synthetic_patients"):
+        if not isinstance(p[key], (int, np.integer)) or p[key] < 1:
+            raise ParamsError(f"parameter {key!r} must be a positive integer, got {p[key]!r}")
+    if isinstance(p["seeds"], int):
+        p["seeds"] = [p["seeds"]]
+    if not 0 <= float(p["modality_dropout"]) < 1:
+        raise ParamsError(f"parameter 'modality_dropout' must be in [0, 1), got {p['modality_dropout']!r}")
+    p["_ablations_known"] = {k: sorted(v) for k, v in ABLATIONS.items()}
+    return p
+
+
+# ----------------------------------------------------------------------------------------------- configs
+@dataclass(frozen=True)
+class Config:
+    """One trained variant: a model (or baseline) with an ablation."""
+
+    model: str
+    ablation: str = "none"
+    model_kwargs: tuple = ()
+    modality_dropout: float = 0.0
+    use_clinical: bool = True
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}__{self.ablation}"
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.model_kwargs)
+
+
+def experiment_configs(params: dict) -> list[Config]:
+    """The trained variants of a run: models and baselines (ablation ``none``), then the ablations."""
+    from .models import ABLATIONS
+
+    configs = [Config(m) for m in params["models"]] + [Config(b) for b in params["baselines"]]
+    if params["ablations"]:
+        for m in params["models"]:
+            for name, kw in ABLATIONS.get(m, {}).items():
+                configs.append(Config(m, name, tuple(sorted(kw.items()))))
+            configs.append(Config(m, "no_clinical", use_clinical=False))
+            if params["modality_dropout"] > 0:
+                configs.append(Config(m, "modality_dropout", modality_dropout=float(params["modality_dropout"])))
+    return configs
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _device(params) -> str:
+    import torch
+
+    if params["device"] == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return params["device"]
+
+
+def git_commit() -> dict:
+    def run(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": run("rev-parse", "HEAD") or "unknown", "dirty": bool(run("status", "--porcelain"))}
+
+
+def package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("mmlib", "torch", "torchvision", "timm", "fastai", "scikit-learn", "statsmodels", "scipy", "numpy",
+                "pandas", "pydicom", "plotly", "papermill", "jupyter-book"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def device_info() -> dict:
+    import torch
+
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine()}
+    try:
+        import os
+
+        info["cpu_count"] = os.cpu_count()
+    except Exception:  # pragma: no cover
+        pass
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def peak_memory_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------- cohort
+def prepare_cohort(params: dict):
+    """Load the run's cohort (generating the synthetic one first when asked). Returns ``(cohort, info)``."""
+    from .cohort import load_manifest
+
+    info: dict = {}
+    if params["cohort"] == "synthetic":
+        from .synth import generate_cohort, load_cohort_info
+
+        folder = COHORTS / f"synthetic-n{params['synthetic_patients']}-seed{params['synthetic_seed']}"
+        manifest = folder / "manifest.csv"
+        if not manifest.is_file():
+            generate_cohort(folder, n_patients=int(params["synthetic_patients"]), seed=int(params["synthetic_seed"]))
+        info = load_cohort_info(folder)
+        info["synthetic"] = True
+    else:
+        manifest = Path(params["cohort"])
+        if not manifest.is_absolute():
+            manifest = ROOT / manifest
+        info["synthetic"] = False
+    cohort = load_manifest(manifest, decode_images=False)
+    info["manifest"] = str(manifest)
+    return cohort, info
+
+
+# ----------------------------------------------------------------------------------------------- study
+@dataclass
+class Study:
+    """State of one run: cohort, splits, encoder feature cache and the output folder."""
+
+    params: dict
+    out: Path
+    cohort: object = None
+    cohort_info: dict = field(default_factory=dict)
+    splits: pd.DataFrame | None = None
+    cache: object = None
+    timings: dict = field(default_factory=dict)
+    encoder_spec: dict = field(default_factory=dict)
+
+    def log(self, msg: str):
+        if self.params.get("progress", True):
+            print(msg, flush=True)
+
+
+def _inner_split(study: Study, rows: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training rows -> (fit rows, inner validation rows) for early stopping, stratified by label, by group."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    frac = float(study.params["inner_valid"])
+    if frac <= 0:
+        return rows, rows[:0]
+    pats = study.cohort.patients.iloc[rows]
+    n = max(2, int(round(1 / frac)))
+    splitter = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed + 104729)
+    fit_idx, val_idx = next(splitter.split(np.zeros(len(rows)), pats["label"].to_numpy(), pats["group"].astype(str)))
+    return rows[fit_idx], rows[val_idx]
+
+
+def _spec(study: Study, rows: np.ndarray, use_clinical: bool):
+    from .data import ClinicalScaler, ImageSettings, SampleSpec, max_views
+
+    cols = list(study.cohort.clinical_columns)
+    scaler = ClinicalScaler.fit(study.cohort.patients.iloc[rows], cols)
+    images = ImageSettings(size=int(study.params["image_size"]), roi=bool(study.params["roi"]),
+                           roi_margin=float(study.params["roi_margin"]),
+                           mean=study.encoder_spec.get("mean", (0.485, 0.456, 0.406)),
+                           std=study.encoder_spec.get("std", (0.229, 0.224, 0.225)))
+    return SampleSpec(scaler, images, max_views(study.cohort.patients), use_clinical)
+
+
+def _datasets(study: Study, spec, fit_rows, val_rows, seed):
+    from .data import FeatureDataset, MultimodalDataset
+
+    if study.params["train_mode"] == "frozen":
+        return (FeatureDataset(study.cohort, fit_rows, spec, study.cache, train=True, seed=seed),
+                FeatureDataset(study.cohort, val_rows, spec, study.cache, train=False, seed=seed))
+    return (MultimodalDataset(study.cohort, fit_rows, spec, train=True, seed=seed),
+            MultimodalDataset(study.cohort, val_rows, spec, train=False, seed=seed))
+
+
+def _eval_dataset(study: Study, spec, rows, seed):
+    from .data import FeatureDataset, MultimodalDataset
+
+    if study.params["train_mode"] == "frozen":
+        return FeatureDataset(study.cohort, rows, spec, study.cache, train=False, seed=seed)
+    return MultimodalDataset(study.cohort, rows, spec, train=False, seed=seed)
+
+
+def _scenarios(study: Study) -> list[tuple[str, ...]]:
+    return all_scenarios() if study.params["scenarios"] else [tuple(MODALITIES)]
+
+
+def fit_config(study: Study, config: Config, train_rows: np.ndarray, seed: int, log_path: Path | None = None):
+    """Train ``config`` on ``train_rows`` (inner split for early stopping). Returns ``(predict, model, spec)``
+    where ``predict(rows, keep) -> probabilities``."""
+    from .learner import multimodal_learner, predict_proba, set_seed
+
+    p = study.params
+    spec = _spec(study, train_rows, config.use_clinical)
+    if config.model == "age_only":
+        return _fit_age_only(study, spec, train_rows)
+    fit_rows, val_rows = _inner_split(study, train_rows, seed)
+    if len(val_rows) == 0:
+        val_rows = fit_rows[: max(1, len(fit_rows) // 10)]
+    train_ds, valid_ds = _datasets(study, spec, fit_rows, val_rows, seed)
+    from .data import make_dataloaders
+
+    set_seed(seed)
+    dls = make_dataloaders(train_ds, valid_ds, bs=int(p["bs"]), seed=seed, device=_device(p))
+    frozen = p["train_mode"] == "frozen"
+    kwargs = dict(encoder=p["encoder"], encoder_weights=p["encoder_weights"] if not frozen else "none",
+                  dim=int(p["dim"]), **config.kwargs)
+    learn = multimodal_learner(dls, config.model, lr=float(p["lr"]), wd=float(p["wd"]),
+                               modality_dropout=config.modality_dropout,
+                               early_stopping=int(p["early_stopping"]) or None, save_best=True,
+                               csv_log="history.csv" if log_path else None, frozen=frozen, seed=seed,
+                               path=log_path.parent if log_path else None, **kwargs)
+    if frozen and study.cache is not None:
+        _load_frozen_encoder(learn.model, study)
+    if not p["progress"]:
+        learn.remove_cbs([cb for cb in learn.cbs if type(cb).__name__ == "ProgressCallback"])
+    if p["mixed_precision"] and _device(p) == "cuda":
+        learn = learn.to_fp16()
+    with _quiet(not p["progress"]):
+        if frozen:
+            learn.fit_one_cycle(int(p["epochs"]), float(p["lr"]))
+        else:
+            learn.fine_tune(int(p["epochs"]), base_lr=float(p["lr"]), freeze_epochs=1)
+    if log_path is not None and (log_path.parent / "history.csv").exists():
+        (log_path.parent / "history.csv").replace(log_path)
+    for f in (log_path.parent if log_path else Path(learn.path)).glob("best.pth"):
+        f.unlink()
+    model = learn.model.eval().cpu()
+
+    def predict(rows, keep):
+        return predict_proba(model, _eval_dataset(study, spec, rows, seed), keep=keep)
+
+    return predict, model, spec
+
+
+class _quiet:
+    """Silence fastai's progress output (for tests and non-interactive runs)."""
+
+    def __init__(self, on: bool):
+        self.on = on
+
+    def __enter__(self):
+        if self.on:
+            import contextlib
+            import io
+
+            self._ctx = contextlib.redirect_stdout(io.StringIO())
+            self._ctx.__enter__()
+
+    def __exit__(self, *exc):
+        if self.on:
+            self._ctx.__exit__(*exc)
+
+
+def _load_frozen_encoder(model, study: Study):
+    """Give the model the encoder weights the cache was computed with (so saved models read images)."""
+    enc = study.cache.encoder
+    state = enc.state_dict()
+    for e in {id(v): v for v in model.encoders.values()}.values():
+        e.load_state_dict(state)
+        for prm in e.parameters():
+            prm.requires_grad_(False)
+
+
+def _fit_age_only(study: Study, spec, train_rows):
+    """Age-only logistic regression (scikit-learn): the clinical floor every model must beat."""
+    from sklearn.linear_model import LogisticRegression
+
+    pats = study.cohort.patients
+    X = spec.clinical.transform(pats.iloc[train_rows])
+    clf = LogisticRegression(C=1.0, max_iter=1000).fit(X, pats["label"].to_numpy()[train_rows])
+
+    def predict(rows, keep):
+        Xr = spec.clinical.transform(pats.iloc[rows])
+        if "clinical" not in keep:  # the clinical input removed: every value recorded as missing
+            Xr[:, 0::2], Xr[:, 1::2] = 0.0, 1.0
+        return clf.predict_proba(Xr)[:, 1]
+
+    return predict, clf, spec
+
+
+# ----------------------------------------------------------------------------------------------- run
+def build_feature_cache(study: Study):
+    """Encode every image once (and the augmented copies of development images) with the frozen encoder."""
+    from .data import DEFAULT_AUGMENTATION, FeatureCache, ImageSettings
+    from .encoders import create_encoder
+
+    p = study.params
+    encoder = create_encoder(p["encoder"], weights=p["encoder_weights"])
+    study.encoder_spec = {"mean": list(encoder.mean), "std": list(encoder.std), "num_features": encoder.num_features}
+    settings = ImageSettings(size=int(p["image_size"]), roi=bool(p["roi"]), roi_margin=float(p["roi_margin"]),
+                             mean=encoder.mean, std=encoder.std)
+    cache = FeatureCache(encoder, settings, n_augment=int(p["n_augment"]), augment=DEFAULT_AUGMENTATION,
+                         seed=int(p["split_seed"]), device=_device(p), progress=bool(p["progress"]))
+    all_rows = np.arange(len(study.cohort.patients))
+    dev_rows = np.flatnonzero(study.splits["split"].to_numpy() == "dev")
+    cache_file = study.out / "cache" / f"features-{_hash([p['encoder'], p['encoder_weights'], settings.to_dict(), p['n_augment'], study.cohort_info.get('manifest')])}.safetensors"
+    if cache_file.is_file():
+        cache.load(cache_file)
+    cache.build(study.cohort, all_rows, augment_rows=dev_rows)
+    cache.save(cache_file)
+    study.cache = cache
+    return cache
+
+
+def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | None = None) -> Path:
+    """Run the whole study of a parameter set and write the tidy results. Returns the results folder.
+
+    Args:
+        params: a parameter dict (as papermill injects), a profile name or a YAML path.
+        out_dir: results folder (default ``results/<profile>/`` or ``params["results_dir"]``).
+    """
+    from .splits import make_splits
+
+    p = params if isinstance(params, dict) and "_ablations_known" in params else load_params(params)
+    out = Path(out_dir or p.get("results_dir") or results_dir(p["profile"]))
+    out.mkdir(parents=True, exist_ok=True)
+    study = Study(p, out)
+    t0 = time.perf_counter()
+
+    def stage(name, t):
+        study.timings[name] = {"seconds": round(time.perf_counter() - t, 2), "peak_memory_mb": round(peak_memory_mb(), 1)}
+        study.log(f"[{name}] {study.timings[name]['seconds']} s, peak memory {study.timings[name]['peak_memory_mb']} MB")
+
+    t = time.perf_counter()
+    study.cohort, study.cohort_info = prepare_cohort(p)
+    study.splits = make_splits(study.cohort, n_folds=int(p["n_folds"]), test_fraction=float(p["test_fraction"]),
+                               seed=int(p["split_seed"]))
+    study.splits.to_csv(out / "splits.csv", index=False)
+    stage("cohort", t)
+
+    if p["train_mode"] == "frozen":
+        t = time.perf_counter()
+        build_feature_cache(study)
+        stage("feature_cache", t)
+    else:
+        from .encoders import create_encoder
+
+        enc = create_encoder(p["encoder"], weights="none")
+        study.encoder_spec = {"mean": list(enc.mean), "std": list(enc.std), "num_features": enc.num_features}
+
+    t = time.perf_counter()
+    preds = train_and_predict(study)
+    stage("training", t)
+
+    t = time.perf_counter()
+    tables = summarise(study, preds)
+    stage("statistics", t)
+
+    record = {
+        "profile": p["profile"],
+        "params": {k: v for k, v in p.items() if not k.startswith("_")},
+        "git": git_commit(),
+        "versions": package_versions(),
+        "device": device_info(),
+        "timings": study.timings,
+        "wall_time_seconds": round(time.perf_counter() - t0, 1),
+        "cohort": {**{k: v for k, v in study.cohort_info.items() if k != "config"}, "summary": _summary(study)},
+        "thresholds": tables["thresholds"],
+        "synthetic": bool(study.cohort_info.get("synthetic")),
+    }
+    if "oracle_auc" in study.cohort_info:
+        record["oracle_auc"] = study.cohort_info["oracle_auc"]
+    (out / "run.json").write_text(json.dumps(record, indent=2, default=str))
+    return out
+
+
+def _summary(study: Study) -> dict:
+    s = study.cohort.summary()
+    return json.loads(json.dumps(s, default=str))
+
+
+def train_and_predict(study: Study) -> pd.DataFrame:
+    """Train every config on every fold (and the test model) and return all predictions."""
+    from .learner import save_model
+    from .splits import iter_folds
+
+    p = study.params
+    pats = study.cohort.patients
+    test_rows = np.flatnonzero(study.splits["split"].to_numpy() == "test")
+    dev_rows = np.flatnonzero(study.splits["split"].to_numpy() == "dev")
+    folds = iter_folds(study.splits)
+    configs = experiment_configs(p)
+    scenarios = _scenarios(study)
+    key_params = {k: p[k] for k in ("cohort", "synthetic_patients", "synthetic_seed", "n_folds", "test_fraction",
+                                    "split_seed", "image_size", "roi", "roi_margin", "encoder", "encoder_weights",
+                                    "train_mode", "n_augment", "epochs", "lr", "wd", "bs", "dim", "inner_valid",
+                                    "early_stopping", "test_model", "scenarios")}
+    frames = []
+    total = len(configs) * len(p["seeds"])
+    done = 0
+    for seed in p["seeds"]:
+        for config in configs:
+            done += 1
+            work = study.out / "work" / f"{config.id}__s{seed}"
+            work.mkdir(parents=True, exist_ok=True)
+            h = _hash([key_params, config.__dict__, seed])
+            marker = work / "done.json"
+            if marker.is_file() and json.loads(marker.read_text()).get("hash") == h and (work / "predictions.csv").is_file():
+                frames.append(pd.read_csv(work / "predictions.csv", dtype={"patient_id": str}))
+                study.log(f"({done}/{total}) {config.id} seed {seed}: reused finished work")
+                continue
+            t = time.perf_counter()
+            rows = []
+            test_probs = []
+            for fold in folds:
+                log = study.out / "logs" / config.id / f"seed{seed}_fold{fold.fold}.csv"
+                log.parent.mkdir(parents=True, exist_ok=True)
+                predict, _, _ = fit_config(study, config, fold.train, seed, log_path=log)
+                for keep in scenarios:
+                    sc = scenario_name(keep)
+                    rows.append(_rows(pats, fold.valid, predict(fold.valid, keep), config, sc, "cv", fold.fold, seed))
+                    if len(test_rows) and p["test_model"] == "ensemble":
+                        test_probs.append((sc, fold.fold, predict(test_rows, keep)))
+            if len(test_rows) and p["test_model"] == "ensemble":
+                for sc in {s for s, _, _ in test_probs}:
+                    mean = np.mean([pr for s, _, pr in test_probs if s == sc], axis=0)
+                    rows.append(_rows(pats, test_rows, mean, config, sc, "test", -1, seed))
+            refit = (p["save_models"] and config.ablation == "none" and seed == p["seeds"][0]) or (
+                p["test_model"] == "refit" and len(test_rows))
+            if refit:
+                log = study.out / "logs" / config.id / f"seed{seed}_refit.csv"
+                predict, model, spec = fit_config(study, config, dev_rows, seed, log_path=log)
+                if p["test_model"] == "refit" and len(test_rows):
+                    for keep in scenarios:
+                        rows.append(_rows(pats, test_rows, predict(test_rows, keep), config, scenario_name(keep), "test", -1, seed))
+                if p["save_models"] and config.ablation == "none" and config.model != "age_only":
+                    oof = pd.concat([r for r in rows if r["split"].iloc[0] == "cv" and r["scenario"].iloc[0] == "all"])
+                    from .metrics import youden_threshold
+
+                    save_model(model, study.out / "models" / config.model, name=config.model, spec=spec,
+                               threshold=youden_threshold(oof["label"].to_numpy(), oof["prob_malignant"].to_numpy()),
+                               info={"cohort": study.cohort_info.get("manifest"), "trained_on_patients": int(len(dev_rows)),
+                                     "summary": _summary(study), "params": key_params, "seed": seed})
+            frame = pd.concat(rows, ignore_index=True)
+            frame.to_csv(work / "predictions.csv", index=False)
+            marker.write_text(json.dumps({"hash": h, "seconds": round(time.perf_counter() - t, 1)}))
+            study.log(f"({done}/{total}) {config.id} seed {seed}: {time.perf_counter() - t:.1f} s")
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _rows(pats, rows, prob, config: Config, scenario, split, fold, seed) -> pd.DataFrame:
+    return pd.DataFrame({
+        "patient_id": pats["patient_id"].iloc[rows].astype(str).to_numpy(),
+        "model": config.model, "ablation": config.ablation, "scenario": scenario, "split": split,
+        "fold": fold, "seed": seed, "prob_malignant": np.asarray(prob, dtype=float),
+        "label": pats["label"].iloc[rows].to_numpy().astype(int),
+    })
+
+
+# ----------------------------------------------------------------------------------------------- statistics
+GROUP = ["model", "ablation", "scenario"]
+
+
+def assign_thresholds(preds: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Average over seeds, then add each row's decision threshold, chosen on training data only.
+
+    Fold ``k`` of cross-validation: Youden's J on the out-of-fold predictions of the other folds. Test: Youden on
+    all development out-of-fold predictions.
+    """
+    from .metrics import youden_threshold
+
+    keys = GROUP + ["split", "fold", "patient_id", "label"]
+    avg = preds.groupby(keys, as_index=False, sort=False)["prob_malignant"].mean()
+    avg["threshold"] = np.nan
+    summary = {}
+    for key, g in avg.groupby(GROUP, sort=False):
+        cv = g[g["split"] == "cv"]
+        if cv.empty:
+            continue
+        for k in cv["fold"].unique():
+            other = cv[cv["fold"] != k]
+            avg.loc[cv.index[cv["fold"] == k], "threshold"] = youden_threshold(other["label"].to_numpy(), other["prob_malignant"].to_numpy())
+        t_all = youden_threshold(cv["label"].to_numpy(), cv["prob_malignant"].to_numpy())
+        avg.loc[g.index[g["split"] == "test"], "threshold"] = t_all
+        if key[1] == "none" and key[2] == "all":
+            summary[key[0]] = round(float(t_all), 4)
+    return avg, summary
+
+
+def _metric_rows(g: pd.DataFrame, n_boot: int, seed: int, ece_bins: int) -> list[dict]:
+    from .metrics import binary_metrics
+    from .stats import bootstrap_ci, delong_ci
+
+    y, p, t = g["label"].to_numpy(), g["prob_malignant"].to_numpy(), g["threshold"].to_numpy()
+    shifted = np.clip(p - t + 0.5, 0.0, 1.0)  # p >= t  <=>  shifted >= 0.5: per-fold thresholds in one call
+    rows = []
+    if len(np.unique(y)) < 2:
+        return rows
+    at_t = bootstrap_ci(y, shifted, threshold=0.5, n_boot=n_boot, seed=seed,
+                        metrics=("accuracy", "sensitivity", "specificity", "precision", "mcc", "f1"))
+    raw = bootstrap_ci(y, p, threshold=0.5, n_boot=n_boot, seed=seed)
+    for _, r in at_t.iterrows():
+        rows.append({"metric": r["metric"], "value": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]})
+    for _, r in raw.iterrows():
+        name = r["metric"] if r["metric"] in ("auc", "brier", "ece") else f"{r['metric']}@0.5"
+        rows.append({"metric": name, "value": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]})
+    a, lo, hi = delong_ci(y, p)
+    rows.append({"metric": "auc_delong", "value": a, "ci_low": lo, "ci_high": hi})
+    return rows
+
+
+def summarise(study: Study, preds: pd.DataFrame) -> dict:
+    """Write predictions, metrics, fold metrics, statistics and the missing-modality table."""
+    from .metrics import binary_metrics
+
+    p, out = study.params, study.out
+    preds, thresholds = assign_thresholds(preds)
+    preds["seed"] = "mean" if len(p["seeds"]) > 1 else p["seeds"][0]
+    preds = preds[["patient_id", "model", "ablation", "scenario", "split", "fold", "seed", "prob_malignant", "label", "threshold"]]
+    preds.to_csv(out / "predictions.csv", index=False)
+
+    metric_rows, fold_rows = [], []
+    for (model, ablation, scenario, split), g in preds.groupby(GROUP + ["split"], sort=False):
+        boot = int(p["n_boot"]) if (ablation == "none" or scenario == "all") else max(200, int(p["n_boot"]) // 10)
+        for r in _metric_rows(g, boot, int(p["split_seed"]), int(p["ece_bins"])):
+            metric_rows.append({"model": model, "ablation": ablation, "scenario": scenario, "split": split, **r})
+        if split == "cv":
+            for k, gf in g.groupby("fold"):
+                if gf["label"].nunique() < 2:
+                    continue
+                m = binary_metrics(gf["label"].to_numpy(), gf["prob_malignant"].to_numpy(),
+                                   threshold=float(gf["threshold"].iloc[0]), ece_bins=int(p["ece_bins"]))
+                fold_rows += [{"model": model, "ablation": ablation, "scenario": scenario, "fold": int(k),
+                               "metric": n, "value": v} for n, v in m.items()]
+    metrics = pd.DataFrame(metric_rows)
+    metrics.to_csv(out / "metrics.csv", index=False)
+    pd.DataFrame(fold_rows).to_csv(out / "fold_metrics.csv", index=False)
+    stats = comparison_stats(preds, study)
+    stats.to_csv(out / "stats.csv", index=False)
+    missing = missing_modality_table(metrics)
+    missing.to_csv(out / "missing_modalities.csv", index=False)
+    return {"thresholds": thresholds, "metrics": metrics, "stats": stats}
+
+
+def comparison_stats(preds: pd.DataFrame, study: Study | None = None) -> pd.DataFrame:
+    """Pairwise McNemar (exact, Holm) and DeLong (Holm) of the models on the same patients, and age statistics."""
+    from statsmodels.stats.multitest import multipletests
+
+    from .stats import compare_groups, delong_test, mcnemar_exact
+
+    rows = []
+    base = preds[(preds["ablation"] == "none") & (preds["scenario"] == "all")]
+    for split, g in base.groupby("split", sort=False):
+        wide_p = g.pivot_table(index="patient_id", columns="model", values="prob_malignant")
+        wide_t = g.pivot_table(index="patient_id", columns="model", values="threshold")
+        y = g.drop_duplicates("patient_id").set_index("patient_id")["label"].reindex(wide_p.index).to_numpy()
+        names = list(wide_p.columns)
+        pair_rows = []
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                pa, pb = wide_p[a].to_numpy(), wide_p[b].to_numpy()
+                ok = np.isfinite(pa) & np.isfinite(pb)
+                ya = y[ok]
+                pred_a = (pa[ok] >= wide_t[a].to_numpy()[ok]).astype(int)
+                pred_b = (pb[ok] >= wide_t[b].to_numpy()[ok]).astype(int)
+                mc = mcnemar_exact(ya, pred_a, pred_b)
+                dl = delong_test(ya, pa[ok], pb[ok])
+                pair_rows.append((a, b, mc, dl))
+        if pair_rows:
+            p_mc = multipletests([r[2]["p_value"] for r in pair_rows], method="holm")[1]
+            p_dl = multipletests([r[3]["p_value"] for r in pair_rows], method="holm")[1]
+            for (a, b, mc, dl), pm, pd_ in zip(pair_rows, p_mc, p_dl):
+                rows.append({"test": "mcnemar_exact", "split": split, "a": a, "b": b, "statistic": mc["statistic"],
+                             "p_value": mc["p_value"], "p_holm": pm,
+                             "detail": json.dumps({"b": int(mc["b"]), "c": int(mc["c"])})})
+                rows.append({"test": "delong", "split": split, "a": a, "b": b, "statistic": dl["z"],
+                             "p_value": dl["p_value"], "p_holm": pd_,
+                             "detail": json.dumps({"auc_a": dl["auc1"], "auc_b": dl["auc2"], "diff": dl["diff"]})})
+    if study is not None:
+        pats = study.cohort.patients
+        age = pd.to_numeric(pats["age"], errors="coerce")
+        res = compare_groups(age[pats["label"] == 1].to_numpy(), age[pats["label"] == 0].to_numpy())
+        rows.append({"test": "cohens_d_age", "split": "all", "a": "malignant", "b": "benign", "statistic": res["d"],
+                     "p_value": np.nan, "p_holm": np.nan, "detail": json.dumps(res, default=float)})
+        rows.append({"test": "welch_t_age", "split": "all", "a": "malignant", "b": "benign",
+                     "statistic": res["welch_t"], "p_value": res["welch_p"], "p_holm": np.nan, "detail": ""})
+        rows.append({"test": "mann_whitney_age", "split": "all", "a": "malignant", "b": "benign",
+                     "statistic": res["mannwhitney_u"], "p_value": res["mannwhitney_p"], "p_holm": np.nan, "detail": ""})
+    return pd.DataFrame(rows, columns=["test", "split", "a", "b", "statistic", "p_value", "p_holm", "detail"])
+
+
+def missing_modality_table(metrics: pd.DataFrame, split: str = "cv") -> pd.DataFrame:
+    """AUC, Brier and ECE of every model on each input subset, with the drop/ratio against all inputs."""
+    m = metrics[(metrics["split"] == split) & metrics["metric"].isin(["auc", "brier", "ece"])]
+    wide = m.pivot_table(index=["model", "ablation", "scenario"], columns="metric", values="value").reset_index()
+    full = wide[wide["scenario"] == "all"].set_index(["model", "ablation"])
+    out = []
+    for _, r in wide.iterrows():
+        key = (r["model"], r["ablation"])
+        if key not in full.index:
+            continue
+        f = full.loc[key]
+        out.append({"model": r["model"], "ablation": r["ablation"], "scenario": r["scenario"],
+                    "auc": r.get("auc"), "auc_drop": f["auc"] - r.get("auc"), "auc_ratio": r.get("auc") / f["auc"],
+                    "brier": r.get("brier"), "brier_change": r.get("brier") - f["brier"],
+                    "ece": r.get("ece"), "ece_change": r.get("ece") - f["ece"]})
+    return pd.DataFrame(out)
+
+
+def modality_importance(missing: pd.DataFrame, *, ablation: str = "modality_dropout") -> pd.DataFrame:
+    """AUC lost when one input is removed from the full set, per model (higher = the input matters more)."""
+    rows = []
+    sub = missing[missing["ablation"] == ablation]
+    for model, g in sub.groupby("model"):
+        for m in MODALITIES:
+            rest = scenario_name([x for x in MODALITIES if x != m])
+            hit = g[g["scenario"] == rest]
+            if len(hit):
+                rows.append({"model": model, "removed": m, "auc_drop": float(hit["auc_drop"].iloc[0]),
+                             "brier_change": float(hit["brier_change"].iloc[0]), "ece_change": float(hit["ece_change"].iloc[0])})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------- results
+@dataclass
+class Results:
+    """The tidy outputs of one run, as DataFrames."""
+
+    folder: Path
+    predictions: pd.DataFrame
+    metrics: pd.DataFrame
+    fold_metrics: pd.DataFrame
+    stats: pd.DataFrame
+    missing: pd.DataFrame
+    run: dict
+    splits: pd.DataFrame
+
+    def metric(self, model, metric="auc", *, split="cv", ablation="none", scenario="all") -> float:
+        m = self.metrics
+        hit = m[(m["model"] == model) & (m["metric"] == metric) & (m["split"] == split) & (m["ablation"] == ablation)
+                & (m["scenario"] == scenario)]
+        if hit.empty:
+            raise KeyError(f"no {metric} for model={model} split={split} ablation={ablation} scenario={scenario}")
+        return float(hit["value"].iloc[0])
+
+
+def load_results(folder) -> Results:
+    """Read the results of a run folder (``results/<profile>/``)."""
+    folder = Path(folder)
+    if not (folder / "run.json").is_file():
+        raise FileNotFoundError(f"{folder} holds no finished run (run.json missing): run the study first")
+
+    def csv(name):
+        f = folder / name
+        return pd.read_csv(f, dtype={"patient_id": str}) if f.is_file() and f.stat().st_size > 1 else pd.DataFrame()
+
+    return Results(folder, csv("predictions.csv"), csv("metrics.csv"), csv("fold_metrics.csv"), csv("stats.csv"),
+                   csv("missing_modalities.csv"), json.loads((folder / "run.json").read_text()), csv("splits.csv"))
+
+
+# ----------------------------------------------------------------------------------------------- single model
+def train_model(manifest, model: str, out_dir, params: dict | str | None = None, **overrides) -> Path:
+    """Train one registered model on a manifest's development patients and save it as a safe model folder.
+
+    The decision threshold saved with it is Youden's J on the inner validation patients (training data only).
+    Returns the model folder.
+    """
+    from .cohort import load_manifest
+    from .learner import save_model
+    from .metrics import youden_threshold
+    from .splits import make_splits
+
+    p = load_params(params, **{"cohort": str(manifest), **overrides})
+    study = Study(p, Path(out_dir).parent / (Path(out_dir).name + ".work"))
+    study.cohort = load_manifest(manifest, decode_images=False)
+    study.cohort_info = {"manifest": str(manifest), "synthetic": False}
+    study.splits = make_splits(study.cohort, n_folds=int(p["n_folds"]), test_fraction=float(p["test_fraction"]),
+                               seed=int(p["split_seed"]))
+    dev_rows = np.flatnonzero(study.splits["split"].to_numpy() == "dev")
+    if p["train_mode"] == "frozen":
+        build_feature_cache(study)
+    else:
+        from .encoders import create_encoder
+
+        enc = create_encoder(p["encoder"], weights="none")
+        study.encoder_spec = {"mean": list(enc.mean), "std": list(enc.std)}
+    seed = int(p["seeds"][0])
+    config = Config(model)
+    predict, fitted, spec = fit_config(study, config, dev_rows, seed)
+    _, val_rows = _inner_split(study, dev_rows, seed)
+    threshold = None
+    if len(val_rows) and study.cohort.patients["label"].iloc[val_rows].nunique() == 2:
+        threshold = youden_threshold(study.cohort.patients["label"].to_numpy()[val_rows], predict(val_rows, MODALITIES))
+    if model == "age_only":
+        raise ParamsError("age_only is a scikit-learn baseline of the study, not a savable network; choose a registered model")
+    save_model(fitted, out_dir, name=model, spec=spec, threshold=threshold,
+               info={"cohort": str(manifest), "trained_on_patients": int(len(dev_rows)), "summary": _summary(study),
+                     "params": {k: v for k, v in p.items() if not k.startswith("_")}})
+    import shutil
+
+    shutil.rmtree(study.out, ignore_errors=True)
+    return Path(out_dir)

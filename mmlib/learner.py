@@ -1,0 +1,367 @@
+"""fastai Learners for the multimodal models, their callbacks, and safe model folders.
+
+``multimodal_learner(dls, name, **kw)`` builds a model from the registry and wraps it in a fastai
+:class:`~fastai.learner.Learner` with a splitter (encoders | the rest, for ``freeze``/``fine_tune``), the
+loss (binary cross-entropy on the malignancy logit, plus auxiliary per-modality losses where a model has
+them), metrics (AUC, accuracy, MCC) and the usual callbacks (progress, CSV log, early stopping, best model).
+
+A trained model is saved as a folder anyone can inspect and load without running code: weights in
+``model.safetensors`` and everything needed to rebuild the model in ``model.json``. Loading reads only
+those two files and refuses a folder that holds a pickle (fastai's ``export``/``load_learner`` pickle
+arbitrary code: a model folder from a colleague must not be able to run code on your machine).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .batch import PRESENT, with_presence
+from .data import SampleSpec, collate
+
+MODEL_WEIGHTS = "model.safetensors"
+MODEL_CONFIG = "model.json"
+#: File name endings that can carry pickled code: a model folder holding one is refused.
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".pth", ".pt", ".bin", ".ckpt", ".joblib", ".npy", ".npz", ".dill")
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA), so a training run is repeatable."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+def _safe(func):
+    def f(p, t):
+        t = np.asarray(t).astype(int).ravel()
+        p = np.asarray(p, dtype=float).ravel()
+        return float("nan") if len(np.unique(t)) < 2 and func.__name__ == "auc" else float(func(p, t))
+
+    f.__name__ = func.__name__
+    return f
+
+
+def auc(p, t):
+    from sklearn.metrics import roc_auc_score
+
+    return roc_auc_score(t, p)
+
+
+def accuracy(p, t):
+    return float(((p >= 0.5).astype(int) == t).mean())
+
+
+def mcc(p, t):
+    from sklearn.metrics import matthews_corrcoef
+
+    return matthews_corrcoef(t, (p >= 0.5).astype(int))
+
+
+def binary_metrics():
+    """fastai metrics on the malignancy logit: AUC, accuracy and MCC (at probability 0.5)."""
+    from fastai.metrics import AccumMetric
+
+    return [AccumMetric(_safe(f), activation="sigmoid", flatten=True, to_np=True, name=f.__name__)
+            for f in (auc, accuracy, mcc)]
+
+
+# ----------------------------------------------------------------------------------------------- callbacks
+def _callback_base():
+    from fastai.callback.core import Callback
+
+    return Callback
+
+
+
+def ModalityDropout(p: float = 0.2, seed: int = 0):
+    """Training-only callback: each present input of a patient is dropped with probability ``p``, never all.
+
+    Teaches a model to predict from any subset of inputs (missing modalities as a first-class input).
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"modality dropout p must be in [0, 1), got {p}")
+    Callback = _callback_base()
+
+    class _ModalityDropout(Callback):
+        order = 5
+
+        def __init__(self):
+            self.p, self.gen = float(p), torch.Generator().manual_seed(seed)
+
+        def before_batch(self):
+            if not self.training or self.p == 0:
+                return
+            x = self.learn.xb[0]
+            present = x[PRESENT]
+            keep = present & (torch.rand(present.shape, generator=self.gen) >= self.p).to(present.device)
+            empty = ~keep.any(dim=1)
+            if empty.any():
+                # restore one of the originally present inputs, chosen at random
+                scores = torch.rand(present.shape, generator=self.gen).to(present.device) * present
+                pick = scores.argmax(dim=1)
+                keep[empty, pick[empty]] = True
+            x = dict(x)
+            x[PRESENT] = keep
+            self.learn.xb = (x, *self.learn.xb[1:])
+
+    return _ModalityDropout()
+
+
+def AuxiliaryLoss():
+    """Adds ``model.aux_weight`` x the mean BCE of the model's auxiliary per-modality logits (multi-task)."""
+    Callback = _callback_base()
+
+    class _AuxiliaryLoss(Callback):
+        order = 50
+
+        def after_loss(self):
+            if not self.training:
+                return
+            aux = aux_loss(self.learn.model, self.learn.yb[0])
+            if aux is not None:
+                self.learn.loss_grad = self.learn.loss_grad + aux
+                self.learn.loss = self.learn.loss_grad.detach().clone()
+
+    return _AuxiliaryLoss()
+
+
+def aux_loss(model: nn.Module, y: torch.Tensor):
+    """Weighted BCE of the auxiliary logits a model set during its last forward (None when it has none)."""
+    logits = getattr(model, "aux_logits", None)
+    weight = float(getattr(model, "aux_weight", 1.0))
+    if not logits or weight == 0:
+        return None
+    mask = getattr(model, "aux_mask", None)
+    if mask is None and isinstance(logits, dict) and "mask" in logits:
+        mask = logits["mask"]
+    names = [k for k in logits if k != "mask"]
+    total, count = 0.0, 0
+    for j, name in enumerate(names):
+        lg = logits[name].reshape(-1)
+        m = torch.ones_like(lg, dtype=torch.bool) if mask is None else _aux_column(mask, name, j).reshape(-1).bool()
+        if m.any():
+            total = total + nn.functional.binary_cross_entropy_with_logits(lg[m], y.reshape(-1).float()[m])
+            count += 1
+    return weight * total / count if count else None
+
+
+def _aux_column(mask, name, j):
+    if isinstance(mask, dict):
+        return mask[name]
+    from .schema import MODALITIES
+
+    return mask[:, MODALITIES.index(name)] if name in MODALITIES and mask.shape[1] == len(MODALITIES) else mask[:, j]
+
+
+def FrozenEncoders():
+    """Keeps frozen encoders in eval mode (BatchNorm statistics fixed), so features equal the cached ones."""
+    Callback = _callback_base()
+
+    class _FrozenEncoders(Callback):
+        order = 1
+
+        def before_train(self):
+            model = self.learn.model
+            for enc in _unique_encoders(model):
+                if not any(p.requires_grad for p in enc.parameters()):
+                    enc.eval()
+
+    return _FrozenEncoders()
+
+
+def _unique_encoders(model):
+    seen, out = set(), []
+    for enc in getattr(model, "encoders", {}).values():
+        if id(enc) not in seen:
+            seen.add(id(enc))
+            out.append(enc)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- learner
+def multimodal_learner(dls, name: str, *, model=None, lr: float = 3e-3, wd: float = 1e-2, path=None,
+                       modality_dropout: float = 0.0, early_stopping: int | None = None, save_best: bool = True,
+                       csv_log: str | None = "history.csv", frozen: bool = True, seed: int = 0, **model_kwargs):
+    """A fastai Learner for the registered model ``name`` on multimodal DataLoaders.
+
+    Args:
+        dls: DataLoaders from :func:`mmlib.data.make_dataloaders` (their datasets decide ``input_kind``).
+        name: a name from :func:`mmlib.models.list_models`.
+        model: an already built model (else built with ``create_model(name, **model_kwargs)``).
+        lr, wd: learning rate and weight decay (AdamW).
+        path: folder for logs and the best-model checkpoint (a temporary folder by default).
+        modality_dropout: probability of dropping each present input during training (0 = off).
+        early_stopping: patience in epochs on ``valid_loss`` (None = off).
+        save_best: reload the weights of the epoch with the lowest ``valid_loss`` at the end.
+        csv_log: name of fastai's CSV log of the epochs (None = off).
+        frozen: encoders frozen (their parameters untrained, BatchNorm in eval mode).
+        seed: seeds the model's initialisation and the training draws.
+    """
+    import tempfile
+
+    from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback
+    from fastai.callback.progress import CSVLogger
+    from fastai.learner import Learner
+    from fastai.losses import BCEWithLogitsLossFlat
+    from fastai.optimizer import Adam
+
+    from .models import create_model
+
+    set_seed(seed)
+    if model is None:
+        k = int(dls.train.dataset.clinical.shape[1])
+        model_kwargs.setdefault("clinical_features", k)
+        model_kwargs.setdefault("input_kind", getattr(dls, "input_kind", "images"))
+        model = create_model(name, **model_kwargs)
+    if getattr(model, "input_kind", "images") != getattr(dls, "input_kind", "images"):
+        raise ValueError(f"model reads {model.input_kind!r} but the DataLoaders serve {dls.input_kind!r}")
+    cbs = [AuxiliaryLoss(), FrozenEncoders()]
+    if modality_dropout > 0:
+        cbs.append(ModalityDropout(modality_dropout, seed=seed))
+    if csv_log:
+        cbs.append(CSVLogger(fname=csv_log))
+    if early_stopping:
+        cbs.append(EarlyStoppingCallback(monitor="valid_loss", patience=int(early_stopping)))
+    if save_best:
+        cbs.append(SaveModelCallback(monitor="valid_loss", fname="best", with_opt=False))
+    path = Path(path) if path is not None else Path(tempfile.mkdtemp(prefix="mmlib-learner-"))
+    learn = Learner(dls, model, loss_func=BCEWithLogitsLossFlat(), opt_func=Adam, lr=lr, wd=wd,
+                    splitter=lambda m: [list(m.encoder_parameters()), list(m.head_parameters())],
+                    metrics=binary_metrics(), cbs=cbs, path=path, model_dir=".", train_bn=not frozen)
+    if frozen:
+        learn.freeze()
+    learn.model_name = name
+    return learn
+
+
+# ----------------------------------------------------------------------------------------------- predict
+@torch.no_grad()
+def predict_proba(model: nn.Module, dataset, *, keep=None, bs: int = 64, device=None) -> np.ndarray:
+    """Probability of malignancy for every sample of ``dataset``; ``keep`` restricts the present inputs."""
+    from torch.utils.data import DataLoader
+
+    device = torch.device(device or "cpu")
+    model.eval().to(device)
+    out = []
+    for x, _ in DataLoader(dataset, batch_size=bs, shuffle=False, collate_fn=collate):
+        if keep is not None:
+            x = with_presence(x, keep)
+        x = {k: v.to(device) for k, v in x.items()}
+        out.append(torch.sigmoid(model(x).float()).cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+# ----------------------------------------------------------------------------------------------- model folders
+def save_model(model: nn.Module, folder, *, name: str, spec: SampleSpec, threshold: float | None = None,
+               info: dict | None = None) -> Path:
+    """Save ``model`` as ``folder/model.safetensors`` + ``folder/model.json`` (no pickle anywhere).
+
+    The JSON holds the registry name and constructor arguments, the encoder, image size and normalisation,
+    clinical scaling, view slots, the decision threshold, the mmlib version and ``info`` (e.g. the training
+    cohort summary).
+    """
+    from safetensors.torch import save_model as st_save
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = dict(model.config())
+    config["input_kind"] = "images"  # a saved model reads images; the feature cache is a training detail
+    st_save(model, str(folder / MODEL_WEIGHTS))
+    meta = {
+        "format": "mmlib-model/1",
+        "mmlib_version": __version__,
+        "model": name,
+        "model_kwargs": config,
+        "sample_spec": spec.to_dict(),
+        "threshold": None if threshold is None else float(threshold),
+        "info": _jsonable(info or {}),
+    }
+    (folder / MODEL_CONFIG).write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+class UnsafeModelFolder(ValueError):
+    """A model folder holding files that could run code when loaded."""
+
+
+def load_model(folder, *, input_kind: str = "images", device="cpu"):
+    """Rebuild a saved model from ``model.json`` and ``model.safetensors`` (never unpickles anything).
+
+    Returns:
+        ``(model, meta)`` with the model in eval mode and ``meta`` the JSON record (``meta["spec"]`` is the
+        :class:`~mmlib.data.SampleSpec` to build inputs with).
+    """
+    from safetensors.torch import load_model as st_load
+
+    from .models import create_model
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    risky = sorted(p.name for p in folder.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
+    if risky:
+        raise UnsafeModelFolder(
+            f"{folder} holds {risky}: files that may contain pickled code are refused; a model folder holds only "
+            f"{MODEL_WEIGHTS} and {MODEL_CONFIG}"
+        )
+    for needed in (MODEL_WEIGHTS, MODEL_CONFIG):
+        if not (folder / needed).is_file():
+            raise FileNotFoundError(f"{folder / needed} is missing: not an mmlib model folder")
+    meta = json.loads((folder / MODEL_CONFIG).read_text())
+    if meta.get("format") != "mmlib-model/1":
+        raise ValueError(f"{folder / MODEL_CONFIG}: unknown format {meta.get('format')!r}, expected 'mmlib-model/1'")
+    kwargs = dict(meta["model_kwargs"])
+    kwargs["input_kind"] = input_kind
+    kwargs["encoder_weights"] = "none"  # the weights come from the safetensors file
+    model = create_model(meta["model"], **kwargs)
+    missing, unexpected = st_load(model, str(folder / MODEL_WEIGHTS), strict=True, device=str(device))
+    meta["spec"] = SampleSpec.from_dict(meta["sample_spec"])
+    return model.eval(), meta
+
+
+def predict_manifest(model_dir, manifest, *, bs: int = 32, device="cpu"):
+    """Apply a saved model to every patient of a manifest (any subset of modalities).
+
+    Returns a DataFrame ``patient_id, prob_malignant[, label]`` (label where the manifest has it).
+    """
+    import pandas as pd
+
+    from .cohort import load_manifest
+    from .data import MultimodalDataset
+
+    model, meta = load_model(model_dir, device=device)
+    spec: SampleSpec = meta["spec"]
+    cohort = load_manifest(manifest)
+    for c in spec.clinical.columns:
+        if c not in cohort.patients.columns:
+            cohort.patients[c] = np.nan  # recorded as missing: the model was trained to expect that
+    views = {m: max(spec.views[m], v) for m, v in _views(cohort).items()}
+    spec = SampleSpec(spec.clinical, spec.images, views, spec.use_clinical)
+    ds = MultimodalDataset(cohort, np.arange(len(cohort.patients)), spec, train=False)
+    prob = predict_proba(model, ds, bs=bs, device=device)
+    out = pd.DataFrame({"patient_id": ds.patient_ids, "prob_malignant": prob})
+    if "label" in cohort.patients:
+        out["label"] = cohort.patients["label_name"].to_numpy() if "label_name" in cohort.patients else cohort.patients["label"].to_numpy()
+    if meta.get("threshold") is not None:
+        out["predicted"] = np.where(prob >= meta["threshold"], "malignant", "benign")
+    return out
+
+
+def _views(cohort):
+    from .data import max_views
+
+    return max_views(cohort.patients)
