@@ -18,3 +18,20 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real public data not found at {SHARED_DATA} (see ../shared/data/README.md)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort_dir(tmp_path_factory) -> Path:
+    """A small synthetic paired cohort on disk (60 patients, small images), generated once per session."""
+    from mmlib.synth import generate_cohort
+
+    out = tmp_path_factory.mktemp("tiny-cohort")
+    generate_cohort(out, n_patients=60, seed=3, ultrasound_size=64, mammography_size=64)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tiny_cohort_dir):
+    from mmlib.cohort import load_manifest
+
+    return load_manifest(tiny_cohort_dir / "manifest.csv")

@@ -1,0 +1,134 @@
+"""The study engine end to end on a tiny cohort: schema of every output, protocol rules, reuse of finished work."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmlib import experiment as ex
+from mmlib.schema import all_scenarios, scenario_name
+
+
+def _params(tmp_path, **kw):
+    p = dict(profile="tiny", cohort="synthetic", synthetic_patients=60, synthetic_seed=3, n_folds=3, image_size=64,
+             n_augment=1, epochs=2, early_stopping=0, bs=16, dim=32, models=["amw_cnn", "cnn_lstm"],
+             baselines=["age_only", "ultrasound_only"], ablations=True, n_boot=50, progress=False,
+             results_dir=str(tmp_path / "results"))
+    p.update(kw)
+    return ex.load_params(p)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("exp")
+    import mmlib.experiment
+
+    old = mmlib.experiment.COHORTS
+    mmlib.experiment.COHORTS = tmp / "cohorts"
+    try:
+        params = _params(tmp)
+        out = ex.run_experiment(params)
+        yield params, out, ex.load_results(out)
+    finally:
+        mmlib.experiment.COHORTS = old
+
+
+def test_outputs_have_the_documented_schema(run):
+    _, out, res = run
+    assert list(res.predictions.columns)[:9] == ["patient_id", "model", "ablation", "scenario", "split", "fold",
+                                                 "seed", "prob_malignant", "label"]
+    assert list(res.metrics.columns) == ["model", "ablation", "scenario", "split", "metric", "value", "ci_low", "ci_high"]
+    for m in ("auc", "accuracy", "sensitivity", "specificity", "precision", "mcc", "f1", "brier", "ece"):
+        assert m in set(res.metrics["metric"]), m
+    assert set(res.predictions["split"]) == {"cv", "test"}
+    assert set(res.predictions["scenario"]) == {scenario_name(s) for s in all_scenarios()}
+    assert {"none", "no_clinical", "modality_dropout"} <= set(res.predictions["ablation"])
+    assert "oracle_auc" in res.run and 0.5 < res.run["oracle_auc"] <= 1
+    assert res.run["git"]["commit"] and res.run["versions"]["torch"]
+    assert (out / "models" / "amw_cnn" / "model.safetensors").is_file()
+
+
+def test_cv_predictions_are_out_of_fold_once_per_patient(run):
+    _, _, res = run
+    p = res.predictions
+    cv = p[(p["split"] == "cv") & (p["model"] == "amw_cnn") & (p["ablation"] == "none") & (p["scenario"] == "all")]
+    assert cv["patient_id"].is_unique
+    dev = res.splits[res.splits["split"] == "dev"]
+    assert set(cv["patient_id"]) == set(dev["patient_id"])
+    fold_of = dev.set_index("patient_id")["fold"]
+    assert (cv.set_index("patient_id")["fold"] == fold_of.loc[cv["patient_id"]].to_numpy()).all()
+    test = p[(p["split"] == "test") & (p["model"] == "amw_cnn") & (p["ablation"] == "none") & (p["scenario"] == "all")]
+    assert set(test["patient_id"]) == set(res.splits.loc[res.splits["split"] == "test", "patient_id"])
+
+
+def test_thresholds_come_from_training_folds_only(run):
+    from mmlib.metrics import youden_threshold
+
+    _, _, res = run
+    p = res.predictions
+    g = p[(p["split"] == "cv") & (p["model"] == "amw_cnn") & (p["ablation"] == "none") & (p["scenario"] == "all")]
+    for k, gk in g.groupby("fold"):
+        other = g[g["fold"] != k]
+        assert gk["threshold"].iloc[0] == pytest.approx(youden_threshold(other["label"], other["prob_malignant"]))
+
+
+def test_metrics_match_recomputation(run):
+    from sklearn.metrics import roc_auc_score
+
+    _, _, res = run
+    p = res.predictions
+    g = p[(p["split"] == "cv") & (p["model"] == "cnn_lstm") & (p["ablation"] == "none") & (p["scenario"] == "all")]
+    assert res.metric("cnn_lstm", "auc") == pytest.approx(roc_auc_score(g["label"], g["prob_malignant"]))
+    sens = ((g["prob_malignant"] >= g["threshold"]) & (g["label"] == 1)).sum() / (g["label"] == 1).sum()
+    assert res.metric("cnn_lstm", "sensitivity") == pytest.approx(sens)
+    row = res.metrics[(res.metrics["model"] == "cnn_lstm") & (res.metrics["metric"] == "auc") & (res.metrics["split"] == "cv")
+                      & (res.metrics["ablation"] == "none") & (res.metrics["scenario"] == "all")].iloc[0]
+    assert row["ci_low"] <= row["value"] <= row["ci_high"]
+
+
+def test_statistics_and_missing_table(run):
+    _, _, res = run
+    s = res.stats
+    mc = s[(s["test"] == "mcnemar_exact") & (s["split"] == "cv")]
+    n_models = 4  # amw_cnn, cnn_lstm, age_only, ultrasound_only
+    assert len(mc) == n_models * (n_models - 1) // 2
+    assert (mc["p_holm"] >= mc["p_value"] - 1e-12).all()
+    assert {"delong", "cohens_d_age", "welch_t_age", "mann_whitney_age"} <= set(s["test"])
+    m = res.missing
+    full = m[(m["model"] == "amw_cnn") & (m["ablation"] == "none") & (m["scenario"] == "all")]
+    assert float(full["auc_drop"].iloc[0]) == pytest.approx(0.0)
+    assert len(m[(m["model"] == "amw_cnn") & (m["ablation"] == "none")]) == 7
+
+
+def test_rerun_reuses_finished_work(run, capsys):
+    params, out, res = run
+    import mmlib.experiment
+
+    old = mmlib.experiment.COHORTS
+    mmlib.experiment.COHORTS = out.parent / "cohorts"
+    try:
+        ex.run_experiment(dict(params, progress=True))
+    finally:
+        mmlib.experiment.COHORTS = old
+    printed = capsys.readouterr().out
+    assert printed.count("reused finished work") == len(ex.experiment_configs(params))
+    again = ex.load_results(out)
+    pd.testing.assert_frame_equal(again.predictions, res.predictions)
+
+
+def test_unknown_parameters_are_refused(tmp_path):
+    with pytest.raises(ex.ParamsError, match="epoch"):
+        ex.load_params({"epoch": 3})
+    with pytest.raises(ex.ParamsError, match="models"):
+        ex.load_params({"models": ["resnet_magic"]})
+    with pytest.raises(ex.ParamsError, match="profiles"):
+        ex.load_params("no-such-profile")
+
+
+def test_profiles_in_params_folder_are_valid():
+    from mmlib.paths import PARAMS
+
+    for f in PARAMS.glob("*.yaml"):
+        p = ex.load_params(f)
+        assert p["profile"] == f.stem
