@@ -1,0 +1,97 @@
+"""Benchmark of the default study: wall time and peak memory per stage, the speed-up of the feature cache,
+and the quality targets on the synthetic cohort (best model vs the oracle AUC, models vs age only, modality
+importance order).
+
+    .venv/bin/python benchmarks/bench_experiment.py [--profile default] [--skip-run]
+
+Prints figures; asserts nothing (speed and quality are measured, not timed tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+def cache_speedup(profile: str, epochs: int = 1) -> dict:
+    """Seconds per training epoch of AMW-CNN from cached features vs from images through the frozen encoder."""
+    from mmlib import experiment as ex
+    from mmlib.data import FeatureDataset, MultimodalDataset, make_dataloaders
+    from mmlib.learner import multimodal_learner
+
+    p = ex.load_params(profile, progress=False)
+    study = ex.Study(p, ex.results_dir(p["profile"]))
+    study.cohort, study.cohort_info = ex.prepare_cohort(p)
+    from mmlib.splits import make_splits
+
+    study.splits = make_splits(study.cohort, n_folds=p["n_folds"], test_fraction=p["test_fraction"], seed=p["split_seed"])
+    t = time.perf_counter()
+    ex.build_feature_cache(study)
+    t_cache = time.perf_counter() - t
+    dev = np.flatnonzero(study.splits["split"].to_numpy() == "dev")
+    spec = ex._spec(study, dev, True)
+    out = {"cache_build_s (incl. reuse)": round(t_cache, 2)}
+    for kind in ("features", "images"):
+        if kind == "features":
+            tr, va = FeatureDataset(study.cohort, dev, spec, study.cache, train=True), FeatureDataset(study.cohort, dev[:8], spec, study.cache)
+        else:
+            tr, va = MultimodalDataset(study.cohort, dev, spec, train=True), MultimodalDataset(study.cohort, dev[:8], spec)
+            tr.loader = study.cache.loader  # decoded images already in memory: time the encoder, not the disk
+            va.loader = study.cache.loader
+        dls = make_dataloaders(tr, va, bs=p["bs"])
+        learn = multimodal_learner(dls, "amw_cnn", encoder_weights="none", csv_log=None, save_best=False)
+        ex._load_frozen_encoder(learn.model, study)
+        t = time.perf_counter()
+        with learn.no_bar(), learn.no_logging():
+            learn.fit(epochs, 1e-3)
+        out[f"epoch_s_{kind}"] = round((time.perf_counter() - t) / epochs, 2)
+    out["speedup"] = round(out["epoch_s_images"] / out["epoch_s_features"], 1)
+    return out
+
+
+def quality(results) -> dict:
+    from mmlib.experiment import modality_importance
+
+    m = results.metrics
+    base = m[(m["split"] == "cv") & (m["ablation"] == "none") & (m["scenario"] == "all") & (m["metric"] == "auc")]
+    aucs = dict(zip(base["model"], base["value"].round(4)))
+    models = [x for x in results.run["params"]["models"] if x in aucs]
+    best = max(models, key=aucs.get)
+    out = {"oof_auc": aucs, "best_model": best, "oracle_auc": results.run.get("oracle_auc")}
+    if out["oracle_auc"] is not None:
+        out["best_minus_oracle"] = round(aucs[best] - out["oracle_auc"], 4)
+    if "age_only" in aucs:
+        out["every_model_beats_age_only"] = all(aucs[x] > aucs["age_only"] for x in models)
+    imp = modality_importance(results.missing)
+    if not imp.empty:
+        out["importance_order (mean AUC drop when removed)"] = (
+            imp.groupby("removed")["auc_drop"].mean().sort_values(ascending=False).round(4).to_dict())
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--skip-run", action="store_true", help="read the existing results instead of running")
+    a = ap.parse_args()
+    from mmlib import experiment as ex
+
+    if not a.skip_run:
+        ex.run_experiment(a.profile)
+    res = ex.load_results(ex.results_dir(ex.load_params(a.profile)["profile"]))
+    print("== stages (wall seconds, peak RSS MB)")
+    for k, v in res.run["timings"].items():
+        print(f"  {k:15s} {v['seconds']:8.1f} s   {v['peak_memory_mb']:8.0f} MB")
+    print(f"  total           {res.run['wall_time_seconds']:8.1f} s")
+    print("== quality")
+    for k, v in quality(res).items():
+        print(f"  {k}: {v}")
+    print("== feature cache vs end to end (same fusion model, frozen encoder)")
+    for k, v in cache_speedup(a.profile).items():
+        print(f"  {k}: {v}")
+
+
+if __name__ == "__main__":
+    main()
