@@ -247,6 +247,10 @@ def prepare_cohort(params: dict):
             generate_cohort(folder, n_patients=int(params["synthetic_patients"]), seed=int(params["synthetic_seed"]))
         info = load_cohort_info(folder)
         info["synthetic"] = True
+    elif params["cohort"] in _importer_kinds():
+        manifest = import_real_cohort(params["cohort"])
+        info["synthetic"] = False
+        info["collection"] = params["cohort"]
     else:
         manifest = Path(params["cohort"])
         if not manifest.is_absolute():
@@ -255,6 +259,29 @@ def prepare_cohort(params: dict):
     cohort = load_manifest(manifest, decode_images=False)
     info["manifest"] = str(manifest)
     return cohort, info
+
+
+def _importer_kinds() -> set[str]:
+    from .importers import IMPORTERS
+
+    return set(IMPORTERS)
+
+
+def import_real_cohort(kind: str, source_dir: str | Path | None = None) -> Path:
+    """Manifest of a public collection read from ``../shared/data/<kind>`` (imported once into ``cohorts/``).
+
+    Where the collection is absent, stops at once with where to download it and the command that imports it.
+    """
+    from .importers import collection_help, import_cohort
+    from .paths import SHARED_DATA
+
+    source = Path(source_dir) if source_dir else SHARED_DATA / kind
+    manifest = COHORTS / kind / "manifest.csv"
+    if manifest.is_file():
+        return manifest
+    if not source.is_dir():
+        raise FileNotFoundError(f"the {kind} collection is not at {source}.\n\n{collection_help(kind)}")
+    return import_cohort(kind, source, manifest)
 
 
 # ----------------------------------------------------------------------------------------------- study
