@@ -210,6 +210,7 @@ def multimodal_learner(dls, name: str, *, model=None, lr: float = 3e-3, wd: floa
     import tempfile
 
     from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback
+    import fastai.callback.schedule  # noqa: F401  (patches fit_one_cycle and fine_tune onto Learner)
     from fastai.callback.progress import CSVLogger
     from fastai.learner import Learner
     from fastai.losses import BCEWithLogitsLossFlat

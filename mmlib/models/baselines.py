@@ -1,0 +1,125 @@
+"""Baselines: one input alone, and late fusion of per-input predictions.
+
+A baseline reads only its own inputs; everything else in the batch is ignored. A patient who has none
+of a baseline's inputs gets logit 0 (probability 0.5): the model abstains rather than guessing from
+padding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..batch import CLINICAL, PRESENT, effective_views, modality_index
+from . import register_model
+from .parts import MultimodalModel, create_head, masked_mean
+
+
+class _ImagingOnly(MultimodalModel):
+    modality = ""
+    fixed_kwargs = ("modalities",)
+
+    def __init__(self, **kwargs):
+        super().__init__(modalities=(self.modality,), **kwargs)
+        del self._config["modalities"]
+        self.head = create_head(self.dim, hidden=self.dim, dropout=self._config["dropout"])
+
+    def _forward(self, x: dict) -> tuple[torch.Tensor, dict]:
+        maps = self.encode(x)
+        pooled = masked_mean(self.pooled_views(maps, self.modality), effective_views(x, self.modality))
+        return self.head(pooled).squeeze(-1), {}
+
+
+@register_model("ultrasound_only")
+class UltrasoundOnly(_ImagingOnly):
+    """Ultrasound alone: projected maps, pooled per view and averaged over views, then the head.
+
+    Args: those of :class:`~mmlib.models.parts.MultimodalModel` except ``modalities``.
+    Shapes: ``forward(x)`` -> ``(B,)``; logit 0 where the patient has no ultrasound. No internals.
+    """
+
+    modality = "ultrasound"
+
+
+@register_model("mammography_only")
+class MammographyOnly(_ImagingOnly):
+    """Mammography alone: projected maps, pooled per view and averaged over views, then the head.
+
+    Args: those of :class:`~mmlib.models.parts.MultimodalModel` except ``modalities``.
+    Shapes: ``forward(x)`` -> ``(B,)``; logit 0 where the patient has no mammography. No internals.
+    """
+
+    modality = "mammography"
+
+
+@register_model("clinical_only")
+class ClinicalOnly(MultimodalModel):
+    """Logistic regression on the clinical vector: one linear layer, ``(B, K) -> (B,)``.
+
+    Args: those of :class:`~mmlib.models.parts.MultimodalModel` except ``modalities``; the encoder
+        arguments are accepted (one config fits every model) and unused; ``clinical_features`` must be > 0.
+    Shapes: ``forward(x)`` -> ``(B,)``; logit 0 where clinical input is absent. No internals.
+    """
+
+    clinical_mlp = False
+    fixed_kwargs = ("modalities",)
+
+    def __init__(self, **kwargs):
+        if kwargs.get("clinical_features") == 0:
+            raise ValueError("clinical_features must be > 0 for clinical_only (the model reads only clinical data)")
+        super().__init__(modalities=(CLINICAL,), **kwargs)
+        del self._config["modalities"]
+        self.linear = nn.Linear(self.clinical_features, 1)
+
+    def _forward(self, x: dict) -> tuple[torch.Tensor, dict]:
+        present = x[PRESENT][:, modality_index(CLINICAL)]
+        values = torch.where(present[:, None], x[CLINICAL].float(), 0.0)
+        return self.linear(values).squeeze(-1), {}
+
+
+@register_model("late_fusion")
+class LateFusion(MultimodalModel):
+    """Late fusion: one head per input, predictions averaged over the present inputs.
+
+    Each imaging modality's pooled vector (mean over views) and the clinical embedding get their own head
+    and logit ``l_m``. The prediction is the mean of the present inputs' probabilities,
+    ``p = mean_m sigmoid(l_m)``, returned as its logit, computed stably as
+    ``logsumexp(logsigmoid(l_m)) - logsumexp(logsigmoid(-l_m))`` over present ``m``. The per-input logits
+    are :attr:`aux_logits` (mask :attr:`aux_mask`), so the learner trains every head on its own as well.
+
+    Args:
+        aux_weight: weight of the per-input losses added by the learner.
+        **kwargs: those of :class:`~mmlib.models.parts.MultimodalModel`.
+
+    Shapes: ``forward(x)`` -> ``(B,)``. Internals: ``input_logits`` ``(B, M)`` (columns in
+        ``self.modalities`` order), ``input_mask`` ``(B, M)`` bool.
+    """
+
+    def __init__(self, *, aux_weight: float = 1.0, **kwargs):
+        if isinstance(aux_weight, bool) or not isinstance(aux_weight, (int, float)) or aux_weight < 0:
+            raise ValueError(f"aux_weight must be a number >= 0, got {aux_weight!r}")
+        super().__init__(**kwargs)
+        self._config["aux_weight"] = float(aux_weight)
+        self.aux_weight = float(aux_weight)
+        self.heads = nn.ModuleDict(
+            {m: create_head(self.dim, hidden=self.dim, dropout=self._config["dropout"]) for m in self.modalities}
+        )
+
+    def _forward(self, x: dict) -> tuple[torch.Tensor, dict]:
+        vectors = self.modality_vectors(x)
+        present = self.presence(x)
+        logits = torch.stack([self.heads[m](vectors[:, i]).squeeze(-1) for i, m in enumerate(self.modalities)], 1)
+        self.aux_logits = {m: logits[:, i] for i, m in enumerate(self.modalities)}
+        self.aux_mask = present
+        fused = _masked_logsumexp(nn.functional.logsigmoid(logits), present) - _masked_logsumexp(
+            nn.functional.logsigmoid(-logits), present
+        )
+        return fused, {"input_logits": logits, "input_mask": present}
+
+
+def _masked_logsumexp(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """logsumexp over dim 1 of the entries where ``mask`` is True; 0 for rows with none (no NaN)."""
+    has_any = mask.any(dim=1, keepdim=True)
+    filled = torch.where(mask, values, torch.full_like(values, float("-inf")))
+    filled = torch.where(has_any, filled, torch.zeros_like(values))
+    return torch.where(has_any[:, 0], torch.logsumexp(filled, dim=1), torch.zeros_like(values[:, 0]))

@@ -1,0 +1,157 @@
+"""Image encoders: offline ImageNet weights for efficientnet_lite0, weight files, feature-map shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from mmlib.encoders import (
+    WeightMappingError,
+    create_encoder,
+    efficientnet_lite0_weights_path,
+    encoder_spec,
+    load_efficientnet_lite0_imagenet,
+    map_state_dict_in_order,
+)
+
+# ImageNet classes of a temple / palace roof (sklearn's china.jpg) and of the daisy (flower.jpg).
+BUILDING_CLASSES = {442: "bell cote", 483: "castle", 497: "church", 538: "dome", 663: "monastery", 698: "palace"}
+DAISY = 985
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def packaged() -> dict:
+    return torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return create_encoder("efficientnet_lite0").eval()
+
+
+def test_every_packaged_tensor_is_loaded_in_order(packaged, lite0):
+    source = [(k, v) for k, v in packaged.items() if not k.startswith("_fc.")]
+    target = list(lite0.model.state_dict().items())
+    assert len(source) == len(target) == 294
+    for (skey, sval), (tkey, tval) in zip(source, target):
+        assert torch.equal(sval, tval), (skey, tkey)
+    # Nothing is left at its initial value: a fresh model differs in every floating tensor.
+    torch.manual_seed(0)
+    fresh = timm.create_model("efficientnet_lite0", num_classes=0, global_pool="").state_dict()
+    same = [k for k, v in fresh.items() if v.is_floating_point() and torch.equal(v, lite0.model.state_dict()[k])]
+    assert not same
+
+
+def test_batchnorm_statistics_are_trained(lite0):
+    bns = [m for m in lite0.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 49
+    for bn in bns:
+        assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+        assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))
+
+
+def _imagenet_input(image: np.ndarray) -> torch.Tensor:
+    h, w, _ = image.shape
+    s = min(h, w)
+    crop = Image.fromarray(image[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s])
+    x = torch.from_numpy(np.array(crop.resize((224, 224), Image.BICUBIC))).permute(2, 0, 1).float() / 255
+    enc_mean, enc_std = encoder_spec("efficientnet_lite0")["mean"], encoder_spec("efficientnet_lite0")["std"]
+    return ((x - torch.tensor(enc_mean)[:, None, None]) / torch.tensor(enc_std)[:, None, None])[None]
+
+
+def test_mapped_classifier_recognises_photographs():
+    """The full network with the mapped classifier names sklearn's two sample photographs sensibly."""
+    from sklearn.datasets import load_sample_images
+
+    model = load_efficientnet_lite0_imagenet(timm.create_model("efficientnet_lite0", num_classes=1000)).eval()
+    china, flower = load_sample_images().images
+    with torch.no_grad():
+        top_china = model(_imagenet_input(china)).topk(5).indices[0].tolist()
+        top_flower = model(_imagenet_input(flower)).topk(5).indices[0].tolist()
+    assert top_china[0] in BUILDING_CLASSES and len(set(top_china) & set(BUILDING_CLASSES)) >= 3
+    assert DAISY in top_flower
+
+
+@pytest.mark.parametrize("px,cells", [(224, 7), (128, 4)])
+def test_feature_map_shapes(lite0, px, cells):
+    with torch.no_grad():
+        maps = lite0(torch.randn(2, 3, px, px))
+    assert maps.shape == (2, 1280, cells, cells)
+    assert (lite0.num_features, lite0.reduction, lite0.name) == (1280, 32, "efficientnet_lite0")
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "test_efficientnet", "resnet10t"])
+def test_encoder_spec_matches_the_built_encoder(name):
+    spec = encoder_spec(name)
+    enc = create_encoder(name, weights="none")
+    assert spec == {"name": name, "num_features": enc.num_features, "mean": enc.mean, "std": enc.std,
+                    "reduction": enc.reduction}
+    with torch.no_grad():
+        assert enc(torch.zeros(1, 3, 64, 64)).shape[1] == spec["num_features"]
+
+
+def test_mismatched_state_dicts_raise_clear_errors(packaged):
+    model = timm.create_model("efficientnet_lite0", num_classes=0, global_pool="")
+    short = dict(list(packaged.items())[:-5])
+    with pytest.raises(WeightMappingError, match="holds 291 tensors but the model expects 294"):
+        load_efficientnet_lite0_imagenet(model, source=short, source_name="short.pth")
+    swapped = dict(packaged)
+    swapped["_blocks.0._depthwise_conv.weight"] = torch.zeros(16, 1, 3, 3)
+    with pytest.raises(WeightMappingError, match=r"_blocks.0._depthwise_conv.weight.*blocks.0.0.conv_dw.weight"):
+        load_efficientnet_lite0_imagenet(model, source=swapped)
+    with pytest.raises(WeightMappingError, match="does not fit"):
+        map_state_dict_in_order({"a": torch.zeros(3), "b": torch.zeros((), dtype=torch.int64)},
+                                {"x": torch.zeros(3), "y": torch.zeros(())})
+
+
+def test_weight_files_load_locally(tmp_path, packaged):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    source = create_encoder("test_efficientnet", weights="none").eval()
+    state = source.model.state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "enc.safetensors"))
+    torch.save(source.state_dict(), tmp_path / "enc.pth")  # ImageEncoder keys ("model." prefix)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = source(x)
+        for path in (tmp_path / "enc.safetensors", tmp_path / "enc.pth"):
+            assert torch.equal(create_encoder("test_efficientnet", weights=str(path)).eval()(x), ref)
+    # The packaged lukemelas-format file, given as a path, is mapped as for weights="imagenet".
+    by_path = create_encoder("efficientnet_lite0", weights=str(efficientnet_lite0_weights_path()))
+    assert torch.equal(by_path.model.conv_stem.weight, packaged["_conv_stem.weight"])
+    bad = dict(state)
+    bad.pop(next(iter(bad)))
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(WeightMappingError, match="bad.pth"):
+        create_encoder("test_efficientnet", weights=str(tmp_path / "bad.pth"))
+
+
+def test_single_channel_stem_sums_the_rgb_filters(packaged):
+    gray = create_encoder("efficientnet_lite0", in_chans=1)
+    assert torch.allclose(gray.model.conv_stem.weight, packaged["_conv_stem.weight"].sum(1, keepdim=True), atol=1e-6)
+
+
+def test_bad_encoder_arguments(tmp_path):
+    with pytest.raises(ValueError, match="weights"):
+        create_encoder("test_efficientnet", weights="imagenet22k")
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        create_encoder("test_efficientnet", weights=str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match="not a timm model"):
+        create_encoder("efficientnet_lite99", weights="none")
+    with pytest.raises(ValueError, match="in_chans"):
+        create_encoder("test_efficientnet", weights="none", in_chans=0)
+    vit = create_encoder("test_vit", weights="none")
+    with pytest.raises(ValueError, match="convolutional"):
+        vit(torch.zeros(1, 3, 32, 32))
