@@ -179,6 +179,19 @@ def FrozenEncoders():
     return _FrozenEncoders()
 
 
+def SaveBest():
+    """fastai's SaveModelCallback on ``valid_loss`` that reloads the best epoch only when one was saved
+    (a zero-epoch phase, e.g. ``fine_tune(freeze_epochs=0)``, saves nothing)."""
+    from fastai.callback.tracker import SaveModelCallback
+
+    class _SaveBest(SaveModelCallback):
+        def after_fit(self, **kwargs):
+            if (Path(self.learn.path) / self.learn.model_dir / f"{self.fname}.pth").exists():
+                super().after_fit(**kwargs)
+
+    return _SaveBest(monitor="valid_loss", fname="best", with_opt=False)
+
+
 def _unique_encoders(model):
     seen, out = set(), []
     for enc in getattr(model, "encoders", {}).values():
@@ -209,7 +222,7 @@ def multimodal_learner(dls, name: str, *, model=None, lr: float = 3e-3, wd: floa
     """
     import tempfile
 
-    from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback
+    from fastai.callback.tracker import EarlyStoppingCallback
     import fastai.callback.schedule  # noqa: F401  (patches fit_one_cycle and fine_tune onto Learner)
     from fastai.callback.progress import CSVLogger
     from fastai.learner import Learner
@@ -234,7 +247,7 @@ def multimodal_learner(dls, name: str, *, model=None, lr: float = 3e-3, wd: floa
     if early_stopping:
         cbs.append(EarlyStoppingCallback(monitor="valid_loss", patience=int(early_stopping)))
     if save_best:
-        cbs.append(SaveModelCallback(monitor="valid_loss", fname="best", with_opt=False))
+        cbs.append(SaveBest())
     path = Path(path) if path is not None else Path(tempfile.mkdtemp(prefix="mmlib-learner-"))
     learn = Learner(dls, model, loss_func=BCEWithLogitsLossFlat(), opt_func=Adam, lr=lr, wd=wd,
                     splitter=lambda m: [list(m.encoder_parameters()), list(m.head_parameters())],
