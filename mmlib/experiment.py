@@ -382,7 +382,7 @@ def fit_config(study: Study, config: Config, train_rows: np.ndarray, seed: int, 
         learn.remove_cbs([cb for cb in learn.cbs if type(cb).__name__ == "ProgressCallback"])
     if p["mixed_precision"] and _device(p) == "cuda":
         learn = learn.to_fp16()
-    with _quiet(not p["progress"]):
+    with _quiet(not p["progress"]), _torch_threads(1 if frozen else None):
         if frozen:
             learn.fit_one_cycle(int(p["epochs"]), float(p["lr"]))
         else:
@@ -397,6 +397,26 @@ def fit_config(study: Study, config: Config, train_rows: np.ndarray, seed: int, 
         return predict_proba(model, _eval_dataset(study, spec, rows, seed), keep=keep)
 
     return predict, model, spec
+
+
+class _torch_threads:
+    """Run a block with ``n`` torch threads. The fusion parts trained on cached features are tiny: one thread is
+    as fast as several, and far faster when other processes share the cores (threads spin-waiting for a core)."""
+
+    def __init__(self, n: int | None):
+        self.n = n
+
+    def __enter__(self):
+        import torch
+
+        self.old = torch.get_num_threads()
+        if self.n:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.old)
 
 
 class _quiet:

@@ -35,3 +35,14 @@ def tiny_cohort(tiny_cohort_dir):
     from mmlib.cohort import load_manifest
 
     return load_manifest(tiny_cohort_dir / "manifest.csv")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tests use small tensors: one thread is as fast and immune to other processes sharing the cores."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
