@@ -132,3 +132,26 @@ def test_profiles_in_params_folder_are_valid():
     for f in PARAMS.glob("*.yaml"):
         p = ex.load_params(f)
         assert p["profile"] == f.stem
+
+
+def test_report_tables(run):
+    from mmlib import report
+
+    _, _, res = run
+    t = report.metrics_table(res)
+    assert list(t["model"]) == ["AMW-CNN", "CNN-LSTM", "Age only (logistic regression)", "Ultrasound only"]
+    auc = res.metric("amw_cnn", "auc")
+    assert t.loc[0, "AUC"].startswith(f"{auc:.3f} (")
+    f = report.fold_table(res)
+    assert list(f.columns)[:3] == ["fold 1", "fold 2", "fold 3"]
+    assert f.loc["AMW-CNN", "mean"] == pytest.approx(f.loc["AMW-CNN", ["fold 1", "fold 2", "fold 3"]].mean(), abs=1e-3)
+    a = report.ablation_table(res)
+    assert set(a["ablation"]) >= {"none", "no_clinical", "modality_dropout", "equal_weights"}
+    assert (a.loc[a["ablation"] == "none", "change"] == 0).all()
+    mt = report.missing_table(res)
+    assert list(mt.columns)[0] == "all" and mt.shape[1] == 7
+    assert not report.importance_table(res).empty
+    assert len(report.pairwise_table(res)) == 6
+    assert report.age_table(res)["n malignant"].iloc[0] > 0
+    assert len(report.cv_vs_test(res)) == 4
+    assert len(report.checklist()) > 10
