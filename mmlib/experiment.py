@@ -104,7 +104,7 @@ def load_params(profile: str | Path | dict | None = None, **overrides) -> dict:
         if not isinstance(loaded, dict):
             raise ParamsError(f"{path}: expected a mapping of parameter names to values")
         params.update(loaded)
-        params.setdefault("profile", path.stem)
+        params["profile"] = loaded.get("profile", path.stem)
     params.update(overrides)
     return validate_params(params)
 

@@ -1,0 +1,779 @@
+"""Run the study and render the book: papermill executes, Jupyter Book only renders.
+
+Usage::
+
+    python -m mmlib.build --profile smoke              # execute every chapter, then render the HTML
+    python -m mmlib.build --profile smoke --strict     # Sphinx warnings are errors (CI)
+    python -m mmlib.build --profile smoke --only 06 10 # re-execute two chapters, keep the others' outputs
+    python -m mmlib.build --profile smoke --no-render  # execute only
+
+One chapter can also be executed by hand, with the parameters the build would inject::
+
+    papermill book/06_cross_validation.ipynb _build/smoke/source/book/06_cross_validation.ipynb \\
+        -f params/smoke.yaml -p profile smoke -p results_dir $PWD/results/smoke -k mmlib --cwd $PWD
+
+Layout of one run (nothing here is committed)::
+
+    _build/<profile>/source/          executed notebooks + copies of _config.yml, _toc.yml, book/*.md, ...
+    _build/<profile>/_build/html/     the rendered book (index.html)
+    results/<profile>/                what the notebooks write (tables, predictions, run.json)
+
+The notebooks are executed in the order of ``_toc.yml``, the toc's root (the front matter, which reads
+the results of the run) last. A failing notebook stops the build before anything is rendered, so a
+half-executed book is never published.
+
+This module is also a Sphinx extension (listed in ``_config.yml``): it ships the installed plotly.js
+into the built site, so figures render offline without a CDN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import paths
+
+#: Name of the Jupyter kernel the build registers for the current interpreter.
+KERNEL_NAME = "mmlib"
+#: Parameters the build injects into every notebook; a profile may not set them.
+RESERVED_PARAMETERS: tuple[str, ...] = ("profile", "results_dir")
+#: File name of plotly.js inside the built site's ``_static`` folder.
+PLOTLY_JS = "plotly.min.js"
+#: Chromium flags this machine needs (no sandbox as root, no GPU, no network chatter).
+CHROMIUM_FLAGS: tuple[str, ...] = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
+class NotebookExecutionError(RuntimeError):
+    """A notebook failed; carries the notebook, the failing cell's source and the error."""
+
+    def __init__(self, notebook: Path, cell_source: str, error: str, cell_index: int | None = None):
+        self.notebook = Path(notebook)
+        self.cell_source = cell_source
+        self.error = error
+        self.cell_index = cell_index
+        where = f"cell {cell_index}" if cell_index is not None else "a cell"
+        super().__init__(
+            f"notebook {self.notebook.name} failed in {where}:\n"
+            f"---- cell source ----\n{cell_source}\n---- error ----\n{error}"
+        )
+
+
+class RenderError(RuntimeError):
+    """``jupyter-book build`` failed (with ``strict``, any Sphinx warning)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Profiles and the table of contents
+
+
+def list_profiles(params_dir: Path = paths.PARAMS) -> list[str]:
+    """Names of the run profiles (``params/<name>.yaml``), sorted."""
+    return sorted(p.stem for p in Path(params_dir).glob("*.yaml"))
+
+
+def read_profile(profile: str, params_dir: Path = paths.PARAMS) -> dict:
+    """The notebook parameters of one run profile: a flat mapping of names to scalars or lists.
+
+    Raises:
+        FileNotFoundError: no ``params/<profile>.yaml`` (the message lists the profiles there are).
+        ValueError: the file is not a flat mapping, or sets a parameter the build injects itself.
+    """
+    path = Path(params_dir) / f"{profile}.yaml"
+    if not path.is_file():
+        available = ", ".join(list_profiles(params_dir)) or "none"
+        raise FileNotFoundError(f"no run profile {profile!r}: {path} does not exist (profiles: {available})")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of parameter names to values, got {type(data).__name__}")
+    for key, value in data.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ValueError(f"{path}: parameter name {key!r} is not a Python identifier")
+        if isinstance(value, dict):
+            raise ValueError(f"{path}: parameter {key!r} is a mapping; profiles are flat (name: value)")
+    clash = sorted(set(data) & set(RESERVED_PARAMETERS))
+    if clash:
+        raise ValueError(f"{path}: parameters {clash} are set by the build itself and may not be in a profile")
+    return data
+
+
+def toc_files(toc_path: Path) -> list[str]:
+    """Every file of a ``jb-book`` table of contents, in reading order, root first (no suffix)."""
+    toc = yaml.safe_load(Path(toc_path).read_text(encoding="utf-8"))
+    if not isinstance(toc, dict) or "root" not in toc:
+        raise ValueError(f"{toc_path}: expected a jb-book table of contents with a 'root' key")
+    out = [str(toc["root"])]
+
+    def walk(entries: Iterable[dict]) -> None:
+        for entry in entries or []:
+            if "file" in entry:
+                out.append(str(entry["file"]))
+            walk(entry.get("sections", []))
+
+    for part in toc.get("parts", []):
+        walk(part.get("chapters", []))
+    walk(toc.get("chapters", []))
+    return out
+
+
+def execution_order(root: Path = paths.ROOT) -> list[Path]:
+    """The notebooks of the book, in the order the build executes them: toc order, the toc's root last.
+
+    The root (front matter) reads what the chapters wrote, hence last.
+    """
+    root = Path(root)
+    entries = toc_files(root / "_toc.yml")
+    notebooks = [root / f"{e}.ipynb" for e in entries if (root / f"{e}.ipynb").is_file()]
+    missing = [e for e in entries if not any((root / f"{e}{s}").is_file() for s in (".ipynb", ".md"))]
+    if missing:
+        raise FileNotFoundError(f"{root / '_toc.yml'} lists files that do not exist: {missing}")
+    first = root / f"{entries[0]}.ipynb"
+    if first in notebooks:
+        notebooks.remove(first)
+        notebooks.append(first)
+    return notebooks
+
+
+def select_chapters(notebooks: Sequence[Path], only: Sequence[str]) -> list[Path]:
+    """The notebooks named by ``only``: a stem (``06_cross_validation``), a number prefix (``06``) or a file name."""
+    chosen = []
+    for name in only:
+        stem = Path(name).stem
+        hits = [nb for nb in notebooks if nb.stem == stem or nb.stem.split("_", 1)[0] == stem]
+        if len(hits) != 1:
+            names = ", ".join(nb.stem for nb in notebooks)
+            raise ValueError(f"--only {name!r}: expected one chapter matching it, found {len(hits)} (chapters: {names})")
+        chosen.extend(h for h in hits if h not in chosen)
+    return [nb for nb in notebooks if nb in chosen]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Notebooks
+
+
+def new_notebook(path: Path, title: str, *, overwrite: bool = False) -> Path:
+    """Write a minimal output-free chapter: a title cell, a ``parameters`` cell and the setup call.
+
+    The lead fills in the content; this only makes the skeleton reproducible.
+
+    Args:
+        path: the ``.ipynb`` to write.
+        title: the chapter title (the markdown ``#`` heading Jupyter Book uses in the navigation).
+        overwrite: replace an existing file (otherwise an existing file is left as it is).
+
+    Returns:
+        ``path``.
+    """
+    import nbformat
+
+    path = Path(path)
+    if path.suffix != ".ipynb":
+        raise ValueError(f"path {path}: expected a .ipynb file")
+    if not title.strip():
+        raise ValueError("title: expected a non-empty chapter title")
+    if path.exists() and not overwrite:
+        return path
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    params = nbformat.v4.new_code_cell(
+        'profile = "smoke"  # run profile, params/<profile>.yaml\n'
+        'results_dir = "../results/smoke"  # outputs of this run'
+    )
+    params.metadata["tags"] = ["parameters"]
+    setup = nbformat.v4.new_code_cell("from mmlib.book import setup_notebook\n\nsetup_notebook(seed=0)")
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}"), params, setup]
+    # Stable ids keep regenerated skeletons byte-identical.
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"{path.stem.replace('_', '-')}-{i}"
+    nbformat.validate(nb)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(path))
+    return path
+
+
+def ensure_kernel(name: str = KERNEL_NAME) -> str:
+    """Register a Jupyter kernel for this interpreter in its prefix (idempotent); returns its name.
+
+    Papermill then runs the notebooks with the same Python (and venv) as the build, whatever ``python``
+    is on ``PATH``.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(name)
+        if spec.argv and Path(spec.argv[0]) == Path(sys.executable):
+            return name
+    except NoSuchKernel:
+        pass
+    from ipykernel.kernelspec import install
+
+    install(kernel_name=name, display_name=f"Python ({name})", prefix=sys.prefix)
+    return name
+
+
+def _failing_cell(src: Path, dst: Path) -> tuple[str, int | None]:
+    """Source of the cell papermill marked as failed in ``dst``, and its index in the source notebook ``src``.
+
+    The index is the source's (papermill adds an error banner and the injected-parameters cell to ``dst``).
+    """
+    import nbformat
+
+    try:
+        executed = nbformat.read(str(dst), as_version=4)
+        original = nbformat.read(str(src), as_version=4)
+    except Exception:  # an unreadable output notebook must not hide the original error
+        return "", None
+    for cell in executed.cells:
+        if cell.cell_type == "code" and any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+            ids = [c.get("id") for c in original.cells]
+            index = ids.index(cell.get("id")) if cell.get("id") in ids else None
+            return cell.source, index
+    return "", None
+
+
+def execute_notebook(
+    src: Path,
+    dst: Path,
+    params: dict,
+    *,
+    kernel_name: str | None = None,
+    cwd: Path = paths.ROOT,
+    progress_bar: bool = False,
+) -> Path:
+    """Execute one notebook with papermill, parameters injected after its ``parameters`` cell.
+
+    Args:
+        src: the notebook source.
+        dst: where the executed notebook is written (its folder is created).
+        params: the parameters to inject (the profile plus ``profile`` and ``results_dir``).
+        kernel_name: Jupyter kernel; default: :func:`ensure_kernel` (this interpreter).
+        cwd: working directory of the kernel (the repository root, so relative paths mean the same
+            in every chapter).
+        progress_bar: papermill's per-cell progress bar.
+
+    Returns:
+        ``dst``.
+
+    Raises:
+        NotebookExecutionError: a cell raised; the message has the cell's source and the error.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise FileNotFoundError(f"notebook {src} does not exist")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        papermill.execute_notebook(
+            str(src),
+            str(dst),
+            parameters=dict(params),
+            kernel_name=kernel_name or ensure_kernel(),
+            cwd=str(cwd),
+            progress_bar=progress_bar,
+            log_output=False,
+        )
+    except PapermillExecutionError as exc:
+        source, index = _failing_cell(src, dst)
+        error = f"{exc.ename}: {exc.evalue}\n" + "\n".join(exc.traceback)
+        raise NotebookExecutionError(src, source or str(exc), _strip_ansi(error), index) from exc
+    _tag_parameter_cells(dst)
+    return dst
+
+
+def _tag_parameter_cells(path: Path) -> None:
+    """In the book, drop the default parameters (they were overridden) and fold the injected ones."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+        if "injected-parameters" in tags and "hide-input" not in tags:
+            tags.append("hide-input")
+    nbformat.write(nb, str(path))
+
+
+def _strip_ansi(text: str) -> str:
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def jupyter_book_command() -> list[str]:
+    """The ``jupyter-book`` of this interpreter's environment."""
+    beside = Path(sys.executable).parent / "jupyter-book"
+    if beside.is_file():
+        return [str(beside)]
+    found = shutil.which("jupyter-book")
+    if found is None:
+        raise FileNotFoundError("jupyter-book not found: install mmlib with its 'book' extra")
+    return [found]
+
+
+def render(source_dir: Path, out_dir: Path, strict: bool = False) -> Path:
+    """Render an executed book with Jupyter Book (which never executes: ``execute_notebooks: off``).
+
+    Args:
+        source_dir: folder holding ``_config.yml``, ``_toc.yml`` and the executed notebooks.
+        out_dir: ``--path-output``; the HTML lands in ``out_dir/_build/html``.
+        strict: Sphinx warnings are errors (``-W``).
+
+    Returns:
+        the path of ``index.html``.
+
+    Raises:
+        RenderError: the build failed; the message holds the tail of its output.
+    """
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    for name in ("_config.yml", "_toc.yml"):
+        if not (source_dir / name).is_file():
+            raise FileNotFoundError(f"source_dir {source_dir}: {name} is missing")
+    cmd = [*jupyter_book_command(), "build", str(source_dir), "--path-output", str(out_dir)]
+    if strict:
+        cmd.append("-W")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    index = out_dir / "_build" / "html" / "index.html"
+    output = proc.stdout + proc.stderr
+    # jupyter-book can print a traceback and still exit 0; a missing index.html is a failure too.
+    if proc.returncode != 0 or not index.is_file() or "Traceback (most recent call last)" in output:
+        text = _strip_ansi(output)
+        # The cause (a Sphinx warning or error) is printed well above jupyter-book's traceback.
+        causes = [line for line in text.splitlines()
+                  if "WARNING" in line or "ERROR" in line or "treated as error" in line or "SphinxWarning" in line]
+        tail = "\n".join(text.strip().splitlines()[-15:])
+        raise RenderError(f"jupyter-book build {source_dir} failed (exit {proc.returncode}):\n"
+                          + "\n".join(causes[-20:]) + f"\n...\n{tail}")
+    return index
+
+
+def stage_source(root: Path, source_dir: Path) -> None:
+    """Copy what Jupyter Book reads besides the executed notebooks into ``source_dir``."""
+    root, source_dir = Path(root), Path(source_dir)
+    (source_dir / "book").mkdir(parents=True, exist_ok=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(root / name, source_dir / name)
+    book = root / "book"
+    for path in list(book.glob("*.md")) + list(book.glob("*.bib")):
+        shutil.copy2(path, source_dir / "book" / path.name)
+    for folder in ("_static", "figures", "images"):
+        if (book / folder).is_dir():
+            shutil.copytree(book / folder, source_dir / "book" / folder, dirs_exist_ok=True)
+
+
+@dataclass
+class BuildResult:
+    """What :func:`build` did: executed notebooks, the rendered index (or None) and stage timings (s)."""
+
+    source_dir: Path
+    executed: list[Path]
+    index_html: Path | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def build(
+    profile: str,
+    *,
+    root: Path = paths.ROOT,
+    results_root: Path | None = None,
+    strict: bool = False,
+    only: Sequence[str] | None = None,
+    render_html: bool = True,
+    kernel_name: str | None = None,
+    log: Callable[[str], None] = print,
+) -> BuildResult:
+    """Execute the book's notebooks for one run profile, then render them.
+
+    Args:
+        profile: name of ``params/<profile>.yaml``.
+        root: repository root (``_config.yml``, ``_toc.yml``, ``book/``, ``params/``).
+        results_root: parent of ``results_dir``; default :data:`mmlib.paths.RESULTS`.
+        strict: render with Sphinx warnings as errors.
+        only: re-execute these chapters only (stems or number prefixes); the others keep the outputs
+            of the last full run, which must exist when rendering.
+        render_html: render after executing.
+        kernel_name: Jupyter kernel; default the one registered for this interpreter.
+        log: where progress and timings go.
+
+    Returns:
+        a :class:`BuildResult`.
+
+    Raises:
+        NotebookExecutionError: a notebook failed; nothing was rendered.
+    """
+    root = Path(root).resolve()
+    params = read_profile(profile, root / "params")
+    results_dir = (Path(results_root) if results_root else paths.RESULTS).resolve() / profile
+    params = {**params, "profile": profile, "results_dir": str(results_dir)}
+    out_dir = root / "_build" / profile
+    source_dir = out_dir / "source"
+    timings: dict[str, float] = {}
+
+    notebooks = execution_order(root)
+    todo = select_chapters(notebooks, only) if only else notebooks
+    kernel = kernel_name or ensure_kernel()
+    results_dir.mkdir(parents=True, exist_ok=True)
+    stage_source(root, source_dir)
+
+    executed = []
+    for nb in todo:
+        dst = source_dir / nb.relative_to(root)
+        log(f"[mmlib.build] executing {nb.relative_to(root)} ...")
+        t0 = time.perf_counter()
+        execute_notebook(nb, dst, params, kernel_name=kernel, cwd=root)
+        timings[nb.stem] = time.perf_counter() - t0
+        log(f"[mmlib.build] {nb.stem}: {timings[nb.stem]:.1f} s")
+        executed.append(dst)
+
+    index_html = None
+    if render_html:
+        absent = [nb.relative_to(root) for nb in notebooks if not (source_dir / nb.relative_to(root)).is_file()]
+        if absent:
+            raise FileNotFoundError(
+                f"cannot render: {[str(a) for a in absent]} were never executed for profile {profile!r}; "
+                "run the full build once before using --only"
+            )
+        log(f"[mmlib.build] rendering {source_dir} ...")
+        t0 = time.perf_counter()
+        index_html = render(source_dir, out_dir, strict=strict)
+        timings["render"] = time.perf_counter() - t0
+        log(f"[mmlib.build] render: {timings['render']:.1f} s -> {index_html}")
+    total = sum(timings.values())
+    log("[mmlib.build] stage timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()) + f"; total {total:.1f} s")
+    return BuildResult(source_dir=source_dir, executed=executed, index_html=index_html, timings=timings)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sphinx extension: plotly.js served from the site itself
+
+
+def _add_plotly_js(app, pagename, templatename, context, doctree) -> None:
+    # Only pages that hold a figure load the 4 MB library; the priority puts it before any
+    # require.js (500) a page may get, so plotly never registers as an anonymous AMD module.
+    if "plotly-graph-div" in context.get("body", ""):
+        app.add_js_file(PLOTLY_JS, priority=200)
+    # Sphinx 7 registers an inline script added at env-before-read-docs twice (filename None and
+    # ''), so sphinx-thebe's `const THEBE_JS_URL` is declared twice: a SyntaxError on every page.
+    scripts = context.get("script_files")
+    if isinstance(scripts, list):
+        seen, unique = set(), []
+        for js in scripts:
+            key = (getattr(js, "filename", js) or "", getattr(js, "priority", 0),
+                   tuple(sorted(getattr(js, "attributes", {}).items())))
+            if key not in seen:
+                seen.add(key)
+                unique.append(js)
+        context["script_files"] = unique
+
+
+def _copy_plotly_js(app, exception) -> None:
+    if exception is not None or app.builder is None or app.builder.format != "html":
+        return
+    from plotly.offline import get_plotlyjs
+
+    static = Path(app.builder.outdir) / "_static"
+    static.mkdir(parents=True, exist_ok=True)
+    (static / PLOTLY_JS).write_text(get_plotlyjs(), encoding="utf-8")
+
+
+def setup(app) -> dict:
+    """Sphinx entry point (``sphinx: extra_extensions: [mmlib.build]`` in ``_config.yml``)."""
+    app.connect("html-page-context", _add_plotly_js)
+    app.connect("build-finished", _copy_plotly_js)
+    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Browser check of the built HTML
+
+
+@dataclass
+class PageReport:
+    """What an offline headless Chromium saw on one page.
+
+    ``errors``: uncaught exceptions, ``console.error`` calls and failed loads (any http(s) request is
+    blocked, so a CDN dependency shows up here). ``figures``: plotly figure divs on the page;
+    ``figures_drawn``: those holding plotly's ``svg.main-svg``.
+    """
+
+    page: Path
+    errors: list[str]
+    figures: int
+    figures_drawn: int
+    screenshot: Path | None = None
+    text: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and self.figures_drawn == self.figures
+
+
+def find_chromium() -> str | None:
+    """Path of a Chromium/Chrome binary, or None."""
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None
+
+
+class _DevTools:
+    """A minimal Chrome DevTools Protocol client over one page's websocket."""
+
+    def __init__(self, ws_url: str, timeout: float):
+        import websocket  # websocket-client, a jupyter_server dependency
+
+        self.ws = websocket.create_connection(ws_url, timeout=timeout, suppress_origin=True)
+        self.next_id = 0
+        self.events: list[dict] = []
+
+    def call(self, method: str, **params) -> dict:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise RuntimeError(f"DevTools {method}: {msg['error']}")
+                return msg.get("result", {})
+            self.events.append(msg)
+
+    def wait_event(self, method: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        if any(e.get("method") == method for e in self.events):
+            return True
+        while time.monotonic() < deadline:
+            self.ws.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                msg = json.loads(self.ws.recv())
+            except Exception:
+                return False
+            self.events.append(msg)
+            if msg.get("method") == method:
+                return True
+        return False
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+_FIGURE_STATE_JS = (
+    "JSON.stringify({figures: document.querySelectorAll('.plotly-graph-div').length,"
+    " drawn: Array.from(document.querySelectorAll('.plotly-graph-div'))"
+    ".filter(d => d.querySelector('svg.main-svg')).length,"
+    " text: document.body ? document.body.innerText : ''})"
+)
+
+
+def _page_errors(events: list[dict]) -> list[str]:
+    errors = []
+    for e in events:
+        method, p = e.get("method"), e.get("params", {})
+        if method == "Runtime.exceptionThrown":
+            d = p.get("exceptionDetails", {})
+            desc = d.get("exception", {}).get("description") or d.get("text", "")
+            errors.append(f"uncaught exception: {desc} ({d.get('url', '')}:{d.get('lineNumber', '')})")
+        elif method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+            args = " ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", []))
+            errors.append(f"console.{p['type']}: {args}")
+        elif method == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
+            entry = p["entry"]
+            errors.append(f"{entry.get('source', 'log')}: {entry.get('text', '')} {entry.get('url', '')}".strip())
+        elif method == "Network.loadingFailed":
+            errors.append(f"failed load: {p.get('errorText', '')} (request {p.get('requestId', '')})")
+    # Log.entryAdded and Network.loadingFailed report one failed load twice; keep each message once.
+    return list(dict.fromkeys(errors))
+
+
+def check_html(
+    html_dir: Path,
+    *,
+    pages: Sequence[Path | str] | None = None,
+    screenshot_dir: Path | None = None,
+    settle_s: float = 10.0,
+    chromium: str | None = None,
+) -> list[PageReport]:
+    """Open built HTML pages in an offline headless Chromium and report what went wrong on each.
+
+    Every http(s) request is blocked, so the pages must work from the site's own files. A page passes
+    (``report.ok``) when it raised no error, logged no ``console.error``, loaded everything it asked
+    for, and every plotly figure on it was drawn.
+
+    Args:
+        html_dir: the site (``.../_build/html``).
+        pages: pages to open, relative to ``html_dir``; default every ``*.html`` outside
+            ``_static``/``_sources`` except ``genindex``/``search``.
+        screenshot_dir: where to save one PNG per page (``<page path with / as __>.png``).
+        settle_s: how long to wait, per page, for the figures to be drawn.
+        chromium: the browser binary; default :func:`find_chromium`.
+
+    Returns:
+        one :class:`PageReport` per page, in order.
+
+    Raises:
+        FileNotFoundError: no Chromium, or ``html_dir`` has no such page.
+    """
+    html_dir = Path(html_dir).resolve()
+    browser = chromium or find_chromium()
+    if browser is None:
+        raise FileNotFoundError("no chromium binary found (apt-get install chromium)")
+    if pages is None:
+        skip = {"genindex.html", "search.html"}
+        pages = sorted(
+            p.relative_to(html_dir)
+            for p in html_dir.rglob("*.html")
+            if p.name not in skip and not {"_static", "_sources", "_images"} & set(p.relative_to(html_dir).parts)
+        )
+    page_paths = [html_dir / p for p in pages]
+    for p in page_paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"page {p} does not exist")
+    if screenshot_dir is not None:
+        Path(screenshot_dir).mkdir(parents=True, exist_ok=True)
+
+    reports = []
+    with tempfile.TemporaryDirectory(prefix="mmlib-chromium-") as profile_dir:
+        port_file = Path(profile_dir) / "DevToolsActivePort"
+        proc = subprocess.Popen(
+            [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", "--remote-debugging-port=0",
+             "--window-size=1280,900", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            port = _devtools_port(port_file, proc)
+            for page in page_paths:
+                reports.append(_check_page(port, page, html_dir, screenshot_dir, settle_s))
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return reports
+
+
+def _devtools_port(port_file: Path, proc: subprocess.Popen, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"chromium exited with code {proc.returncode} before DevTools started")
+        if port_file.is_file():
+            lines = port_file.read_text().splitlines()
+            if lines and lines[0].strip().isdigit():
+                return int(lines[0])
+        time.sleep(0.05)
+    raise TimeoutError(f"chromium's DevTools did not start within {timeout:.0f} s")
+
+
+def _local_json(port: int, path: str, method: str = "GET") -> object:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+    with urllib.request.urlopen(req, timeout=10) as resp:  # loopback only: the browser we started
+        return json.loads(resp.read().decode())
+
+
+def _check_page(port: int, page: Path, html_dir: Path, screenshot_dir: Path | None, settle_s: float) -> PageReport:
+    target = _local_json(port, "/json/new?about:blank", method="PUT")
+    dt = _DevTools(target["webSocketDebuggerUrl"], timeout=30)
+    try:
+        for domain in ("Runtime", "Log", "Page", "Network"):
+            dt.call(f"{domain}.enable")
+        dt.call("Network.setBlockedURLs", urls=["http://*", "https://*", "ws://*", "wss://*"])
+        dt.call("Page.navigate", url=page.as_uri())
+        dt.wait_event("Page.loadEventFired", timeout=30)
+        state: dict = {}
+        deadline = time.monotonic() + settle_s
+        while True:
+            value = dt.call("Runtime.evaluate", expression=_FIGURE_STATE_JS, returnByValue=True)
+            state = json.loads(value.get("result", {}).get("value", "{}"))
+            if state.get("drawn", 0) >= state.get("figures", 0) or time.monotonic() > deadline:
+                break
+            dt.wait_event("__never__", timeout=0.2)  # keeps collecting console events while waiting
+        shot = None
+        if screenshot_dir is not None:
+            shot = Path(screenshot_dir) / (str(page.relative_to(html_dir)).replace(os.sep, "__") + ".png")
+            # The whole page (figures sit below the fold): grow the viewport to the content, capped so
+            # a long chapter stays a sane PNG, and let plotly's resize handlers redraw before capturing.
+            height = dt.call("Page.getLayoutMetrics").get("cssContentSize", {}).get("height", 900)
+            dt.call("Emulation.setDeviceMetricsOverride", width=1280, height=max(900, min(int(height), 8000)),
+                    deviceScaleFactor=1, mobile=False)
+            dt.wait_event("__never__", timeout=1.0)
+            data = dt.call("Page.captureScreenshot", format="png")["data"]
+            shot.write_bytes(base64.b64decode(data))
+        errors = _page_errors(dt.events)
+    finally:
+        dt.close()
+        try:
+            _local_json(port, f"/json/close/{target['id']}")
+        except Exception:  # closing a tab is best effort; the browser is torn down anyway
+            pass
+    return PageReport(
+        page=page,
+        errors=errors,
+        figures=int(state.get("figures", 0)),
+        figures_drawn=int(state.get("drawn", 0)),
+        screenshot=shot,
+        text=str(state.get("text", "")),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m mmlib.build",
+        description="Execute the book's notebooks with papermill for one run profile, then render it.",
+    )
+    parser.add_argument("--profile", required=True, help="run profile: params/<PROFILE>.yaml")
+    parser.add_argument("--strict", action="store_true", help="Sphinx warnings are errors")
+    parser.add_argument("--only", nargs="+", metavar="CHAPTER", help="re-execute these chapters only (e.g. 06)")
+    parser.add_argument("--no-render", action="store_true", help="execute only, do not render")
+    args = parser.parse_args(argv)
+    try:
+        result = build(args.profile, strict=args.strict, only=args.only, render_html=not args.no_render)
+    except NotebookExecutionError as exc:
+        print(f"[mmlib.build] FAILED: {exc}", file=sys.stderr)
+        print("[mmlib.build] nothing was rendered.", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError, RenderError) as exc:
+        print(f"[mmlib.build] FAILED: {exc}", file=sys.stderr)
+        return 1
+    if result.index_html is not None:
+        print(f"[mmlib.build] book: {result.index_html}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""The book's build machinery: profiles, toc order, papermill execution, failure handling, offline HTML."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import nbformat
+import pytest
+from PIL import Image
+
+from mmlib import book, build
+from mmlib.paths import ROOT
+
+
+def _notebook(path, *cells, params="x = 0"):
+    """A tiny notebook: a title, a ``parameters`` cell, then ``cells`` (markdown when starting with '#' or '{')."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    p = nbformat.v4.new_code_cell(params)
+    p.metadata["tags"] = ["parameters"]
+    body = [nbformat.v4.new_markdown_cell(c) if c.lstrip().startswith(("#", "Value")) else nbformat.v4.new_code_cell(c)
+            for c in cells]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"), p, *body]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(path))
+    return path
+
+
+def _tiny_repo(tmp_path, chapters: dict[str, list[str]], profile="tiny", params="n: 3\n"):
+    """A repository in tmp_path: the real _config.yml and references, a toc of ``chapters`` (first = root)."""
+    root = tmp_path / "repo"
+    (root / "book").mkdir(parents=True)
+    (root / "params").mkdir()
+    (root / "params" / f"{profile}.yaml").write_text(params)
+    shutil.copy(ROOT / "_config.yml", root / "_config.yml")
+    shutil.copy(ROOT / "book" / "references.bib", root / "book" / "references.bib")
+    names = list(chapters)
+    toc = {"format": "jb-book", "root": f"book/{names[0]}",
+           "parts": [{"caption": "Chapters", "chapters": [{"file": f"book/{n}"} for n in names[1:]]}]}
+    (root / "_toc.yml").write_text(json.dumps(toc))  # JSON is YAML
+    for name, cells in chapters.items():
+        _notebook(root / "book" / f"{name}.ipynb", *cells, params='profile = "x"\nresults_dir = "."\nn = 0')
+    return root
+
+
+def test_new_notebook_is_a_valid_parameterised_skeleton(tmp_path):
+    path = build.new_notebook(tmp_path / "book" / "07_internal_test.ipynb", "Internal test set")
+    nb = nbformat.read(str(path), as_version=4)
+    nbformat.validate(nb)
+    assert nb.cells[0].source == "# Internal test set"
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and "profile =" in tagged[0].source and "results_dir =" in tagged[0].source
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    assert "setup_notebook(seed=0)" in nb.cells[2].source
+    # Existing files are left alone unless asked; regenerating is byte-identical.
+    before = path.read_bytes()
+    build.new_notebook(path, "Another title")
+    assert path.read_bytes() == before
+    build.new_notebook(path, "Internal test set", overwrite=True)
+    assert path.read_bytes() == before
+    with pytest.raises(ValueError, match="title"):
+        build.new_notebook(tmp_path / "a.ipynb", " ")
+
+
+def test_repository_book_skeleton_matches_the_toc():
+    order = build.execution_order(ROOT)
+    assert order[-1].name == "index.ipynb"
+    assert [p.stem for p in order[:3]] == ["01_data", "02_cuf_mt", "03_amw_cnn"]
+    assert len(order) == 14
+    for nb_path in order:
+        nb = nbformat.read(str(nb_path), as_version=4)
+        assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells), nb_path
+
+
+def test_read_profile_validates_and_lists_profiles(tmp_path):
+    (tmp_path / "smoke.yaml").write_text("n_folds: 2\nmodels: [a, b]\n")
+    (tmp_path / "bad.yaml").write_text("profile: x\n")
+    (tmp_path / "nested.yaml").write_text("training:\n  epochs: 3\n")
+    assert build.read_profile("smoke", tmp_path) == {"n_folds": 2, "models": ["a", "b"]}
+    with pytest.raises(FileNotFoundError, match=r"no run profile 'gpu'.*profiles: bad, nested, smoke"):
+        build.read_profile("gpu", tmp_path)
+    with pytest.raises(ValueError, match="set by the build"):
+        build.read_profile("bad", tmp_path)
+    with pytest.raises(ValueError, match="flat"):
+        build.read_profile("nested", tmp_path)
+
+
+def test_execution_order_follows_toc_with_root_last_and_only_selects(tmp_path):
+    root = _tiny_repo(tmp_path, {"index": [], "02_b": [], "01_a": []})
+    order = build.execution_order(root)
+    assert [p.stem for p in order] == ["02_b", "01_a", "index"]
+    assert [p.stem for p in build.select_chapters(order, ["01"])] == ["01_a"]
+    assert [p.stem for p in build.select_chapters(order, ["01_a", "02_b.ipynb"])] == ["02_b", "01_a"]
+    with pytest.raises(ValueError, match="--only '05'"):
+        build.select_chapters(order, ["05"])
+    (root / "book" / "01_a.ipynb").unlink()
+    with pytest.raises(FileNotFoundError, match="01_a"):
+        build.execution_order(root)
+
+
+def test_execute_notebook_injects_parameters(tmp_path):
+    src = _notebook(tmp_path / "p.ipynb", "print(f'{profile}:{n * 2}')", params='profile = "default"\nn = 1')
+    dst = build.execute_notebook(src, tmp_path / "out" / "p.ipynb", {"profile": "tiny", "n": 21}, cwd=tmp_path)
+    nb = nbformat.read(str(dst), as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and 'profile = "tiny"' in injected[0].source
+    assert nb.cells[-1].outputs[0]["text"] == "tiny:42\n"
+    # The book shows the injected values (folded), not the overridden defaults.
+    assert "remove-cell" in nb.cells[1].metadata["tags"] and "hide-input" in injected[0].metadata["tags"]
+    # The kernel runs on this interpreter.
+    spec = json.loads((build.ensure_kernel() and _kernel_json()).read_text())
+    assert spec["argv"][0] == __import__("sys").executable
+
+
+def _kernel_json():
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return __import__("pathlib").Path(KernelSpecManager().get_kernel_spec(build.KERNEL_NAME).resource_dir) / "kernel.json"
+
+
+def test_failing_notebook_stops_with_cell_and_error(tmp_path):
+    src = _notebook(tmp_path / "bad.ipynb", "a = 1", "raise ValueError('cohort file missing')", "b = 2")
+    with pytest.raises(build.NotebookExecutionError) as info:
+        build.execute_notebook(src, tmp_path / "out" / "bad.ipynb", {}, cwd=tmp_path)
+    err = info.value
+    assert err.notebook.name == "bad.ipynb" and err.cell_index == 3
+    assert err.cell_source == "raise ValueError('cohort file missing')"
+    assert "ValueError: cohort file missing" in err.error and "\x1b[" not in err.error
+    assert "bad.ipynb" in str(err) and "raise ValueError('cohort file missing')" in str(err)
+
+
+def test_build_with_a_failing_chapter_renders_nothing(tmp_path, capsys):
+    root = _tiny_repo(tmp_path, {"index": ["print('front')"], "01_ok": ["print('ok')"],
+                                 "02_fails": ["1 / 0"], "03_after": ["print('never')"]})
+    logs = []
+    with pytest.raises(build.NotebookExecutionError, match="ZeroDivisionError"):
+        build.build("tiny", root=root, results_root=tmp_path / "results", log=logs.append)
+    source = root / "_build" / "tiny" / "source" / "book"
+    assert (source / "01_ok.ipynb").is_file()
+    assert not (source / "03_after.ipynb").exists() and not (source / "index.ipynb").exists()
+    assert not (root / "_build" / "tiny" / "_build").exists()  # never rendered
+    assert any("01_ok" in line and " s" in line for line in logs)
+
+
+def test_cli_reports_a_missing_profile(capsys):
+    assert build.main(["--profile", "no_such_profile_xyz"]) == 1
+    err = capsys.readouterr().err
+    assert "no_such_profile_xyz" in err and "profiles:" in err
+
+
+def test_glue_stores_numpy_numbers_as_plain_literals(monkeypatch):
+    import numpy as np
+
+    stored = {}
+    monkeypatch.setattr("myst_nb.glue", lambda name, value, display: stored.update({name: (value, display)}))
+    assert book.glue("auc_mean", np.float64(0.912345)) is None
+    value, display = stored["auc_mean"]
+    assert type(value) is float and repr(value) == "0.912345" and display is False
+    book.glue("n_patients", np.int64(120), display=True)
+    assert stored["n_patients"] == (120, True) and type(stored["n_patients"][0]) is int
+    with pytest.raises(ValueError, match="finite"):
+        book.glue("bad", float("nan"))
+    with pytest.raises(ValueError, match="name"):
+        book.glue("not a key", 1)
+
+
+def test_colophon_lists_commit_versions_and_run_json(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"wall_time_s": 12.345, "device": "cpu", "folds": [1, 2]}))
+    table = book.colophon(tmp_path)
+    assert list(table.columns) == ["section", "item", "value"]
+    get = dict(zip(table["item"], table["value"]))
+    import platform
+
+    import torch
+
+    assert get["python"] == platform.python_version() and get["torch"] == torch.__version__
+    assert get["wall_time_s"] == "12.3" and get["device"] == "cpu" and "folds" not in get
+    assert len(get["git commit"]) == 40 or get["git commit"].startswith("unknown")
+    assert set(table["section"]) == {"source", "software", "device", "run"}
+
+
+def test_show_table_html_has_caption_and_rounded_numbers():
+    import pandas as pd
+
+    out = book.show_table(pd.DataFrame({"model": ["a<b"], "auc": [0.912345]}), "AUC per model & fold")
+    html = out._repr_html_()
+    assert "<caption>AUC per model &amp; fold</caption>" in html
+    assert ">0.912</td>" in html and "0.9123" not in html and ">a&lt;b</td>" in html
+    with pytest.raises(ValueError, match="caption"):
+        book.show_table(pd.DataFrame({"a": [1]}), "")
+
+
+@pytest.mark.slow
+def test_tiny_book_builds_and_renders_offline_in_chromium(tmp_path):
+    chromium = build.find_chromium()
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    figure_cell = (
+        "import numpy as np, pandas as pd\n"
+        "from mmlib.figures import roc_curves\n"
+        "from mmlib.book import glue\n"
+        "rng = np.random.default_rng(0)\n"
+        "y = rng.integers(0, 2, 40)\n"
+        "df = pd.DataFrame({'model': 'm', 'ablation': 'none', 'scenario': 'all', 'split': 'cv',\n"
+        "                   'prob_malignant': np.clip(y * 0.5 + rng.uniform(0, 0.6, 40), 0, 1), 'label': y})\n"
+        "fig = roc_curves(df)\n"
+        "glue('auc_tiny', fig.data[0].meta['auc'])\n"
+        "fig"
+    )
+    root = _tiny_repo(tmp_path, {
+        "index": ["import time; print('nonce', time.time_ns())"],
+        "01_fig": ["from mmlib.book import setup_notebook\nsetup_notebook(seed=0)", figure_cell,
+                   "Value: {glue:text}`auc_tiny:.3f` for profile {glue:text}`n_glued:d`.",
+                   "glue('n_glued', n)"],
+    })
+    result = build.build("tiny", root=root, results_root=tmp_path / "results", strict=True, log=lambda s: None)
+    assert result.index_html.is_file()
+    html_dir = result.index_html.parent
+    executed = nbformat.read(str(result.source_dir / "book" / "01_fig.ipynb"), as_version=4)
+    auc = next(o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
+               if "auc_tiny" in json.dumps(o.get("metadata", {})))
+    auc_value = float(next(v for k, v in auc["data"].items() if k.endswith("text/plain")))
+
+    # Jupyter Book did not execute again: the page shows papermill's nonce.
+    index_nb = nbformat.read(str(result.source_dir / "book" / "index.ipynb"), as_version=4)
+    nonce = index_nb.cells[-1].outputs[0]["text"].split()[1]
+    assert nonce in (html_dir / "book" / "index.html").read_text()
+    assert (html_dir / "_static" / build.PLOTLY_JS).stat().st_size > 1_000_000
+    chapter = (html_dir / "book" / "01_fig.html").read_text()
+    sources = re.findall(r'<script[^>]*\ssrc="([^"]+)"', chapter)
+    assert "../_static/plotly.min.js" in sources
+    assert not [s for s in sources if "://" in s or "mathjax" in s.lower()], sources
+    assert "_static/plotly.min.js" not in (html_dir / "book" / "index.html").read_text()
+
+    reports = build.check_html(html_dir, pages=["book/index.html", "book/01_fig.html"],
+                               screenshot_dir=tmp_path / "shots", chromium=chromium)
+    for r in reports:
+        assert r.ok, (r.page, r.errors, r.figures, r.figures_drawn)
+    fig_page = reports[1]
+    assert fig_page.figures == 1 and fig_page.figures_drawn == 1
+    assert f"Value: {auc_value:.3f} for profile 3." in fig_page.text
+    for r in reports:
+        with Image.open(r.screenshot) as shot:
+            assert shot.format == "PNG" and shot.size[0] >= 800
+    with Image.open(reports[1].screenshot) as shot:
+        assert shot.size[1] > 900  # the whole page, figure included, not just the first screen
