@@ -541,7 +541,7 @@ def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | No
         "device": device_info(),
         "timings": study.timings,
         "wall_time_seconds": round(time.perf_counter() - t0, 1),
-        "cohort": {**{k: v for k, v in study.cohort_info.items() if k != "config"}, "summary": _summary(study)},
+        "cohort": {**study.cohort_info, "summary": _summary(study)},
         "thresholds": tables["thresholds"],
         "synthetic": bool(study.cohort_info.get("synthetic")),
     }
@@ -812,6 +812,10 @@ class Results:
     missing: pd.DataFrame
     run: dict
     splits: pd.DataFrame
+
+    def cohort(self):
+        """The cohort of the run (regenerated deterministically when it is the synthetic one)."""
+        return prepare_cohort(load_params(dict(self.run["params"])))[0]
 
     def metric(self, model, metric="auc", *, split="cv", ablation="none", scenario="all") -> float:
         m = self.metrics

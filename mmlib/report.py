@@ -189,3 +189,213 @@ def checklist() -> pd.DataFrame:
     return pd.DataFrame(items, columns=["item", "guideline", "where in this book"])
 
 
+
+
+#: What the paper's abstract reports (quoted for comparison; every other number is computed).
+PAPER_REPORTED = {"amw_cnn_cv_auc": 0.992, "cuf_mt_test_auc": 0.91, "n_patients": 92}
+
+
+def abstract_numbers(res) -> tuple[str, dict]:
+    """The best multimodal model (pooled out-of-fold AUC) and the numbers the front matter quotes."""
+    models = [m for m in res.run["params"]["models"] if m in set(res.metrics["model"])]
+    cv = _sel(res.metrics, split="cv", ablation="none", scenario="all", metric="auc").set_index("model")
+    best = max(models, key=lambda m: cv.loc[m, "value"])
+    splits = res.splits
+    summary = res.run.get("cohort", {}).get("summary", {})
+    nan = float("nan")
+
+    def metric(model, split="cv"):
+        try:
+            return res.metric(model, "auc", split=split)
+        except KeyError:
+            return nan
+
+    out = {
+        "cohort_kind": "A synthetic" if res.run.get("synthetic") else "A real",
+        "n_patients": int(len(splits)), "n_malignant": int(splits["label"].sum()),
+        "n_dev": int((splits["split"] == "dev").sum()), "n_test": int((splits["split"] == "test").sum()),
+        "best_cv_auc": float(cv.loc[best, "value"]), "best_cv_auc_low": float(cv.loc[best, "ci_low"]),
+        "best_cv_auc_high": float(cv.loc[best, "ci_high"]), "best_test_auc": metric(best, "test"),
+        "age_cv_auc": metric("age_only"), "oracle_auc": float(res.run.get("oracle_auc", nan)),
+    }
+    imp = importance_table(res) if not res.missing.empty else pd.DataFrame()
+    out["most_important_input"] = str(imp.index[0]) if len(imp) else "n/a"
+    out["most_important_drop"] = float(imp["auc_drop"].iloc[0]) if len(imp) else nan
+    out = {k: (v if not isinstance(v, float) or np.isfinite(v) else -1.0) for k, v in out.items()}
+    del summary
+    return best, out
+
+
+def cohort_truth_table(cohort_info: dict) -> pd.DataFrame:
+    """Oracle and per-source AUCs of the synthetic generator (empty for a real cohort)."""
+    if not cohort_info.get("synthetic") or "source_auc" not in cohort_info:
+        return pd.DataFrame({"note": ["real cohort: no known ground truth"]})
+    rows = [{"source": "all sources (oracle)", "effect size d": np.nan, "AUC (empirical)": cohort_info["oracle_auc"],
+             "AUC (theoretical)": cohort_info.get("oracle_auc_theoretical")}]
+    d = cohort_info.get("config", {}).get("informativeness", {})
+    for s, v in cohort_info["source_auc"].items():
+        rows.append({"source": s, "effect size d": d.get(s, np.nan), "AUC (empirical)": v["empirical"],
+                     "AUC (theoretical)": v["theoretical"]})
+    return pd.DataFrame(rows).round(3)
+
+
+def example_images(cohort, *, n_per_class: int = 2, seed: int = 0) -> dict:
+    """``{"<modality> <label> <patient>": image}`` for a few patients of each class with each modality."""
+    from .imaging import read_image
+    from .schema import IMAGE_MODALITIES
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    pats = cohort.patients
+    for m in IMAGE_MODALITIES:
+        has = pats[pats[m].map(lambda v: isinstance(v, list) and len(v) > 0)]
+        for label, name in ((0, "benign"), (1, "malignant")):
+            g = has[has["label"] == label]
+            for i in rng.choice(len(g), size=min(n_per_class, len(g)), replace=False) if len(g) else []:
+                row = g.iloc[int(i)]
+                out[f"{m} · {name} · {row['patient_id']}"] = read_image(row[m][0])
+    return out
+
+
+def timings_table(run: dict) -> pd.DataFrame:
+    rows = [{"stage": k, "seconds": v["seconds"], "peak memory (MB)": v["peak_memory_mb"]} for k, v in run["timings"].items()]
+    rows.append({"stage": "total", "seconds": run["wall_time_seconds"], "peak memory (MB)": max(r["peak memory (MB)"] for r in rows)})
+    return pd.DataFrame(rows)
+
+
+def training_log(res, model: str, *, ablation: str = "none") -> pd.DataFrame:
+    """fastai CSV logs of a model's cross-validation folds, stacked with a ``fold`` column."""
+    folder = res.folder / "logs" / f"{model}__{ablation}"
+    frames = []
+    for f in sorted(folder.glob("seed*_fold*.csv")):
+        df = pd.read_csv(f)
+        df["fold"] = f.stem.split("_fold")[-1]
+        frames.append(df)
+    if not frames:
+        raise FileNotFoundError(f"no training logs in {folder}")
+    log = pd.concat(frames, ignore_index=True)
+    # one curve per epoch: the mean over folds (fastai writes one row per epoch per fold)
+    num = log.drop(columns=["fold", "time"], errors="ignore").apply(pd.to_numeric, errors="coerce")
+    return num.groupby("epoch", as_index=False).mean()
+
+
+def attention_figures(cohort, patient_ids, maps: dict, spec, *, labels=None) -> list:
+    """CUF-MT: one figure per example patient and imaging modality, the CLS attention over its first view."""
+    from . import figures
+    from .data import ImageLoader, patient_views
+    from .schema import IMAGE_MODALITIES
+
+    loader = ImageLoader(spec.images)
+    index = pd.Index(cohort.patients["patient_id"].astype(str))
+    figs = []
+    for i, pid in enumerate(patient_ids):
+        row = cohort.patients.iloc[index.get_loc(str(pid))]
+        for m in IMAGE_MODALITIES:
+            if (i, m, 0) not in maps:
+                continue
+            views = patient_views(row, m)
+            if not views:
+                continue
+            img = loader(*views[0])
+            label = "" if labels is None else (" (malignant)" if labels[i] else " (benign)")
+            figs.append(figures.attention_overlay(img, maps[(i, m, 0)], title=f"{pid}{label}: CLS attention on {m}"))
+    return figs
+
+
+def threshold_table(res) -> pd.DataFrame:
+    p = res.predictions
+    g = p[(p["ablation"] == "none") & (p["scenario"] == "all")]
+    t = g.groupby(["model", "split", "fold"])["threshold"].first().reset_index()
+    t["model"] = t["model"].map(display_name)
+    return t.round(4)
+
+
+def ablation_metrics(res) -> pd.DataFrame:
+    """metrics.csv rows of the ablations, with the model column naming model and ablation (for a forest plot)."""
+    m = res.metrics[res.metrics["model"].isin(res.run["params"]["models"])].copy()
+    m["model"] = m["model"].map(display_name) + " · " + m["ablation"]
+    return m
+
+
+def largest_ablation_loss(res) -> str:
+    t = ablation_table(res)
+    t = t[t["ablation"] != "none"]
+    if t.empty:
+        return "no ablations in this run"
+    r = t.sort_values("change").iloc[0]
+    return f"{r['model']} {r['ablation']} ({r['change']:+.3f} AUC)"
+
+
+def generator_order(res) -> list[str]:
+    """The synthetic generator's order of importance in the book's input names (age -> clinical)."""
+    info = res.run.get("cohort", {})
+    order = info.get("importance_order") or []
+    mapping = info.get("source_modality", {"age": "clinical"})
+    return [mapping.get(s, s) for s in order]
+
+
+def age_effect(res) -> float:
+    s = res.stats[res.stats["test"] == "cohens_d_age"]
+    return float(s["statistic"].iloc[0]) if len(s) else float("nan")
+
+
+def calibration_table(res, *, split: str = "cv") -> pd.DataFrame:
+    from .stats import calibration_slope_intercept
+
+    p = res.predictions
+    rows = []
+    for model in model_order(res):
+        g = p[(p["model"] == model) & (p["ablation"] == "none") & (p["scenario"] == "all") & (p["split"] == split)]
+        if g["label"].nunique() < 2:
+            continue
+        c = calibration_slope_intercept(g["label"].to_numpy(), g["prob_malignant"].to_numpy())
+        b = res.metrics[(res.metrics["model"] == model) & (res.metrics["ablation"] == "none") & (res.metrics["scenario"] == "all")
+                        & (res.metrics["split"] == split)].set_index("metric")
+        rows.append({"model": display_name(model), "slope": fmt_ci(c["slope"], c["slope_ci_low"], c["slope_ci_high"], 2),
+                     "intercept": fmt_ci(c["intercept"], c["intercept_ci_low"], c["intercept_ci_high"], 2),
+                     "Brier": round(float(b.loc["brier", "value"]), 3), "ECE": round(float(b.loc["ece", "value"]), 3)})
+    return pd.DataFrame(rows)
+
+
+def real_vs_synthetic(profile: str, results_dir: str = "") -> pd.DataFrame:
+    """The best model and the age-only baseline of every finished run beside this one (real and synthetic)."""
+    from .experiment import load_results
+    from .paths import RESULTS
+
+    rows = []
+    for folder in sorted(RESULTS.glob("*")) if RESULTS.is_dir() else []:
+        if not (folder / "run.json").is_file():
+            continue
+        try:
+            r = load_results(folder)
+            best, nums = abstract_numbers(r)
+        except (KeyError, ValueError, FileNotFoundError):
+            continue
+        rows.append({"profile": folder.name, "cohort": "synthetic" if r.run.get("synthetic") else "real",
+                     "patients": nums["n_patients"], "best model": display_name(best),
+                     "best CV AUC (95% CI)": fmt_ci(nums["best_cv_auc"], nums["best_cv_auc_low"], nums["best_cv_auc_high"]),
+                     "age only CV AUC": round(nums["age_cv_auc"], 3) if nums["age_cv_auc"] >= 0 else "n/a",
+                     "oracle AUC": round(nums["oracle_auc"], 3) if nums["oracle_auc"] >= 0 else "n/a"})
+    if not rows:
+        return pd.DataFrame({"note": ["no finished runs yet"]})
+    return pd.DataFrame(rows)
+
+
+def real_cohort_summaries() -> pd.DataFrame:
+    """Patients, labels and missing ages of the public collections in ``../shared/data`` (if present)."""
+    from .experiment import import_real_cohort
+    from .cohort import load_manifest
+    from .paths import SHARED_DATA
+
+    rows = []
+    for kind in ("breast-lesions-usg", "cdd-cesm"):
+        if not (SHARED_DATA / kind).is_dir():
+            rows.append({"collection": kind, "status": f"not found at {SHARED_DATA / kind}: see README to download"})
+            continue
+        c = load_manifest(import_real_cohort(kind), decode_images=False)
+        pres = c.presence()
+        rows.append({"collection": kind, "status": "found", "units": len(c), "malignant": int(c.labels.sum()),
+                     "groups (patients)": int(c.patients["group"].nunique()),
+                     "age missing": int(c.patients["age"].isna().sum()),
+                     "with mammography": int(pres["mammography"].sum()), "with ultrasound": int(pres["ultrasound"].sum())})
+    return pd.DataFrame(rows)
