@@ -432,9 +432,11 @@ def build(
         NotebookExecutionError: a notebook failed; nothing was rendered.
     """
     root = Path(root).resolve()
-    params = read_profile(profile, root / "params")
+    read_profile(profile, root / "params")  # fail early on a missing or malformed profile
     results_dir = (Path(results_root) if results_root else paths.RESULTS).resolve() / profile
-    params = {**params, "profile": profile, "results_dir": str(results_dir)}
+    # The notebooks read the profile's other parameters themselves (mmlib.experiment.load_params), so only
+    # these two are injected: papermill would warn about every profile key a chapter does not declare.
+    params = {"profile": profile, "results_dir": str(results_dir)}
     out_dir = root / "_build" / profile
     source_dir = out_dir / "source"
     timings: dict[str, float] = {}
