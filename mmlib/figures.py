@@ -181,15 +181,10 @@ def metric_forest(metrics: pd.DataFrame, metric: str = "auc", *, split: str | No
 
 
 def expected_calibration_error(y: np.ndarray, prob: np.ndarray, n_bins: int = 10) -> float:
-    """ECE with equal-width bins: the sample-weighted mean |observed rate − mean predicted| over bins."""
-    y, prob = np.asarray(y, dtype=float), np.asarray(prob, dtype=float)
-    # Same binning as sklearn.calibration_curve(strategy="uniform"), so the points and the ECE agree.
-    bins = np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], prob)
-    total = 0.0
-    for b in np.unique(bins):
-        mask = bins == b
-        total += mask.sum() * abs(y[mask].mean() - prob[mask].mean())
-    return float(total / len(y))
+    """ECE with equal-width bins (:func:`mmlib.metrics.expected_calibration_error`, the one the tables use)."""
+    from .metrics import expected_calibration_error as ece
+
+    return ece(np.asarray(y), np.asarray(prob, dtype=float), n_bins=n_bins)
 
 
 def reliability_diagram(predictions: pd.DataFrame, *, split: str | None = "cv", scenario: str | None = "all",
@@ -228,14 +223,11 @@ def reliability_diagram(predictions: pd.DataFrame, *, split: str | None = "cv", 
 
 
 def net_benefit(y: np.ndarray, prob: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Net benefit of treating patients with ``prob >= t``: TP/N − FP/N · t/(1 − t), per threshold t."""
-    y, prob = np.asarray(y, dtype=int), np.asarray(prob, dtype=float)
-    t = np.asarray(thresholds, dtype=float)[:, None]
-    treat = prob[None, :] >= t
-    tp = (treat & (y[None, :] == 1)).sum(axis=1)
-    fp = (treat & (y[None, :] == 0)).sum(axis=1)
-    n = len(y)
-    return tp / n - fp / n * (t[:, 0] / (1 - t[:, 0]))
+    """Net benefit of treating patients with ``prob >= t`` per threshold t (:func:`mmlib.stats.decision_curve`)."""
+    from .stats import decision_curve
+
+    return decision_curve(np.asarray(y), np.asarray(prob, dtype=float),
+                          thresholds=np.asarray(thresholds, dtype=float))["net_benefit"].to_numpy()
 
 
 def decision_curves(predictions: pd.DataFrame, *, split: str | None = "cv", scenario: str | None = "all",
