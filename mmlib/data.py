@@ -350,7 +350,10 @@ class FeatureCache:
 
         self.encoder.eval().to(self.device)
         starts = range(0, len(jobs), self.batch_size)
-        it = progress_bar(starts, comment="encoding images") if self.progress else starts
+        it = starts
+        if self.progress:
+            it = progress_bar(starts)
+            it.comment = f"encoding {len(jobs)} images"
         with torch.no_grad():
             for s in it:
                 chunk = jobs[s:s + self.batch_size]
@@ -371,6 +374,23 @@ class FeatureCache:
         if k not in self.maps:
             raise KeyError(f"no cached features for {modality} image {view[0]} (copy {copy}); call build() with its row")
         return self.maps[k]
+
+    def pooled(self, grid: int | None) -> dict:
+        """The maps average-pooled to ``grid x grid`` cells (float32), computed once per grid; None = as cached."""
+        if grid is None:
+            return self.maps
+        self._pooled = getattr(self, "_pooled", {})
+        if grid not in self._pooled or len(self._pooled[grid]) != len(self.maps):
+            import torch.nn.functional as F
+
+            keys = list(self.maps)
+            out = {}
+            for s in range(0, len(keys), 512):
+                chunk = keys[s:s + 512]
+                pooled = F.adaptive_avg_pool2d(torch.stack([self.maps[k] for k in chunk]).float(), grid)
+                out.update(zip(chunk, pooled))
+            self._pooled[grid] = out
+        return self._pooled[grid]
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:
@@ -411,19 +431,43 @@ class FeatureDataset(_BaseDataset):
 
     input_kind = "features"
 
-    def __init__(self, cohort, rows, spec: SampleSpec, cache: FeatureCache, *, train=False, seed=0):
+    def __init__(self, cohort, rows, spec: SampleSpec, cache: FeatureCache, *, train=False, seed=0,
+                 grid: int | None = None):
         super().__init__(cohort, rows, spec, train=train, seed=seed)
-        self.cache = cache
-        self._shape = cache.feature_shape
+        self.cache, self.grid = cache, grid
         self._rng = np.random.default_rng(seed)
+        # Gather every map once into one tensor per modality, (N, copies, V, C, h, w): a sample is then an index,
+        # not a dictionary walk per view (that walk dominated training time on cached features). With `grid`
+        # the maps come average-pooled to the model's `spatial_grid`, exactly as the model would pool them.
+        self.copies = 1 + cache.n_augment if self.train else 1
+        store = cache.pooled(grid)
+        shape = next(iter(store.values())).shape
+        self._maps, self._flags = {}, {}
+        for m in IMAGE_MODALITIES:
+            v = spec.views[m]
+            zero = torch.zeros(shape, dtype=next(iter(store.values())).dtype)
+            items, flags = [], torch.zeros(len(self.rows), v, dtype=torch.bool)
+            for i, paths in enumerate(self.table[m].tolist()):
+                views = patient_views(self.table.iloc[i], m)[:v] if isinstance(paths, list) and paths else []
+                for c in range(self.copies):
+                    for j in range(v):
+                        if j < len(views):
+                            k = cache.key(m, views[j], c)
+                            items.append(store[k] if k in store else store[cache.key(m, views[j], 0)])
+                        else:
+                            items.append(zero)
+                flags[i, : len(views)] = True
+            maps = torch.stack(items) if items else torch.zeros(0, *shape)
+            self._maps[m], self._flags[m] = maps.reshape(len(self.rows), self.copies, v, *shape), flags
 
     def _modality(self, i, m):
-        v = self.spec.views[m]
-        maps, flags = torch.zeros(v, *self._shape), torch.zeros(v, dtype=torch.bool)
-        for j, view in enumerate(patient_views(self.table.iloc[i], m)[:v]):
-            copy = int(self._rng.integers(0, 1 + self.cache.n_augment)) if self.train else 0
-            maps[j], flags[j] = self.cache.get(m, view, copy).float(), True
-        return maps, flags
+        maps = self._maps[m][i]
+        if self.copies > 1:
+            pick = torch.from_numpy(self._rng.integers(0, self.copies, size=maps.shape[1]))
+            maps = maps[pick, torch.arange(maps.shape[1])]
+        else:
+            maps = maps[0]
+        return maps.float(), self._flags[m][i].clone()
 
 
 def make_dataloaders(train_ds, valid_ds, *, bs: int = 32, seed: int = 0, device=None):

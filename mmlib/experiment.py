@@ -329,21 +329,21 @@ def _spec(study: Study, rows: np.ndarray, use_clinical: bool):
     return SampleSpec(scaler, images, max_views(study.cohort.patients), use_clinical)
 
 
-def _datasets(study: Study, spec, fit_rows, val_rows, seed):
+def _datasets(study: Study, spec, fit_rows, val_rows, seed, grid=None):
     from .data import FeatureDataset, MultimodalDataset
 
     if study.params["train_mode"] == "frozen":
-        return (FeatureDataset(study.cohort, fit_rows, spec, study.cache, train=True, seed=seed),
-                FeatureDataset(study.cohort, val_rows, spec, study.cache, train=False, seed=seed))
+        return (FeatureDataset(study.cohort, fit_rows, spec, study.cache, train=True, seed=seed, grid=grid),
+                FeatureDataset(study.cohort, val_rows, spec, study.cache, train=False, seed=seed, grid=grid))
     return (MultimodalDataset(study.cohort, fit_rows, spec, train=True, seed=seed),
             MultimodalDataset(study.cohort, val_rows, spec, train=False, seed=seed))
 
 
-def _eval_dataset(study: Study, spec, rows, seed):
+def _eval_dataset(study: Study, spec, rows, seed, grid=None):
     from .data import FeatureDataset, MultimodalDataset
 
     if study.params["train_mode"] == "frozen":
-        return FeatureDataset(study.cohort, rows, spec, study.cache, train=False, seed=seed)
+        return FeatureDataset(study.cohort, rows, spec, study.cache, train=False, seed=seed, grid=grid)
     return MultimodalDataset(study.cohort, rows, spec, train=False, seed=seed)
 
 
@@ -363,19 +363,23 @@ def fit_config(study: Study, config: Config, train_rows: np.ndarray, seed: int, 
     fit_rows, val_rows = _inner_split(study, train_rows, seed)
     if len(val_rows) == 0:
         val_rows = fit_rows[: max(1, len(fit_rows) // 10)]
-    train_ds, valid_ds = _datasets(study, spec, fit_rows, val_rows, seed)
     from .data import make_dataloaders
+    from .models import create_model
 
-    set_seed(seed)
-    dls = make_dataloaders(train_ds, valid_ds, bs=int(p["bs"]), seed=seed, device=_device(p))
     frozen = p["train_mode"] == "frozen"
     kwargs = dict(encoder=p["encoder"], encoder_weights=p["encoder_weights"] if not frozen else "none",
                   dim=int(p["dim"]), **config.kwargs)
-    learn = multimodal_learner(dls, config.model, lr=float(p["lr"]), wd=float(p["wd"]),
+    set_seed(seed)
+    model = create_model(config.model, clinical_features=spec.clinical.n_features,
+                         input_kind="features" if frozen else "images", **kwargs)
+    grid = model.spatial_grid if frozen else None
+    train_ds, valid_ds = _datasets(study, spec, fit_rows, val_rows, seed, grid)
+    dls = make_dataloaders(train_ds, valid_ds, bs=int(p["bs"]), seed=seed, device=_device(p))
+    learn = multimodal_learner(dls, config.model, model=model, lr=float(p["lr"]), wd=float(p["wd"]),
                                modality_dropout=config.modality_dropout,
                                early_stopping=int(p["early_stopping"]) or None, save_best=True,
                                csv_log="history.csv" if log_path else None, frozen=frozen, seed=seed,
-                               path=log_path.parent if log_path else None, **kwargs)
+                               path=log_path.parent if log_path else None)
     if frozen and study.cache is not None:
         _load_frozen_encoder(learn.model, study)
     if not p["progress"]:
@@ -393,8 +397,13 @@ def fit_config(study: Study, config: Config, train_rows: np.ndarray, seed: int, 
         f.unlink()
     model = learn.model.eval().cpu()
 
+    datasets: dict = {}
+
     def predict(rows, keep):
-        return predict_proba(model, _eval_dataset(study, spec, rows, seed), keep=keep)
+        key = tuple(np.asarray(rows).tolist())
+        if key not in datasets:  # built once per set of rows, reused for every scenario
+            datasets[key] = _eval_dataset(study, spec, rows, seed, grid)
+        return predict_proba(model, datasets[key], keep=keep)
 
     return predict, model, spec
 

@@ -366,3 +366,18 @@ def test_clinical_only_is_logistic_regression():
         expected = x["clinical"] @ model.linear.weight[0] + model.linear.bias
         out = model(x)
     assert torch.allclose(out[:2], expected[:2]) and out[2] == 0
+
+
+def test_pooling_before_projection_is_exact():
+    """Models that read pooled vectors pool cached maps before the 1x1 projection: the same numbers, cheaper."""
+    from mmlib.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("amw_cnn", clinical_features=2, encoder_weights="none", dim=16, input_kind="features").eval()
+    x = {"mammography": torch.randn(2, 1, 1280, 7, 7), "mammography_views": torch.ones(2, 1, dtype=torch.bool),
+         "ultrasound": torch.randn(2, 1, 1280, 7, 7), "ultrasound_views": torch.ones(2, 1, dtype=torch.bool),
+         "clinical": torch.randn(2, 2), "present": torch.ones(2, 3, dtype=torch.bool)}
+    pooled = model.encode(x)["ultrasound"].mean(dim=(-2, -1))
+    model.spatial_grid = None
+    full = model.encode(x)["ultrasound"].mean(dim=(-2, -1))
+    torch.testing.assert_close(pooled, full, atol=1e-5, rtol=1e-5)

@@ -37,6 +37,7 @@ class AMWCNN(MultimodalModel):
     def __init__(self, *, fusion: str = "adaptive", **kwargs):
         check_choice("fusion", fusion, FUSIONS)
         super().__init__(**kwargs)
+        self.spatial_grid = 1  # reads pooled vectors only
         self._config["fusion"] = fusion
         self.fusion = fusion
         n, dim = len(self.modalities), self.dim

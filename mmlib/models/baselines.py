@@ -21,6 +21,7 @@ class _ImagingOnly(MultimodalModel):
 
     def __init__(self, **kwargs):
         super().__init__(modalities=(self.modality,), **kwargs)
+        self.spatial_grid = 1  # reads pooled vectors only
         del self._config["modalities"]
         self.head = create_head(self.dim, hidden=self.dim, dropout=self._config["dropout"])
 
@@ -99,6 +100,7 @@ class LateFusion(MultimodalModel):
         if isinstance(aux_weight, bool) or not isinstance(aux_weight, (int, float)) or aux_weight < 0:
             raise ValueError(f"aux_weight must be a number >= 0, got {aux_weight!r}")
         super().__init__(**kwargs)
+        self.spatial_grid = 1  # reads pooled vectors only
         self._config["aux_weight"] = float(aux_weight)
         self.aux_weight = float(aux_weight)
         self.heads = nn.ModuleDict(

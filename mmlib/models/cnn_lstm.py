@@ -45,6 +45,7 @@ class CNNLSTM(MultimodalModel):
         if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1):
             raise ValueError(f"hidden must be None or an int >= 1, got {hidden!r}")
         super().__init__(**kwargs)
+        self.spatial_grid = 1  # reads pooled vectors only
         self._config.update(reader=reader, order=order, bidirectional=bidirectional, hidden=hidden)
         self.reader, self.order = reader, order
         dim, dropout = self.dim, self._config["dropout"]

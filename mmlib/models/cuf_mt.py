@@ -108,6 +108,7 @@ class CUFMT(MultimodalModel):
         self._config.update(depth=depth, heads=heads, tokens_per_view=tokens_per_view, cross_modal=cross_modal,
                             aux_weight=float(aux_weight), max_views=max_views, mlp_ratio=float(mlp_ratio))
         self.heads, self.cross_modal, self.max_views, self.grid_side = heads, cross_modal, max_views, side
+        self.spatial_grid = side  # token grid per view (None: every cell of the map)
         self.aux_weight = float(aux_weight)
         dim, dropout = self.dim, self._config["dropout"]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -131,7 +132,7 @@ class CUFMT(MultimodalModel):
         batch, nviews, dim, h, w = maps.shape
         if nviews > self.max_views:
             raise ValueError(f"{nviews} views per modality exceed max_views={self.max_views}")
-        if self.grid_side is not None:
+        if self.grid_side is not None and (h, w) != (self.grid_side, self.grid_side):
             maps = F.adaptive_avg_pool2d(maps.flatten(0, 1), self.grid_side).unflatten(0, (batch, nviews))
             h = w = self.grid_side
         cells = self.cell_embedding

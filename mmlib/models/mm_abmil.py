@@ -67,6 +67,7 @@ class MMABMIL(MultimodalModel):
         super().__init__(**kwargs)
         self._config.update(tiles=tiles, pooling=pooling, attention_dim=attention_dim)
         self.tiles, self.tile_side, self.pooling = tiles, side, pooling
+        self.spatial_grid = side  # tiles per view side (1 = the pooled view)
         dim, dropout = self.dim, self._config["dropout"]
         self.modality_embedding = nn.Parameter(torch.zeros(len(self.modalities), dim))
         nn.init.trunc_normal_(self.modality_embedding, std=0.02)

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..batch import CLINICAL, PRESENT, effective_views, modality_index, views_key
@@ -147,6 +148,10 @@ class MultimodalModel(nn.Module):
     model_name: str = ""
     #: base-class kwargs a subclass fixes itself (not accepted by ``create_model``).
     fixed_kwargs: tuple[str, ...] = ()
+
+    #: Side of the grid the fusion reads from each view's map (1 = the pooled vector; None = every cell).
+    #: Maps are average-pooled to it before the projection (exactly equivalent, much cheaper).
+    spatial_grid: int | None = None
 
     def __init__(
         self,
@@ -336,7 +341,12 @@ class MultimodalModel(nn.Module):
             else:
                 maps = torch.where(views[..., None, None, None], x[m].float(), 0.0)
             batch, nviews = views.shape
-            proj = self.projections[m](maps.flatten(0, 1)).unflatten(0, (batch, nviews))
+            flat = maps.flatten(0, 1)
+            if self.spatial_grid is not None and tuple(flat.shape[-2:]) != (self.spatial_grid,) * 2:
+                # Average pooling commutes with the 1x1 projection (both linear), so pooling first gives the
+                # same result at a fraction of the cost: the projection of 1280-channel maps dominated training.
+                flat = F.adaptive_avg_pool2d(flat, self.spatial_grid)
+            proj = self.projections[m](flat).unflatten(0, (batch, nviews))
             out[m] = torch.where(views[..., None, None, None], proj, 0.0)
         return out
 
