@@ -155,3 +155,19 @@ def test_report_tables(run):
     assert report.age_table(res)["n malignant"].iloc[0] > 0
     assert len(report.cv_vs_test(res)) == 4
     assert len(report.checklist()) > 10
+
+
+def test_finetune_mode_runs_end_to_end_on_cpu(tmp_path):
+    """The GPU profile's mode (encoders unfrozen, images in) through the whole engine, at tiny sizes."""
+    import mmlib.experiment
+
+    old = mmlib.experiment.COHORTS
+    mmlib.experiment.COHORTS = tmp_path / "cohorts"
+    try:
+        params = _params(tmp_path, train_mode="finetune", encoder_weights="none", image_size=32, epochs=1, n_folds=2,
+                         models=["amw_cnn"], baselines=[], ablations=False, scenarios=False, save_models=False, bs=8)
+        res = ex.load_results(ex.run_experiment(params))
+    finally:
+        mmlib.experiment.COHORTS = old
+    assert set(res.predictions["split"]) == {"cv", "test"}
+    assert np.isfinite(res.metric("amw_cnn", "auc"))
