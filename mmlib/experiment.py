@@ -556,6 +556,10 @@ def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | No
     }
     if "oracle_auc" in study.cohort_info:
         record["oracle_auc"] = study.cohort_info["oracle_auc"]
+        # cross-validation covers the development patients only: their oracle is the fair ceiling of CV AUCs
+        by_split = study.cohort_info.get("oracle_auc_by_split", {})
+        if "dev" in by_split and (study.splits["split"] == "test").any() and "split" in study.cohort.patients:
+            record["oracle_auc_dev"] = by_split["dev"]
     (out / "run.json").write_text(json.dumps(record, indent=2, default=str))
     return out
 

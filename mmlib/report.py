@@ -216,11 +216,13 @@ def abstract_numbers(res) -> tuple[str, dict]:
         "n_dev": int((splits["split"] == "dev").sum()), "n_test": int((splits["split"] == "test").sum()),
         "best_cv_auc": float(cv.loc[best, "value"]), "best_cv_auc_low": float(cv.loc[best, "ci_low"]),
         "best_cv_auc_high": float(cv.loc[best, "ci_high"]), "best_test_auc": metric(best, "test"),
-        "age_cv_auc": metric("age_only"), "oracle_auc": float(res.run.get("oracle_auc", nan)),
+        "age_cv_auc": metric("age_only"),
+        "oracle_auc": float(res.run.get("oracle_auc_dev", res.run.get("oracle_auc", nan))),
     }
     imp = importance_table(res) if not res.missing.empty else pd.DataFrame()
     out["most_important_input"] = str(imp.index[0]) if len(imp) else "n/a"
     out["most_important_drop"] = float(imp["auc_drop"].iloc[0]) if len(imp) else nan
+    out["oracle_text"] = f"{out['oracle_auc']:.3f}" if np.isfinite(out["oracle_auc"]) else "not known (real data)"
     out = {k: (v if not isinstance(v, float) or np.isfinite(v) else -1.0) for k, v in out.items()}
     del summary
     return best, out

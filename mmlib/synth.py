@@ -87,7 +87,7 @@ _MODALITY_CODE = {"ultrasound": 0, "mammography": 1}
 
 
 def _default_informativeness() -> dict[str, float]:
-    return {"ultrasound": 2.2, "mammography": 1.2, "age": 0.8}
+    return {"ultrasound": 2.2, "mammography": 1.5, "age": 0.6}
 
 
 def _default_missing() -> dict[str, float]:

@@ -118,7 +118,7 @@ def test_class_counts_that_leave_a_class_empty_are_refused():
 
 def test_partial_dicts_update_the_defaults():
     config = SynthConfig(informativeness={"age": 0.0}, missing={"ultrasound": 0.1})
-    assert config.informativeness == {"ultrasound": 2.2, "mammography": 1.2, "age": 0.0}
+    assert config.informativeness == {"ultrasound": 2.2, "mammography": 1.5, "age": 0.0}
     assert config.missing == {"mammography": 0.0, "ultrasound": 0.1, "age": 0.0}
 
 
@@ -169,7 +169,7 @@ def test_single_source_aucs_and_age_effect_match_the_configured_informativeness(
     age = latents["age"]
     benign, malignant = age[y == 0], age[y == 1]
     pooled_sd = math.sqrt((benign.var() + malignant.var()) / 2)
-    assert (malignant.mean() - benign.mean()) / pooled_sd == pytest.approx(0.8, abs=0.04)
+    assert (malignant.mean() - benign.mean()) / pooled_sd == pytest.approx(config.informativeness["age"], abs=0.04)
     assert benign.mean() == pytest.approx(48.0, abs=0.3)
     assert age.min() >= 25.0 and age.max() <= 90.0
     np.testing.assert_array_equal(age, age.round(1))
