@@ -241,10 +241,19 @@ def prepare_cohort(params: dict):
     if params["cohort"] == "synthetic":
         from .synth import generate_cohort, load_cohort_info
 
-        folder = COHORTS / f"synthetic-n{params['synthetic_patients']}-seed{params['synthetic_seed']}"
+        from .synth import GENERATOR_VERSION, SynthConfig
+
+        config = SynthConfig(n_patients=int(params["synthetic_patients"]), seed=int(params["synthetic_seed"]))
+        folder = COHORTS / f"synthetic-n{config.n_patients}-seed{config.seed}"
         manifest = folder / "manifest.csv"
-        if not manifest.is_file():
-            generate_cohort(folder, n_patients=int(params["synthetic_patients"]), seed=int(params["synthetic_seed"]))
+        stale = True
+        if manifest.is_file() and (folder / "cohort.json").is_file():
+            old = load_cohort_info(folder)
+            # a cohort written by another generator version or configuration is regenerated, never reused
+            stale = (old.get("generator_version") != GENERATOR_VERSION
+                     or json.dumps(old.get("config"), sort_keys=True) != json.dumps(json.loads(json.dumps(config.to_dict())), sort_keys=True))
+        if stale:
+            generate_cohort(folder, config)
         info = load_cohort_info(folder)
         info["synthetic"] = True
     elif params["cohort"] in _importer_kinds():
