@@ -498,13 +498,28 @@ def build_feature_cache(study: Study):
                          seed=int(p["split_seed"]), device=_device(p), progress=bool(p["progress"]))
     all_rows = np.arange(len(study.cohort.patients))
     dev_rows = np.flatnonzero(study.splits["split"].to_numpy() == "dev")
-    cache_file = study.out / "cache" / f"features-{_hash([p['encoder'], p['encoder_weights'], settings.to_dict(), p['n_augment'], study.cohort_info.get('manifest')])}.safetensors"
+    key = [p["encoder"], p["encoder_weights"], settings.to_dict(), p["n_augment"], p["split_seed"], cohort_fingerprint(study.cohort)]
+    cache_file = study.out / "cache" / f"features-{_hash(key)}.safetensors"
     if cache_file.is_file():
         cache.load(cache_file)
     cache.build(study.cohort, all_rows, augment_rows=dev_rows)
     cache.save(cache_file)
     study.cache = cache
     return cache
+
+
+def cohort_fingerprint(cohort) -> str:
+    """Hash of the manifest's content and of every image file's size and modification time: cached features and
+    finished work are reused only for the very same cohort on disk."""
+    from .schema import IMAGE_MODALITIES
+
+    h = hashlib.sha256(Path(cohort.manifest).read_bytes())
+    for m in IMAGE_MODALITIES:
+        for paths in cohort.patients[m]:
+            for f in paths:
+                st = Path(f).stat()
+                h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
 
 
 def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | None = None) -> Path:
@@ -594,6 +609,7 @@ def train_and_predict(study: Study) -> pd.DataFrame:
                                     "split_seed", "image_size", "roi", "roi_margin", "encoder", "encoder_weights",
                                     "train_mode", "n_augment", "epochs", "lr", "wd", "bs", "dim", "inner_valid",
                                     "early_stopping", "test_model", "scenarios")}
+    fingerprint = cohort_fingerprint(study.cohort)
     frames = []
     total = len(configs) * len(p["seeds"])
     done = 0
@@ -602,7 +618,7 @@ def train_and_predict(study: Study) -> pd.DataFrame:
             done += 1
             work = study.out / "work" / f"{config.id}__s{seed}"
             work.mkdir(parents=True, exist_ok=True)
-            h = _hash([key_params, config.__dict__, seed])
+            h = _hash([key_params, config.__dict__, seed, fingerprint])
             marker = work / "done.json"
             if marker.is_file() and json.loads(marker.read_text()).get("hash") == h and (work / "predictions.csv").is_file():
                 frames.append(pd.read_csv(work / "predictions.csv", dtype={"patient_id": str}))

@@ -171,3 +171,21 @@ def test_finetune_mode_runs_end_to_end_on_cpu(tmp_path):
         mmlib.experiment.COHORTS = old
     assert set(res.predictions["split"]) == {"cv", "test"}
     assert np.isfinite(res.metric("amw_cnn", "auc"))
+
+
+def test_fingerprint_changes_when_an_image_changes(tiny_cohort, tmp_path):
+    import shutil
+
+    from mmlib.cohort import load_manifest
+
+    src = tiny_cohort.manifest.parent
+    dst = tmp_path / "copy"
+    shutil.copytree(src, dst)
+    c = load_manifest(dst / "manifest.csv", decode_images=False)
+    before = ex.cohort_fingerprint(c)
+    img = c.patients["ultrasound"].iloc[0][0]
+    img.write_bytes(img.read_bytes())  # same bytes, new file time: treated as a new image
+    import os
+
+    os.utime(img, ns=(1, 1))
+    assert ex.cohort_fingerprint(c) != before
