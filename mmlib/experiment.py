@@ -539,6 +539,10 @@ def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | No
 
     def stage(name, t):
         study.timings[name] = {"seconds": round(time.perf_counter() - t, 2), "peak_memory_mb": round(peak_memory_mb(), 1)}
+        import torch
+
+        if torch.cuda.is_available():  # the GPU profile records its device memory in the colophon
+            study.timings[name]["gpu_peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         study.log(f"[{name}] {study.timings[name]['seconds']} s, peak memory {study.timings[name]['peak_memory_mb']} MB")
 
     t = time.perf_counter()
