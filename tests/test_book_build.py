@@ -212,8 +212,8 @@ def test_tiny_book_builds_and_renders_offline_in_chromium(tmp_path):
     root = _tiny_repo(tmp_path, {
         "index": ["import time; print('nonce', time.time_ns())"],
         "01_fig": ["from mmlib.book import setup_notebook\nsetup_notebook(seed=0)", figure_cell,
-                   "Value: {glue:text}`auc_tiny:.3f` for profile {glue:text}`n_glued:d`.",
-                   "glue('n_glued', n)"],
+                   "Value: {glue:text}`auc_tiny:.3f` for profile {glue:text}`profile_name`.",
+                   "glue('profile_name', profile)"],
     })
     result = build.build("tiny", root=root, results_root=tmp_path / "results", strict=True, log=lambda s: None)
     assert result.index_html.is_file()
@@ -240,7 +240,8 @@ def test_tiny_book_builds_and_renders_offline_in_chromium(tmp_path):
         assert r.ok, (r.page, r.errors, r.figures, r.figures_drawn)
     fig_page = reports[1]
     assert fig_page.figures == 1 and fig_page.figures_drawn == 1
-    assert f"Value: {auc_value:.3f} for profile 3." in fig_page.text
+    # the build injects the profile's name (the chapters read its other parameters themselves)
+    assert f"Value: {auc_value:.3f} for profile tiny." in fig_page.text
     for r in reports:
         with Image.open(r.screenshot) as shot:
             assert shot.format == "PNG" and shot.size[0] >= 800
