@@ -894,6 +894,9 @@ def train_model(manifest, model: str, out_dir, params: dict | str | None = None,
     from .metrics import youden_threshold
     from .splits import make_splits
 
+    if model == "age_only":
+        raise ParamsError("age_only is a scikit-learn baseline of the study, not a savable network; choose one of "
+                          "mmlib.models.list_models()")
     p = load_params(params, **{"cohort": str(manifest), **overrides})
     study = Study(p, Path(out_dir).parent / (Path(out_dir).name + ".work"))
     study.cohort = load_manifest(manifest, decode_images=False)
@@ -915,8 +918,6 @@ def train_model(manifest, model: str, out_dir, params: dict | str | None = None,
     threshold = None
     if len(val_rows) and study.cohort.patients["label"].iloc[val_rows].nunique() == 2:
         threshold = youden_threshold(study.cohort.patients["label"].to_numpy()[val_rows], predict(val_rows, MODALITIES))
-    if model == "age_only":
-        raise ParamsError("age_only is a scikit-learn baseline of the study, not a savable network; choose a registered model")
     save_model(fitted, out_dir, name=model, spec=spec, threshold=threshold,
                info={"cohort": str(manifest), "trained_on_patients": int(len(dev_rows)), "summary": _summary(study),
                      "params": {k: v for k, v in p.items() if not k.startswith("_")}})

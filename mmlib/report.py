@@ -201,7 +201,6 @@ def abstract_numbers(res) -> tuple[str, dict]:
     cv = _sel(res.metrics, split="cv", ablation="none", scenario="all", metric="auc").set_index("model")
     best = max(models, key=lambda m: cv.loc[m, "value"])
     splits = res.splits
-    summary = res.run.get("cohort", {}).get("summary", {})
     nan = float("nan")
 
     def metric(model, split="cv"):
@@ -224,7 +223,6 @@ def abstract_numbers(res) -> tuple[str, dict]:
     out["most_important_drop"] = float(imp["auc_drop"].iloc[0]) if len(imp) else nan
     out["oracle_text"] = f"{out['oracle_auc']:.3f}" if np.isfinite(out["oracle_auc"]) else "not known (real data)"
     out = {k: (v if not isinstance(v, float) or np.isfinite(v) else -1.0) for k, v in out.items()}
-    del summary
     return best, out
 
 
