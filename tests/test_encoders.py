@@ -22,14 +22,6 @@ BUILDING_CLASSES = {442: "bell cote", 483: "castle", 497: "church", 538: "dome",
 DAISY = 985
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def packaged() -> dict:
     return torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)

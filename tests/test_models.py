@@ -18,15 +18,6 @@ NAMES = list_models()
 SINGLE_INPUT = {"ultrasound_only": "ultrasound", "mammography_only": "mammography", "clinical_only": "clinical"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: several intra-op threads only contend with each other (and other test runs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(name: str, seed: int = 0, **kwargs):
     torch.manual_seed(seed)
     return create_model(name, **{**TINY, **kwargs}).eval()
