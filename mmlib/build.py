@@ -556,12 +556,16 @@ class _DevTools:
         import websocket  # websocket-client, a jupyter_server dependency
 
         self.ws = websocket.create_connection(ws_url, timeout=timeout, suppress_origin=True)
+        self.timeout = timeout
         self.next_id = 0
         self.events: list[dict] = []
 
     def call(self, method: str, **params) -> dict:
         self.next_id += 1
         self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        # wait_event shortens the socket's timeout to its own deadline; a command (a full-page screenshot of a
+        # chapter with many figures) gets the full timeout back
+        self.ws.settimeout(self.timeout)
         while True:
             msg = json.loads(self.ws.recv())
             if msg.get("id") == self.next_id:
