@@ -83,9 +83,10 @@ def main():
     if not a.skip_run:
         ex.run_experiment(a.profile)
     res = ex.load_results(ex.results_dir(ex.load_params(a.profile)["profile"]))
-    print("== stages (wall seconds, peak RSS MB)")
+    print(f"== stages (wall seconds, peak RSS MB of the main process / of the largest worker process); "
+          f"{ex.n_workers(res.run['params'])} training workers")
     for k, v in res.run["timings"].items():
-        print(f"  {k:15s} {v['seconds']:8.1f} s   {v['peak_memory_mb']:8.0f} MB")
+        print(f"  {k:15s} {v['seconds']:8.1f} s   {v['peak_memory_mb']:8.0f} MB   {v.get('peak_child_memory_mb', 0):8.0f} MB")
     print(f"  total           {res.run['wall_time_seconds']:8.1f} s")
     print("== quality")
     for k, v in quality(res).items():

@@ -79,6 +79,7 @@ DEFAULT_PARAMS: dict = {
     "device": "auto",                # auto, cpu or cuda
     "mixed_precision": False,        # fp16 training on a GPU
     "progress": True,                # fastai progress bars
+    "workers": "auto",               # training processes: auto = one per core on the frozen CPU path
 }
 
 
@@ -134,6 +135,9 @@ def validate_params(params: dict) -> dict:
             raise ParamsError(f"parameter {key!r} must be a positive integer, got {p[key]!r}")
     if isinstance(p["seeds"], int):
         p["seeds"] = [p["seeds"]]
+    if p["workers"] != "auto" and (not isinstance(p["workers"], (int, np.integer)) or isinstance(p["workers"], bool)
+                                   or p["workers"] < 1):
+        raise ParamsError(f"parameter 'workers' must be 'auto' or a positive integer, got {p['workers']!r}")
     if not 0 <= float(p["modality_dropout"]) < 1:
         raise ParamsError(f"parameter 'modality_dropout' must be in [0, 1), got {p['modality_dropout']!r}")
     p["_ablations_known"] = {k: sorted(v) for k, v in ABLATIONS.items()}
@@ -222,10 +226,11 @@ def device_info() -> dict:
     return info
 
 
-def peak_memory_mb() -> float:
+def peak_memory_mb(children: bool = False) -> float:
+    """Peak resident memory of this process (or of the largest finished child process: training workers)."""
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _hash(obj) -> str:
@@ -484,8 +489,11 @@ def _fit_age_only(study: Study, spec, train_rows):
 
 
 # ----------------------------------------------------------------------------------------------- run
-def build_feature_cache(study: Study):
-    """Encode every image once (and the augmented copies of development images) with the frozen encoder."""
+def build_feature_cache(study: Study, *, write: bool = True):
+    """Encode every image once (and the augmented copies of development images) with the frozen encoder.
+
+    The features are stored under ``cache/`` in the results folder and reused by every later run of the same
+    cohort and image settings; ``write=False`` reads that file without rewriting it (training workers)."""
     from .data import DEFAULT_AUGMENTATION, FeatureCache, ImageSettings
     from .encoders import create_encoder
 
@@ -503,7 +511,8 @@ def build_feature_cache(study: Study):
     if cache_file.is_file():
         cache.load(cache_file)
     cache.build(study.cohort, all_rows, augment_rows=dev_rows)
-    cache.save(cache_file)
+    if write:
+        cache.save(cache_file)
     study.cache = cache
     return cache
 
@@ -539,6 +548,8 @@ def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | No
 
     def stage(name, t):
         study.timings[name] = {"seconds": round(time.perf_counter() - t, 2), "peak_memory_mb": round(peak_memory_mb(), 1)}
+        if peak_memory_mb(children=True) > 0:  # training workers (and git) are child processes
+            study.timings[name]["peak_child_memory_mb"] = round(peak_memory_mb(children=True), 1)
         import torch
 
         if torch.cuda.is_available():  # the GPU profile records its device memory in the colophon
@@ -597,8 +608,77 @@ def _summary(study: Study) -> dict:
     return json.loads(json.dumps(s, default=str))
 
 
+def _key_params(p: dict) -> dict:
+    """The parameters a finished unit of work depends on (its reuse hash)."""
+    return {k: p[k] for k in ("cohort", "synthetic_patients", "synthetic_seed", "n_folds", "test_fraction",
+                              "split_seed", "image_size", "roi", "roi_margin", "encoder", "encoder_weights",
+                              "train_mode", "n_augment", "epochs", "lr", "wd", "bs", "dim", "inner_valid",
+                              "early_stopping", "test_model", "scenarios")}
+
+
+def n_workers(params: dict) -> int:
+    """Worker processes for training. ``auto``: one per core (at most 4) on the frozen CPU path, where every fit
+    runs on one thread; one otherwise (a GPU, or end-to-end training, uses the cores within one fit)."""
+    import os
+
+    w = params.get("workers", "auto")
+    if w == "auto":
+        if params["train_mode"] != "frozen" or _device(params) != "cpu":
+            return 1
+        return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    return int(w)
+
+
 def train_and_predict(study: Study) -> pd.DataFrame:
-    """Train every config on every fold (and the test model) and return all predictions."""
+    """Train every config on every fold (and the test model) and return all predictions.
+
+    Each (config, seed) is one unit of work, written to ``work/<config>__s<seed>/`` and reused by a rerun with
+    the same parameters. On the frozen CPU path the units run in ``workers`` processes side by side; each fit is
+    seeded and single-threaded, so the results do not depend on the number of workers.
+    """
+    from fastprogress.fastprogress import progress_bar
+
+    p = study.params
+    configs = experiment_configs(p)
+    key_params = _key_params(p)
+    fingerprint = cohort_fingerprint(study.cohort)
+    units = [(config, seed) for seed in p["seeds"] for config in configs]
+    frames: dict[int, pd.DataFrame] = {}
+    pending = []
+    for i, (config, seed) in enumerate(units):
+        work = study.out / "work" / f"{config.id}__s{seed}"
+        h = _hash([key_params, config.__dict__, seed, fingerprint])
+        marker = work / "done.json"
+        if marker.is_file() and json.loads(marker.read_text()).get("hash") == h and (work / "predictions.csv").is_file():
+            frames[i] = pd.read_csv(work / "predictions.csv", dtype={"patient_id": str})
+            study.log(f"({i + 1}/{len(units)}) {config.id} seed {seed}: reused finished work")
+        else:
+            pending.append((i, config, seed, h))
+    workers = min(n_workers(p), len(pending))
+    if workers <= 1:
+        for i, config, seed, h in pending:
+            frames[i], secs = _run_unit(study, config, seed, h)
+            study.log(f"({i + 1}/{len(units)}) {config.id} seed {seed}: {secs:.1f} s")
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        study.log(f"training {len(pending)} units of work in {workers} processes")
+        payload = _worker_payload(study)
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                 initargs=(payload,)) as pool:
+            futures = {pool.submit(_worker_unit, config, seed, h): (i, config, seed) for i, config, seed, h in pending}
+            done = as_completed(futures)
+            bar = progress_bar(done, total=len(futures)) if p["progress"] else done
+            for fut in bar:
+                i, config, seed = futures[fut]
+                frames[i], secs = fut.result()
+                study.log(f"({i + 1}/{len(units)}) {config.id} seed {seed}: {secs:.1f} s")
+    return pd.concat([frames[i] for i in range(len(units))], ignore_index=True)
+
+
+def _run_unit(study: Study, config: Config, seed: int, h: str) -> tuple[pd.DataFrame, float]:
+    """One config and seed: every fold, the test predictions, the refit and saved model. Returns its rows."""
     from .learner import save_model
     from .splits import iter_folds
 
@@ -606,66 +686,78 @@ def train_and_predict(study: Study) -> pd.DataFrame:
     pats = study.cohort.patients
     test_rows = np.flatnonzero(study.splits["split"].to_numpy() == "test")
     dev_rows = np.flatnonzero(study.splits["split"].to_numpy() == "dev")
-    folds = iter_folds(study.splits)
-    configs = experiment_configs(p)
     scenarios = _scenarios(study)
-    key_params = {k: p[k] for k in ("cohort", "synthetic_patients", "synthetic_seed", "n_folds", "test_fraction",
-                                    "split_seed", "image_size", "roi", "roi_margin", "encoder", "encoder_weights",
-                                    "train_mode", "n_augment", "epochs", "lr", "wd", "bs", "dim", "inner_valid",
-                                    "early_stopping", "test_model", "scenarios")}
-    fingerprint = cohort_fingerprint(study.cohort)
-    frames = []
-    total = len(configs) * len(p["seeds"])
-    done = 0
-    for seed in p["seeds"]:
-        for config in configs:
-            done += 1
-            work = study.out / "work" / f"{config.id}__s{seed}"
-            work.mkdir(parents=True, exist_ok=True)
-            h = _hash([key_params, config.__dict__, seed, fingerprint])
-            marker = work / "done.json"
-            if marker.is_file() and json.loads(marker.read_text()).get("hash") == h and (work / "predictions.csv").is_file():
-                frames.append(pd.read_csv(work / "predictions.csv", dtype={"patient_id": str}))
-                study.log(f"({done}/{total}) {config.id} seed {seed}: reused finished work")
-                continue
-            t = time.perf_counter()
-            rows = []
-            test_probs = []
-            for fold in folds:
-                log = study.out / "logs" / config.id / f"seed{seed}_fold{fold.fold}.csv"
-                log.parent.mkdir(parents=True, exist_ok=True)
-                predict, _, _ = fit_config(study, config, fold.train, seed, log_path=log)
-                for keep in scenarios:
-                    sc = scenario_name(keep)
-                    rows.append(_rows(pats, fold.valid, predict(fold.valid, keep), config, sc, "cv", fold.fold, seed))
-                    if len(test_rows) and p["test_model"] == "ensemble":
-                        test_probs.append((sc, fold.fold, predict(test_rows, keep)))
+    work = study.out / "work" / f"{config.id}__s{seed}"
+    work.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    rows = []
+    test_probs = []
+    for fold in iter_folds(study.splits):
+        log = study.out / "logs" / config.id / f"seed{seed}_fold{fold.fold}.csv"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        predict, _, _ = fit_config(study, config, fold.train, seed, log_path=log)
+        for keep in scenarios:
+            sc = scenario_name(keep)
+            rows.append(_rows(pats, fold.valid, predict(fold.valid, keep), config, sc, "cv", fold.fold, seed))
             if len(test_rows) and p["test_model"] == "ensemble":
-                for sc in {s for s, _, _ in test_probs}:
-                    mean = np.mean([pr for s, _, pr in test_probs if s == sc], axis=0)
-                    rows.append(_rows(pats, test_rows, mean, config, sc, "test", -1, seed))
-            refit = (p["save_models"] and config.ablation == "none" and seed == p["seeds"][0]) or (
-                p["test_model"] == "refit" and len(test_rows))
-            if refit:
-                log = study.out / "logs" / config.id / f"seed{seed}_refit.csv"
-                predict, model, spec = fit_config(study, config, dev_rows, seed, log_path=log)
-                if p["test_model"] == "refit" and len(test_rows):
-                    for keep in scenarios:
-                        rows.append(_rows(pats, test_rows, predict(test_rows, keep), config, scenario_name(keep), "test", -1, seed))
-                if p["save_models"] and config.ablation == "none" and config.model != "age_only":
-                    oof = pd.concat([r for r in rows if r["split"].iloc[0] == "cv" and r["scenario"].iloc[0] == "all"])
-                    from .metrics import youden_threshold
+                test_probs.append((sc, fold.fold, predict(test_rows, keep)))
+    if len(test_rows) and p["test_model"] == "ensemble":
+        for sc in dict.fromkeys(s for s, _, _ in test_probs):
+            mean = np.mean([pr for s, _, pr in test_probs if s == sc], axis=0)
+            rows.append(_rows(pats, test_rows, mean, config, sc, "test", -1, seed))
+    refit = (p["save_models"] and config.ablation == "none" and seed == p["seeds"][0]) or (
+        p["test_model"] == "refit" and len(test_rows))
+    if refit:
+        log = study.out / "logs" / config.id / f"seed{seed}_refit.csv"
+        predict, model, spec = fit_config(study, config, dev_rows, seed, log_path=log)
+        if p["test_model"] == "refit" and len(test_rows):
+            for keep in scenarios:
+                rows.append(_rows(pats, test_rows, predict(test_rows, keep), config, scenario_name(keep), "test", -1, seed))
+        if p["save_models"] and config.ablation == "none" and config.model != "age_only":
+            oof = pd.concat([r for r in rows if r["split"].iloc[0] == "cv" and r["scenario"].iloc[0] == "all"])
+            from .metrics import youden_threshold
 
-                    save_model(model, study.out / "models" / config.model, name=config.model, spec=spec,
-                               threshold=youden_threshold(oof["label"].to_numpy(), oof["prob_malignant"].to_numpy()),
-                               info={"cohort": study.cohort_info.get("manifest"), "trained_on_patients": int(len(dev_rows)),
-                                     "summary": _summary(study), "params": key_params, "seed": seed})
-            frame = pd.concat(rows, ignore_index=True)
-            frame.to_csv(work / "predictions.csv", index=False)
-            marker.write_text(json.dumps({"hash": h, "seconds": round(time.perf_counter() - t, 1)}))
-            study.log(f"({done}/{total}) {config.id} seed {seed}: {time.perf_counter() - t:.1f} s")
-            frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+            save_model(model, study.out / "models" / config.model, name=config.model, spec=spec,
+                       threshold=youden_threshold(oof["label"].to_numpy(), oof["prob_malignant"].to_numpy()),
+                       info={"cohort": study.cohort_info.get("manifest"), "trained_on_patients": int(len(dev_rows)),
+                             "summary": _summary(study), "params": _key_params(p), "seed": seed})
+    frame = pd.concat(rows, ignore_index=True)
+    frame.to_csv(work / "predictions.csv", index=False)
+    secs = time.perf_counter() - t
+    (work / "done.json").write_text(json.dumps({"hash": h, "seconds": round(secs, 1)}))
+    # the saved rows, read back as a rerun would read them: a run gives the same tables whether or not it reused work
+    return pd.read_csv(work / "predictions.csv", dtype={"patient_id": str}), secs
+
+
+# One Study per worker process, rebuilt from what the parent has already prepared (no images are re-encoded).
+_WORKER_STUDY: Study | None = None
+
+
+def _worker_payload(study: Study) -> dict:
+    return {"params": study.params, "out": str(study.out), "manifest": study.cohort_info["manifest"],
+            "cohort_info": study.cohort_info, "splits": study.splits, "encoder_spec": study.encoder_spec}
+
+
+def _worker_init(payload: dict):
+    global _WORKER_STUDY
+    import warnings
+
+    import torch
+
+    from .cohort import load_manifest
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    torch.set_num_threads(1)
+    p = dict(payload["params"], progress=False)
+    study = Study(p, Path(payload["out"]), cohort=load_manifest(payload["manifest"], decode_images=False),
+                  cohort_info=payload["cohort_info"], splits=payload["splits"], encoder_spec=payload["encoder_spec"])
+    if p["train_mode"] == "frozen":
+        build_feature_cache(study, write=False)
+    _WORKER_STUDY = study
+
+
+def _worker_unit(config: Config, seed: int, h: str):
+    return _run_unit(_WORKER_STUDY, config, seed, h)
 
 
 def _rows(pats, rows, prob, config: Config, scenario, split, fold, seed) -> pd.DataFrame:

@@ -258,7 +258,9 @@ def example_images(cohort, *, n_per_class: int = 2, seed: int = 0) -> dict:
 
 
 def timings_table(run: dict) -> pd.DataFrame:
-    rows = [{"stage": k, "seconds": v["seconds"], "peak memory (MB)": v["peak_memory_mb"]} for k, v in run["timings"].items()]
+    rows = [{"stage": k, "seconds": v["seconds"], "peak memory (MB)": v["peak_memory_mb"],
+             "peak memory of a worker process (MB)": v.get("peak_child_memory_mb", float("nan"))}
+            for k, v in run["timings"].items()]
     rows.append({"stage": "total", "seconds": run["wall_time_seconds"], "peak memory (MB)": max(r["peak memory (MB)"] for r in rows)})
     return pd.DataFrame(rows)
 

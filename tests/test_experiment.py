@@ -117,6 +117,35 @@ def test_rerun_reuses_finished_work(run, capsys):
     pd.testing.assert_frame_equal(again.predictions, res.predictions)
 
 
+def test_results_do_not_depend_on_the_number_of_workers(run, tmp_path):
+    """The module's run trained in worker processes (workers auto, frozen CPU path); one process gives the same."""
+    params, out, res = run
+    assert ex.n_workers(params) > 1 or ex.n_workers(dict(params, workers=2)) == 2
+    import mmlib.experiment
+
+    old = mmlib.experiment.COHORTS
+    mmlib.experiment.COHORTS = out.parent / "cohorts"
+    try:
+        one = ex.load_results(ex.run_experiment(dict(params, workers=1, models=["amw_cnn"], baselines=["age_only"],
+                                                     ablations=False, results_dir=str(tmp_path / "one"))))
+    finally:
+        mmlib.experiment.COHORTS = old
+    key = ["model", "ablation", "scenario", "split", "fold", "patient_id"]
+    for model in ("amw_cnn", "age_only"):
+        a = res.predictions.query("model == @model and ablation == 'none'").sort_values(key).reset_index(drop=True)
+        b = one.predictions.query("model == @model and ablation == 'none'").sort_values(key).reset_index(drop=True)
+        assert len(a) == len(b) > 0
+        np.testing.assert_allclose(a["prob_malignant"], b["prob_malignant"], rtol=0, atol=1e-6)
+
+
+def test_workers_parameter_is_checked():
+    assert ex.n_workers(ex.load_params({"workers": 3})) == 3
+    assert ex.n_workers(ex.load_params({"train_mode": "finetune"})) == 1
+    for bad in (0, -1, "many", 1.5):
+        with pytest.raises(ex.ParamsError, match="workers"):
+            ex.load_params({"workers": bad})
+
+
 def test_unknown_parameters_are_refused(tmp_path):
     with pytest.raises(ex.ParamsError, match="epoch"):
         ex.load_params({"epoch": 3})
