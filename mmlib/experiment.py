@@ -58,6 +58,7 @@ DEFAULT_PARAMS: dict = {
     "roi_margin": 0.15,              # margin of the ROI crop, as a fraction of the lesion size
     "encoder": "efficientnet_lite0", # timm image encoder
     "encoder_weights": "imagenet",   # imagenet (offline for efficientnet_lite0), none, or a weights file
+    "encoder_levels": None,          # None: the encoder's last map; or blocks to concatenate, e.g. [3, 4, 5]
     "train_mode": "frozen",          # frozen: cached encoder features (CPU fast path); finetune: end to end
     "n_augment": 2,                  # augmented copies per training image in the feature cache
     "epochs": 30,                    # training epochs (one-cycle schedule)
@@ -135,6 +136,11 @@ def validate_params(params: dict) -> dict:
             raise ParamsError(f"parameter {key!r} must be a positive integer, got {p[key]!r}")
     if isinstance(p["seeds"], int):
         p["seeds"] = [p["seeds"]]
+    lv = p["encoder_levels"]
+    if lv is not None and (not isinstance(lv, (list, tuple)) or not lv
+                           or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in lv)):
+        raise ParamsError(f"parameter 'encoder_levels' must be empty (the last feature map) or a list of encoder block "
+                          f"indices such as [3, 4, 5], got {lv!r}")
     if p["workers"] != "auto" and (not isinstance(p["workers"], (int, np.integer)) or isinstance(p["workers"], bool)
                                    or p["workers"] < 1):
         raise ParamsError(f"parameter 'workers' must be 'auto' or a positive integer, got {p['workers']!r}")
@@ -382,6 +388,7 @@ def fit_config(study: Study, config: Config, train_rows: np.ndarray, seed: int, 
 
     frozen = p["train_mode"] == "frozen"
     kwargs = dict(encoder=p["encoder"], encoder_weights=p["encoder_weights"] if not frozen else "none",
+                  encoder_levels=p["encoder_levels"],
                   dim=int(p["dim"]), **config.kwargs)
     set_seed(seed)
     model = create_model(config.model, clinical_features=spec.clinical.n_features,
@@ -498,7 +505,7 @@ def build_feature_cache(study: Study, *, write: bool = True):
     from .encoders import create_encoder
 
     p = study.params
-    encoder = create_encoder(p["encoder"], weights=p["encoder_weights"])
+    encoder = create_encoder(p["encoder"], weights=p["encoder_weights"], levels=p["encoder_levels"])
     study.encoder_spec = {"mean": list(encoder.mean), "std": list(encoder.std), "num_features": encoder.num_features}
     settings = ImageSettings(size=int(p["image_size"]), roi=bool(p["roi"]), roi_margin=float(p["roi_margin"]),
                              mean=encoder.mean, std=encoder.std)
@@ -507,6 +514,8 @@ def build_feature_cache(study: Study, *, write: bool = True):
     all_rows = np.arange(len(study.cohort.patients))
     dev_rows = np.flatnonzero(study.splits["split"].to_numpy() == "dev")
     key = [p["encoder"], p["encoder_weights"], settings.to_dict(), p["n_augment"], p["split_seed"], cohort_fingerprint(study.cohort)]
+    if p["encoder_levels"] is not None:  # (absent for the last map, so caches written before the option stay valid)
+        key.append(list(encoder.levels))
     cache_file = study.out / "cache" / f"features-{_hash(key)}.safetensors"
     if cache_file.is_file():
         cache.load(cache_file)
@@ -570,7 +579,7 @@ def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | No
     else:
         from .encoders import create_encoder
 
-        enc = create_encoder(p["encoder"], weights="none")
+        enc = create_encoder(p["encoder"], weights="none", levels=p["encoder_levels"])
         study.encoder_spec = {"mean": list(enc.mean), "std": list(enc.std), "num_features": enc.num_features}
 
     t = time.perf_counter()
@@ -612,7 +621,7 @@ def _key_params(p: dict) -> dict:
     """The parameters a finished unit of work depends on (its reuse hash)."""
     return {k: p[k] for k in ("cohort", "synthetic_patients", "synthetic_seed", "n_folds", "test_fraction",
                               "split_seed", "image_size", "roi", "roi_margin", "encoder", "encoder_weights",
-                              "train_mode", "n_augment", "epochs", "lr", "wd", "bs", "dim", "inner_valid",
+                              "encoder_levels", "train_mode", "n_augment", "epochs", "lr", "wd", "bs", "dim", "inner_valid",
                               "early_stopping", "test_model", "scenarios")}
 
 
@@ -1001,7 +1010,7 @@ def train_model(manifest, model: str, out_dir, params: dict | str | None = None,
     else:
         from .encoders import create_encoder
 
-        enc = create_encoder(p["encoder"], weights="none")
+        enc = create_encoder(p["encoder"], weights="none", levels=p["encoder_levels"])
         study.encoder_spec = {"mean": list(enc.mean), "std": list(enc.std)}
     seed = int(p["seeds"][0])
     config = Config(model)

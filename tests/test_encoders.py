@@ -147,3 +147,36 @@ def test_bad_encoder_arguments(tmp_path):
     vit = create_encoder("test_vit", weights="none")
     with pytest.raises(ValueError, match="convolutional"):
         vit(torch.zeros(1, 3, 32, 32))
+
+
+def test_mid_level_features_concatenate_the_chosen_blocks(lite0):
+    """encoder_levels: block outputs pooled to the deepest chosen block's grid, concatenated along channels."""
+    enc = create_encoder("efficientnet_lite0", levels=[5, 3, 4]).eval()
+    assert enc.levels == (3, 4, 5) and enc.num_features == 80 + 112 + 192 and enc.reduction == 32
+    x = torch.randn(2, 3, 224, 224)
+    seen = {}
+    hooks = [lite0.model.blocks[i].register_forward_hook(lambda m, i_, o, i=i: seen.__setitem__(i, o)) for i in (3, 4, 5)]
+    try:
+        with torch.no_grad():
+            lite0(x)
+            out = enc(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert out.shape == (2, 384, 7, 7)
+    expected = torch.cat([torch.nn.functional.avg_pool2d(seen[3], 2), torch.nn.functional.avg_pool2d(seen[4], 2), seen[5]], 1)
+    torch.testing.assert_close(out, expected)
+    # the same weights as the last-map encoder: a state dict moves between them
+    enc.load_state_dict(lite0.state_dict())
+    assert create_encoder("efficientnet_lite0", levels=2).num_features == 40
+
+
+@pytest.mark.parametrize("levels,match", [([9], "0..6"), ([3, 3], "distinct"), (["x"], "block indices"), ([], "block")])
+def test_bad_encoder_levels(levels, match):
+    with pytest.raises(ValueError, match=match):
+        create_encoder("efficientnet_lite0", weights="none", levels=levels)
+
+
+def test_encoder_levels_need_an_efficientnet_family_encoder():
+    with pytest.raises(ValueError, match="resnet10t.*last feature map"):
+        create_encoder("resnet10t", weights="none", levels=[2])

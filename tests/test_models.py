@@ -372,3 +372,16 @@ def test_pooling_before_projection_is_exact():
     model.spatial_grid = None
     full = model.encode(x)["ultrasound"].mean(dim=(-2, -1))
     torch.testing.assert_close(pooled, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["amw_cnn", "mm_abmil"])
+def test_mid_level_encoder_features_round_trip_through_the_config(name):
+    m = create_model(name, clinical_features=2, encoder_weights="none", encoder_levels=[3, 4], dim=16).eval()
+    assert m.num_features == 80 + 112 and m.config()["encoder_levels"] == [3, 4]
+    again = create_model(name, **m.config()).eval()
+    again.load_state_dict(m.state_dict())
+    x = {"mammography": torch.randn(2, 1, 3, 64, 64), "mammography_views": torch.ones(2, 1, dtype=torch.bool),
+         "ultrasound": torch.randn(2, 1, 3, 64, 64), "ultrasound_views": torch.ones(2, 1, dtype=torch.bool),
+         "clinical": torch.randn(2, 2), "present": torch.ones(2, 3, dtype=torch.bool)}
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), again(x))

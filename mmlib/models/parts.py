@@ -122,6 +122,8 @@ class MultimodalModel(nn.Module):
     Args:
         encoder: timm name of the CNN image encoder.
         encoder_weights: ``"imagenet"``, ``"none"`` or a weights file (see :func:`mmlib.encoders.create_encoder`).
+        encoder_levels: None (the encoder's last feature map) or the encoder blocks whose maps are concatenated
+            (see :class:`mmlib.encoders.ImageEncoder`).
         shared_encoder: one encoder for both imaging modalities (key ``"shared"`` in :attr:`encoders`);
             False = one per modality (keys ``"mammography"``, ``"ultrasound"``).
         clinical_features: length ``K`` of the clinical vector; 0 disables the clinical input.
@@ -158,6 +160,7 @@ class MultimodalModel(nn.Module):
         *,
         encoder: str = DEFAULT_ENCODER,
         encoder_weights: str = "imagenet",
+        encoder_levels: Sequence[int] | None = None,
         shared_encoder: bool = True,
         clinical_features: int,
         modalities: Sequence[str] = MODALITIES,
@@ -191,6 +194,7 @@ class MultimodalModel(nn.Module):
         self._config = {
             "encoder": encoder,
             "encoder_weights": str(encoder_weights),
+            "encoder_levels": None if encoder_levels is None else list(encoder_levels),
             "shared_encoder": shared_encoder,
             "clinical_features": clinical_features,
             "modalities": [m for m in MODALITIES if m in modalities],
@@ -221,7 +225,7 @@ class MultimodalModel(nn.Module):
         if self.image_modalities:
             keys = [SHARED] if shared_encoder else list(self.image_modalities)
             for key in keys:
-                self.encoders[key] = create_encoder(encoder, weights=str(encoder_weights))
+                self.encoders[key] = create_encoder(encoder, weights=str(encoder_weights), levels=encoder_levels)
             self.num_features = next(iter(self.encoders.values())).num_features
             for m in self.image_modalities:
                 # A 1x1 convolution: the same linear map as projecting the pooled vector, kept per cell so
