@@ -10,6 +10,7 @@ timm's parameters), so nothing is downloaded.
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -109,17 +110,20 @@ def check_levels(model: nn.Module, name: str, levels) -> tuple[int, ...] | None:
     """Normalise ``levels`` (None, an int or a sequence of block indices) for ``model``; ValueError otherwise."""
     if levels is None or (isinstance(levels, str) and levels in ("", "last")):
         return None
-    if isinstance(levels, int) and not isinstance(levels, bool):
+    if isinstance(levels, numbers.Integral) and not isinstance(levels, bool):
         levels = [levels]
     blocks = getattr(model, "blocks", None)
     if blocks is None or not hasattr(model, "conv_stem"):
         raise ValueError(f"encoder_levels needs a timm EfficientNet/MobileNet-family encoder (with conv_stem and "
                          f"blocks); {name!r} has none: leave encoder_levels empty to read its last feature map")
     try:
-        out = tuple(sorted({int(v) for v in levels}))
-    except (TypeError, ValueError):
-        raise ValueError(f"encoder_levels must be block indices of {name!r} (0..{len(blocks) - 1}), got {levels!r}") from None
-    if not out or any(isinstance(v, bool) or not 0 <= v < len(blocks) for v in levels) or len(out) != len(list(levels)):
+        items = list(levels)
+    except TypeError:
+        items = [levels]
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in items):
+        raise ValueError(f"encoder_levels must be block indices of {name!r} (0..{len(blocks) - 1}), got {levels!r}")
+    out = tuple(sorted({int(v) for v in items}))
+    if not out or any(not 0 <= v < len(blocks) for v in out) or len(out) != len(items):
         raise ValueError(f"encoder_levels must be distinct block indices of {name!r} (0..{len(blocks) - 1}), got {levels!r}")
     return out
 

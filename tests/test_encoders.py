@@ -171,7 +171,7 @@ def test_mid_level_features_concatenate_the_chosen_blocks(lite0):
     assert create_encoder("efficientnet_lite0", levels=2).num_features == 40
 
 
-@pytest.mark.parametrize("levels,match", [([9], "0..6"), ([3, 3], "distinct"), (["x"], "block indices"), ([], "block")])
+@pytest.mark.parametrize("levels,match", [([9], "0..6"), ([3, 3], "distinct"), (["x"], "block indices"), (["3"], "block indices"), ([], "block"), (2.5, "block indices")])
 def test_bad_encoder_levels(levels, match):
     with pytest.raises(ValueError, match=match):
         create_encoder("efficientnet_lite0", weights="none", levels=levels)
