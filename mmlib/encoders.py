@@ -93,7 +93,6 @@ class ImageEncoder(nn.Module):
             )
         return maps
 
-
     def _forward_levels(self, images: torch.Tensor) -> torch.Tensor:
         m = self.model
         x = m.bn1(m.conv_stem(images))
@@ -126,6 +125,12 @@ def check_levels(model: nn.Module, name: str, levels) -> tuple[int, ...] | None:
     if not out or any(not 0 <= v < len(blocks) for v in out) or len(out) != len(items):
         raise ValueError(f"encoder_levels must be distinct block indices of {name!r} (0..{len(blocks) - 1}), got {levels!r}")
     return out
+
+
+def check_encoder_levels(name: str, levels) -> tuple[int, ...] | None:
+    """:func:`check_levels` for the timm model ``name``, without building its weights (for checking parameters)."""
+    with torch.device("meta"):
+        return check_levels(_build_timm(name), name, levels)
 
 
 def _block_channels(block: nn.Module) -> int:

@@ -136,11 +136,14 @@ def validate_params(params: dict) -> dict:
             raise ParamsError(f"parameter {key!r} must be a positive integer, got {p[key]!r}")
     if isinstance(p["seeds"], int):
         p["seeds"] = [p["seeds"]]
-    lv = p["encoder_levels"]
-    if lv is not None and (not isinstance(lv, (list, tuple)) or not lv
-                           or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in lv)):
-        raise ParamsError(f"parameter 'encoder_levels' must be empty (the last feature map) or a list of encoder block "
-                          f"indices such as [3, 4, 5], got {lv!r}")
+    if p["encoder_levels"] is not None:
+        from .encoders import check_encoder_levels
+
+        try:
+            check_encoder_levels(p["encoder"], p["encoder_levels"])
+        except ValueError as err:
+            raise ParamsError(f"parameter 'encoder_levels' must be empty (the encoder's last feature map) or encoder "
+                              f"block indices such as [3, 4, 5]: {err}") from None
     if p["workers"] != "auto" and (not isinstance(p["workers"], (int, np.integer)) or isinstance(p["workers"], bool)
                                    or p["workers"] < 1):
         raise ParamsError(f"parameter 'workers' must be 'auto' or a positive integer, got {p['workers']!r}")
@@ -514,7 +517,7 @@ def build_feature_cache(study: Study, *, write: bool = True):
     all_rows = np.arange(len(study.cohort.patients))
     dev_rows = np.flatnonzero(study.splits["split"].to_numpy() == "dev")
     key = [p["encoder"], p["encoder_weights"], settings.to_dict(), p["n_augment"], p["split_seed"], cohort_fingerprint(study.cohort)]
-    if p["encoder_levels"] is not None:  # (absent for the last map, so caches written before the option stay valid)
+    if encoder.levels is not None:  # (absent for the last map, so caches written before the option stay valid)
         key.append(list(encoder.levels))
     cache_file = study.out / "cache" / f"features-{_hash(key)}.safetensors"
     if cache_file.is_file():
@@ -557,7 +560,7 @@ def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | No
 
     def stage(name, t):
         study.timings[name] = {"seconds": round(time.perf_counter() - t, 2), "peak_memory_mb": round(peak_memory_mb(), 1)}
-        if peak_memory_mb(children=True) > 0:  # training workers (and git) are child processes
+        if peak_memory_mb(children=True) > 0:  # training workers are child processes
             study.timings[name]["peak_child_memory_mb"] = round(peak_memory_mb(children=True), 1)
         import torch
 
