@@ -8,6 +8,9 @@ flat ``dict`` of tensors (flat, so fastai's batch-size and device helpers work o
 ``"mammography_views"``  bool ``(V_m,)``: which view slots hold a real image (the rest is zero padding)
 ``"ultrasound"``         as for mammography, ``(V_u, ...)``
 ``"ultrasound_views"``   bool ``(V_u,)``
+``"ultrasound_outline"`` float ``(V_u, 11)`` (likewise ``"mammography_outline"``), only for models built with
+                         ``outline_features``: standardised lesion-outline descriptors of each view (see
+                         :mod:`mmlib.morphometry`), all zero for a view without an outline
 ``"clinical"``           float ``(K,)``: scaled clinical values, each followed by its missing indicator
 ``"present"``            bool ``(3,)``: presence of (mammography, ultrasound, clinical), in
                          :data:`mmlib.schema.MODALITIES` order
@@ -29,6 +32,10 @@ CLINICAL = "clinical"
 
 def views_key(modality: str) -> str:
     return f"{modality}_views"
+
+
+def outline_key(modality: str) -> str:
+    return f"{modality}_outline"
 
 
 def modality_index(modality: str) -> int:

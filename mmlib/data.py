@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from .batch import CLINICAL, PRESENT, views_key
+from .batch import CLINICAL, PRESENT, outline_key, views_key
 from .imaging import crop_roi, read_image, read_mask, resize_square
 from .schema import IMAGE_MODALITIES, MODALITIES, bbox_column, mask_column
 
@@ -221,15 +221,70 @@ class SampleSpec:
     images: ImageSettings = field(default_factory=ImageSettings)
     views: dict = field(default_factory=lambda: {m: 1 for m in IMAGE_MODALITIES})
     use_clinical: bool = True
+    #: lesion-outline morphometry per view (see :mod:`mmlib.morphometry`), standardised; None: not an input.
+    outline: "OutlineScaler | None" = None
 
     def to_dict(self) -> dict:
         return {"clinical": self.clinical.to_dict(), "images": self.images.to_dict(), "views": dict(self.views),
-                "use_clinical": self.use_clinical}
+                "use_clinical": self.use_clinical, "outline": None if self.outline is None else self.outline.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SampleSpec":
+        outline = d.get("outline")
         return cls(ClinicalScaler.from_dict(d["clinical"]), ImageSettings(**d["images"]), dict(d["views"]),
-                   bool(d.get("use_clinical", True)))
+                   bool(d.get("use_clinical", True)), None if outline is None else OutlineScaler.from_dict(outline))
+
+
+def view_outlines(row: pd.Series, modality: str, n_views: int) -> np.ndarray:
+    """Raw outline descriptors ``(n_views, K)`` of one cohort row's views of ``modality`` (zeros: no outline)."""
+    from .morphometry import OUTLINE_FEATURES, outline_of
+
+    out = np.zeros((n_views, len(OUTLINE_FEATURES)), dtype=np.float32)
+    for j, (_, mask, _) in enumerate(patient_views(row, modality)[:n_views]):
+        out[j] = outline_of(mask)
+    return out
+
+
+@dataclass
+class OutlineScaler:
+    """Standardises outline descriptors per imaging modality with the mean and spread of the training views that
+    have an outline (``has_outline``, the last descriptor, stays 0/1; views without an outline stay all zero)."""
+
+    mean: dict
+    std: dict
+
+    @classmethod
+    def fit(cls, patients: pd.DataFrame) -> "OutlineScaler":
+        from .morphometry import OUTLINE_FEATURES
+
+        k = len(OUTLINE_FEATURES) - 1
+        mean, std, counts = {}, {}, {}
+        for m in IMAGE_MODALITIES:
+            rows = [view_outlines(patients.iloc[i], m, 64) for i in range(len(patients))]
+            feats = np.concatenate(rows) if rows else np.zeros((0, k + 1), dtype=np.float32)
+            feats = feats[feats[:, -1] > 0, :-1]
+            counts[m] = len(feats)
+            sd = feats.std(0) if len(feats) >= 2 else np.ones(k)
+            mean[m] = (feats.mean(0) if len(feats) >= 2 else np.zeros(k)).astype(float).tolist()
+            std[m] = np.where(sd > 1e-6, sd, 1.0).astype(float).tolist()
+        if max(counts.values()) < 2:
+            raise ValueError(f"lesion-outline features need lesion masks: of these {len(patients)} patients, "
+                             f"{counts} view(s) per modality have a non-empty one (cohort columns '<modality>_mask')")
+        return cls(mean, std)
+
+    def transform(self, raw: np.ndarray, modality: str) -> np.ndarray:
+        """``(..., K)`` raw descriptors of ``modality``'s views -> standardised, same shape."""
+        raw = np.asarray(raw, dtype=np.float32)
+        has = raw[..., -1:] > 0
+        scaled = (raw[..., :-1] - np.asarray(self.mean[modality], np.float32)) / np.asarray(self.std[modality], np.float32)
+        return np.concatenate([np.where(has, scaled, 0.0), has], -1).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"mean": dict(self.mean), "std": dict(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OutlineScaler":
+        return cls(dict(d["mean"]), dict(d["std"]))
 
 
 class _BaseDataset(Dataset):
@@ -244,6 +299,12 @@ class _BaseDataset(Dataset):
         pres = [self.table[m].map(lambda v: isinstance(v, list) and len(v) > 0).to_numpy() for m in IMAGE_MODALITIES]
         self.present = torch.from_numpy(np.stack([*pres, clin], axis=1))
         self.labels = torch.tensor(self.table["label"].to_numpy(), dtype=torch.float32)
+        self.outlines = {}
+        if spec.outline is not None:
+            for m in IMAGE_MODALITIES:
+                raw = np.stack([view_outlines(self.table.iloc[i], m, spec.views[m]) for i in range(len(self.table))]) \
+                    if len(self.table) else np.zeros((0, spec.views[m], len(spec.outline.mean[m]) + 1), np.float32)
+                self.outlines[m] = torch.from_numpy(spec.outline.transform(raw, m))
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -260,6 +321,8 @@ class _BaseDataset(Dataset):
         x = {}
         for m in IMAGE_MODALITIES:
             x[m], x[views_key(m)] = self._modality(i, m)
+            if m in self.outlines:
+                x[outline_key(m)] = self.outlines[m][i]
         x[CLINICAL] = self.clinical[i]
         x[PRESENT] = self.present[i].clone()
         return x, self.labels[i]

@@ -56,6 +56,7 @@ DEFAULT_PARAMS: dict = {
     "image_size": 224,               # square input side in pixels
     "roi": False,                    # crop around the lesion mask/box before resizing
     "roi_margin": 0.15,              # margin of the ROI crop, as a fraction of the lesion size
+    "outline_features": False,       # lesion-outline morphometry (from the masks) as part of each view's input
     "encoder": "efficientnet_lite0", # timm image encoder
     "encoder_weights": "imagenet",   # imagenet (offline for efficientnet_lite0), none, or a weights file
     "encoder_levels": None,          # None: the encoder's last map; or blocks to concatenate, e.g. [3, 4, 5]
@@ -147,6 +148,8 @@ def validate_params(params: dict) -> dict:
     if p["workers"] != "auto" and (not isinstance(p["workers"], (int, np.integer)) or isinstance(p["workers"], bool)
                                    or p["workers"] < 1):
         raise ParamsError(f"parameter 'workers' must be 'auto' or a positive integer, got {p['workers']!r}")
+    if not isinstance(p["outline_features"], (bool, np.bool_)):
+        raise ParamsError(f"parameter 'outline_features' must be true or false, got {p['outline_features']!r}")
     if not 0 <= float(p["modality_dropout"]) < 1:
         raise ParamsError(f"parameter 'modality_dropout' must be in [0, 1), got {p['modality_dropout']!r}")
     p["_ablations_known"] = {k: sorted(v) for k, v in ABLATIONS.items()}
@@ -281,6 +284,17 @@ def prepare_cohort(params: dict):
         info["synthetic"] = False
     cohort = load_manifest(manifest, decode_images=False)
     info["manifest"] = str(manifest)
+    if params.get("outline_features"):
+        from .schema import IMAGE_MODALITIES, mask_column
+
+        def has_mask(v) -> bool:
+            return isinstance(v, list) and any(isinstance(x, (str, Path)) and str(x) for x in v)
+
+        cols = [mask_column(m) for m in IMAGE_MODALITIES if mask_column(m) in cohort.patients]
+        if not any(cohort.patients[c].map(has_mask).any() for c in cols):
+            raise ParamsError(f"parameter 'outline_features' needs lesion masks, and cohort {params['cohort']!r} "
+                              f"({manifest}) has none (columns {[mask_column(m) for m in IMAGE_MODALITIES]}); "
+                              "set outline_features: false")
     return cohort, info
 
 
@@ -349,7 +363,16 @@ def _spec(study: Study, rows: np.ndarray, use_clinical: bool):
                            roi_margin=float(study.params["roi_margin"]),
                            mean=study.encoder_spec.get("mean", (0.485, 0.456, 0.406)),
                            std=study.encoder_spec.get("std", (0.229, 0.224, 0.225)))
-    return SampleSpec(scaler, images, max_views(study.cohort.patients), use_clinical)
+    outline = None
+    if study.params["outline_features"]:
+        from .data import OutlineScaler
+
+        try:
+            outline = OutlineScaler.fit(study.cohort.patients.iloc[rows])
+        except ValueError as err:
+            raise ParamsError(f"parameter 'outline_features': {err}; set it to false for cohort "
+                              f"{study.params['cohort']!r}") from None
+    return SampleSpec(scaler, images, max_views(study.cohort.patients), use_clinical, outline)
 
 
 def _datasets(study: Study, spec, fit_rows, val_rows, seed, grid=None):
@@ -388,10 +411,12 @@ def fit_config(study: Study, config: Config, train_rows: np.ndarray, seed: int, 
         val_rows = fit_rows[: max(1, len(fit_rows) // 10)]
     from .data import make_dataloaders
     from .models import create_model
+    from .morphometry import OUTLINE_FEATURES
 
     frozen = p["train_mode"] == "frozen"
     kwargs = dict(encoder=p["encoder"], encoder_weights=p["encoder_weights"] if not frozen else "none",
                   encoder_levels=p["encoder_levels"],
+                  outline_features=0 if spec.outline is None else len(OUTLINE_FEATURES),
                   dim=int(p["dim"]), **config.kwargs)
     set_seed(seed)
     model = create_model(config.model, clinical_features=spec.clinical.n_features,
@@ -623,7 +648,7 @@ def _summary(study: Study) -> dict:
 def _key_params(p: dict) -> dict:
     """The parameters a finished unit of work depends on (its reuse hash)."""
     return {k: p[k] for k in ("cohort", "synthetic_patients", "synthetic_seed", "n_folds", "test_fraction",
-                              "split_seed", "image_size", "roi", "roi_margin", "encoder", "encoder_weights",
+                              "split_seed", "image_size", "roi", "roi_margin", "outline_features", "encoder", "encoder_weights",
                               "encoder_levels", "train_mode", "n_augment", "epochs", "lr", "wd", "bs", "dim", "inner_valid",
                               "early_stopping", "test_model", "scenarios")}
 

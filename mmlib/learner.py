@@ -364,7 +364,7 @@ def predict_manifest(model_dir, manifest, *, bs: int = 32, device="cpu"):
         if c not in cohort.patients.columns:
             cohort.patients[c] = np.nan  # recorded as missing: the model was trained to expect that
     views = {m: max(spec.views[m], v) for m, v in _views(cohort).items()}
-    spec = SampleSpec(spec.clinical, spec.images, views, spec.use_clinical)
+    spec = SampleSpec(spec.clinical, spec.images, views, spec.use_clinical, spec.outline)
     ds = MultimodalDataset(cohort, np.arange(len(cohort.patients)), spec, train=False)
     prob = predict_proba(model, ds, bs=bs, device=device)
     out = pd.DataFrame({"patient_id": ds.patient_ids, "prob_malignant": prob})

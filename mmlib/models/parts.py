@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..batch import CLINICAL, PRESENT, effective_views, modality_index, views_key
+from ..batch import CLINICAL, PRESENT, effective_views, modality_index, outline_key, views_key
 from ..encoders import DEFAULT_ENCODER, WEIGHT_CHOICES, WEIGHT_SUFFIXES, create_encoder
 from ..schema import IMAGE_MODALITIES, MODALITIES
 
@@ -132,6 +132,9 @@ class MultimodalModel(nn.Module):
         dropout: dropout probability.
         input_kind: ``"images"`` (the model runs its encoders) or ``"features"`` (it reads cached encoder
             maps; the encoders are still built, frozen, so that a saved model reads images too).
+        outline_features: length of each view's lesion-outline vector (``x[m + "_outline"]``, see
+            :mod:`mmlib.morphometry`); 0 (default) = not an input. A linear map of it is added to every cell of
+            the view's projected map, so each fusion reads it where it reads the image.
 
     Inputs (see :mod:`mmlib.batch`):
         ``x[m]`` ``(B, V, 3, H, W)`` images or ``(B, V, C, h, w)`` maps, ``x[m + "_views"]`` ``(B, V)``,
@@ -167,6 +170,7 @@ class MultimodalModel(nn.Module):
         dim: int = 128,
         dropout: float = 0.1,
         input_kind: str = "images",
+        outline_features: int = 0,
     ):
         super().__init__()
         if not isinstance(encoder, str) or not encoder:
@@ -190,6 +194,7 @@ class MultimodalModel(nn.Module):
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         check_choice("input_kind", input_kind, INPUT_KINDS)
+        _check_int("outline_features", outline_features, 0)
 
         self._config = {
             "encoder": encoder,
@@ -201,6 +206,7 @@ class MultimodalModel(nn.Module):
             "dim": dim,
             "dropout": float(dropout),
             "input_kind": input_kind,
+            "outline_features": int(outline_features),
         }
         # clinical_features=0 switches the clinical input off even where `modalities` names it.
         self.modalities: tuple[str, ...] = tuple(
@@ -215,6 +221,7 @@ class MultimodalModel(nn.Module):
         self.clinical_features = clinical_features
         self.dim = dim
         self.input_kind = input_kind
+        self.outline_features = int(outline_features)
         self.aux_weight = 0.0
         self.aux_logits: dict[str, torch.Tensor] | None = None
         self.aux_mask: torch.Tensor | None = None
@@ -231,6 +238,9 @@ class MultimodalModel(nn.Module):
                 # A 1x1 convolution: the same linear map as projecting the pooled vector, kept per cell so
                 # token-based models can read spatial maps.
                 self.projections[m] = nn.Conv2d(self.num_features, dim, kernel_size=1)
+            if self.outline_features:
+                self.outline_projections = nn.ModuleDict(
+                    {m: nn.Linear(self.outline_features, dim) for m in self.image_modalities})
             if input_kind == "features":
                 # Encoders are not run on cached maps; frozen, they stay as the saved model's image path.
                 for p in self.encoders.parameters():
@@ -284,6 +294,12 @@ class MultimodalModel(nn.Module):
             if views.shape != data.shape[:2] or views.dtype != torch.bool:
                 raise ValueError(f"x[{views_key(m)!r}] must be bool {tuple(data.shape[:2])}, got {views.dtype} "
                                  f"{tuple(views.shape)}")
+            if self.outline_features:
+                want = (*data.shape[:2], self.outline_features)
+                if outline_key(m) not in x or tuple(x[outline_key(m)].shape) != want:
+                    got = tuple(x[outline_key(m)].shape) if outline_key(m) in x else "nothing"
+                    raise ValueError(f"x[{outline_key(m)!r}] must hold lesion-outline features {want} "
+                                     f"(outline_features={self.outline_features}), got {got}")
         if CLINICAL in self.modalities:
             if CLINICAL not in x:
                 raise ValueError(f"x lacks {CLINICAL!r}, needed by {type(self).__name__}")
@@ -351,6 +367,8 @@ class MultimodalModel(nn.Module):
                 # same result at a fraction of the cost: the projection of 1280-channel maps dominated training.
                 flat = F.adaptive_avg_pool2d(flat, self.spatial_grid)
             proj = self.projections[m](flat).unflatten(0, (batch, nviews))
+            if self.outline_features:
+                proj = proj + self.outline_projections[m](x[outline_key(m)].float())[..., None, None]
             out[m] = torch.where(views[..., None, None, None], proj, 0.0)
         return out
 
