@@ -47,7 +47,7 @@ def pooled_features(profile: str, *, size: int, margin: float | None, levels, po
         parts = {"mean": [f.mean((-2, -1))], "mean+std": [f.mean((-2, -1)), f.std((-2, -1))], "max": [f.amax((-2, -1))],
                  "grid3max": [torch.nn.functional.adaptive_avg_pool2d(f, 3).amax((-2, -1))]}[pooling]
         rows.append(torch.cat(parts, 1).mean(0).numpy())
-        outlines.append(view_outlines(pats.iloc[i], modality, len(views)).mean(0))
+        outlines.append(view_outlines(pats.iloc[i], modality).mean(0))
     keep = np.array([r is not None for r in rows])
     X = np.stack([r for r in rows if r is not None])
     age = pats["age"].to_numpy(float)[keep] if "age" in pats else np.full(keep.sum(), np.nan)
@@ -80,17 +80,14 @@ def stacked(parts, y, seeds=(0, 1, 2)) -> float:
 
 
 def probe(X, age, y, Cs=(0.003, 0.01, 0.03), seeds=(0, 1, 2), outline=None) -> dict:
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     z = np.nan_to_num((age - np.nanmean(age)) / (np.nanstd(age) or 1.0)) if np.isfinite(age).any() else np.zeros_like(age)
     out = {}
     for name, XX in (("image", X), ("image+age", np.c_[X, z, np.isnan(age)])):
         for C in Cs:
-            aucs = [roc_auc_score(y, cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000)),
+            aucs = [roc_auc_score(y, cross_val_predict(_model(C),
                                                        XX, y, cv=StratifiedKFold(5, shuffle=True, random_state=s),
                                                        method="decision_function")) for s in seeds]
             out[(name, C)] = float(np.mean(aucs))
@@ -116,7 +113,7 @@ def main():
     X, age, y, modality, outline = pooled_features(a.profile, size=a.size, margin=a.margin, levels=levels, pooling=a.pooling)
     print(f"{a.profile}: {len(y)} units, {modality}, features {X.shape[1]} ({a.levels}, {a.pooling}, {a.size} px), "
           f"extracted in {time.perf_counter() - t:.0f} s")
-    if a.outline and not (outline[:, :] != 0).any():
+    if a.outline and not outline.any():
         raise SystemExit(f"--outline: cohort {a.profile!r} has no lesion masks")
     for (name, C), v in probe(X, age, y, outline=outline if a.outline else None).items():
         print(f"  {name:12s} C={C:<6} pooled out-of-fold AUC {v:.3f}")

@@ -235,12 +235,15 @@ class SampleSpec:
                    bool(d.get("use_clinical", True)), None if outline is None else OutlineScaler.from_dict(outline))
 
 
-def view_outlines(row: pd.Series, modality: str, n_views: int) -> np.ndarray:
-    """Raw outline descriptors ``(n_views, K)`` of one cohort row's views of ``modality`` (zeros: no outline)."""
+def view_outlines(row: pd.Series, modality: str, n_views: int | None = None) -> np.ndarray:
+    """Raw outline descriptors ``(n_views, K)`` of one cohort row's views of ``modality`` (zeros: no outline;
+    ``n_views`` None: one row per view the patient has)."""
     from .morphometry import OUTLINE_FEATURES, outline_of
 
+    views = patient_views(row, modality)
+    n_views = len(views) if n_views is None else n_views
     out = np.zeros((n_views, len(OUTLINE_FEATURES)), dtype=np.float32)
-    for j, (_, mask, _) in enumerate(patient_views(row, modality)[:n_views]):
+    for j, (_, mask, _) in enumerate(views[:n_views]):
         out[j] = outline_of(mask)
     return out
 
@@ -260,7 +263,7 @@ class OutlineScaler:
         k = len(OUTLINE_FEATURES) - 1
         mean, std, counts = {}, {}, {}
         for m in IMAGE_MODALITIES:
-            rows = [view_outlines(patients.iloc[i], m, 64) for i in range(len(patients))]
+            rows = [view_outlines(patients.iloc[i], m) for i in range(len(patients))]
             feats = np.concatenate(rows) if rows else np.zeros((0, k + 1), dtype=np.float32)
             feats = feats[feats[:, -1] > 0, :-1]
             counts[m] = len(feats)

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from .paths import COHORTS, PARAMS, ROOT, results_dir
-from .schema import MODALITIES, all_scenarios, scenario_name
+from .schema import IMAGE_MODALITIES, MODALITIES, all_scenarios, mask_column, scenario_name
 
 #: Every parameter of a run, with its default. A profile YAML overrides some of them.
 DEFAULT_PARAMS: dict = {
@@ -285,13 +285,8 @@ def prepare_cohort(params: dict):
     cohort = load_manifest(manifest, decode_images=False)
     info["manifest"] = str(manifest)
     if params.get("outline_features"):
-        from .schema import IMAGE_MODALITIES, mask_column
-
-        def has_mask(v) -> bool:
-            return isinstance(v, list) and any(isinstance(x, (str, Path)) and str(x) for x in v)
-
-        cols = [mask_column(m) for m in IMAGE_MODALITIES if mask_column(m) in cohort.patients]
-        if not any(cohort.patients[c].map(has_mask).any() for c in cols):
+        cols = [mask_column(m) for m in IMAGE_MODALITIES]  # lists of Path or None (see load_manifest)
+        if not any(cohort.patients[c].map(lambda v: any(x is not None for x in v)).any() for c in cols):
             raise ParamsError(f"parameter 'outline_features' needs lesion masks, and cohort {params['cohort']!r} "
                               f"({manifest}) has none (columns {[mask_column(m) for m in IMAGE_MODALITIES]}); "
                               "set outline_features: false")
