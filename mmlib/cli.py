@@ -2,7 +2,7 @@
 
     mmlib cohort synth OUT_DIR --patients N --seed S      write a synthetic paired cohort and its manifest
     mmlib cohort validate MANIFEST                        summary, or the list of errors (exit 1)
-    mmlib cohort import KIND SOURCE_DIR --out MANIFEST    a public collection -> a manifest
+    mmlib cohort import KIND SOURCE_DIR --out MANIFEST [--option KEY=VALUE]   a public collection -> a manifest
     mmlib run [--profile NAME | --params FILE.yaml]       the whole study, tidy results in results/<profile>/
     mmlib train MANIFEST --model NAME --out MODEL_DIR [--params PROFILE.yaml]
     mmlib predict MODEL_DIR MANIFEST --out PREDICTIONS.csv
@@ -40,11 +40,23 @@ def _cohort_validate(a):
     return 0
 
 
+def _options(items: list[str] | None) -> dict:
+    """``["key=value", ...]`` -> keyword options; ``true``/``false`` become booleans."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option {item!r}: expected KEY=VALUE (e.g. --option segmentations=false)")
+        low = value.strip().lower()
+        out[key.strip()] = {"true": True, "false": False}.get(low, value.strip())
+    return out
+
+
 def _cohort_import(a):
     from .importers import import_cohort
 
     try:
-        out = import_cohort(a.kind, a.source_dir, a.out)
+        out = import_cohort(a.kind, a.source_dir, a.out, **_options(a.option))
     except (FileNotFoundError, ValueError) as e:
         print(str(e), file=sys.stderr)
         return 1
@@ -99,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("kind")
     i.add_argument("source_dir")
     i.add_argument("--out", required=True)
+    i.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="an importer option (repeatable), e.g. bbox_format=xyxy (bus-bra), segmentations=false (cdd-cesm)")
     i.set_defaults(func=_cohort_import)
 
     r = sub.add_parser("run", help="run the whole study of a profile")

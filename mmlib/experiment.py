@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from .paths import COHORTS, PARAMS, ROOT, results_dir
-from .schema import IMAGE_MODALITIES, MODALITIES, all_scenarios, mask_column, scenario_name
+from .schema import IMAGE_MODALITIES, MODALITIES, all_scenarios, bbox_column, mask_column, scenario_name
 
 #: Every parameter of a run, with its default. A profile YAML overrides some of them.
 DEFAULT_PARAMS: dict = {
@@ -284,12 +284,19 @@ def prepare_cohort(params: dict):
         info["synthetic"] = False
     cohort = load_manifest(manifest, decode_images=False)
     info["manifest"] = str(manifest)
-    if params.get("outline_features"):
-        cols = [mask_column(m) for m in IMAGE_MODALITIES]  # lists of Path or None (see load_manifest)
-        if not any(cohort.patients[c].map(lambda v: any(x is not None for x in v)).any() for c in cols):
-            raise ParamsError(f"parameter 'outline_features' needs lesion masks, and cohort {params['cohort']!r} "
-                              f"({manifest}) has none (columns {[mask_column(m) for m in IMAGE_MODALITIES]}); "
-                              "set outline_features: false")
+    def has_any(columns):  # lists of Path / box or None per row (see load_manifest)
+        return any(c in cohort.patients and cohort.patients[c].map(lambda v: any(x is not None for x in v)).any()
+                   for c in columns)
+
+    masks = [mask_column(m) for m in IMAGE_MODALITIES]
+    if params.get("outline_features") and not has_any(masks):
+        raise ParamsError(f"parameter 'outline_features' needs lesion masks, and cohort {params['cohort']!r} "
+                          f"({manifest}) has none (columns {masks}); set outline_features: false")
+    boxes = [bbox_column(m) for m in IMAGE_MODALITIES]
+    if params.get("roi") and not has_any(masks + boxes):
+        raise ParamsError(f"parameter 'roi' crops around lesion masks or boxes, and cohort {params['cohort']!r} "
+                          f"({manifest}) has none (columns {masks + boxes}); set roi: false, or import a release "
+                          "with lesion annotations")
     return cohort, info
 
 
@@ -300,7 +307,8 @@ def _importer_kinds() -> set[str]:
 
 
 def import_real_cohort(kind: str, source_dir: str | Path | None = None) -> Path:
-    """Manifest of a public collection read from ``../shared/data/<kind>`` (imported once into ``cohorts/``).
+    """Manifest of a public collection read from ``../shared/data/<kind>`` (imported into ``cohorts/``, again when a
+    table of the source changes).
 
     Where the collection is absent, stops at once with where to download it and the command that imports it.
     """
@@ -309,8 +317,9 @@ def import_real_cohort(kind: str, source_dir: str | Path | None = None) -> Path:
 
     source = Path(source_dir) if source_dir else SHARED_DATA / kind
     manifest = COHORTS / kind / "manifest.csv"
-    if manifest.is_file():
-        return manifest
+    if manifest.is_file() and (not source.is_dir() or all(f.stat().st_mtime <= manifest.stat().st_mtime
+                                                          for f in source.iterdir() if f.is_file())):
+        return manifest  # imported before, and no table of the source (workbook, CSV) changed since
     if not source.is_dir():
         raise FileNotFoundError(f"the {kind} collection is not at {source}.\n\n{collection_help(kind)}")
     return import_cohort(kind, source, manifest)

@@ -31,6 +31,17 @@ def test_import_unknown_kind_is_refused(tmp_path, capsys):
     assert "breast-lesions-usg" in capsys.readouterr().err
 
 
+def test_import_options_reach_the_importer(tmp_path, capsys):
+    args = ["cohort", "import", "bus-bra", str(tmp_path), "--out", str(tmp_path / "m.csv")]
+    assert main(args + ["--option", "bbox=xyxy"]) == 1
+    assert "unknown option(s) ['bbox'] for kind 'bus-bra'; accepted: ['bbox_format']" in capsys.readouterr().err
+    assert main(args + ["--option", "bbox_format"]) == 1
+    assert "--option 'bbox_format': expected KEY=VALUE" in capsys.readouterr().err
+    # A known option passes the check and reaches the importer, which then finds no source here.
+    assert main(args + ["--option", "bbox_format=xyxy"]) == 1
+    assert "bus_data.csv" in capsys.readouterr().err
+
+
 def test_train_then_predict(tmp_path, tiny_cohort_dir, capsys):
     import yaml
 

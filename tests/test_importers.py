@@ -24,6 +24,7 @@ from mmlib.importers import (
 )
 from mmlib.importers.breast_lesions_usg import tumour_mask_name
 from mmlib.importers.bus_bra import parse_bbox
+from mmlib.importers.cdd_cesm import region_box
 from mmlib.schema import CLINICAL_PREFIX, REQUIRED_COLUMNS
 
 KINDS = ("breast-lesions-usg", "cdd-cesm", "bus-bra", "cbis-ddsm")
@@ -287,6 +288,98 @@ def test_bus_bra_conflict_within_one_side_is_refused(tmp_path):
         import_cohort("bus-bra", src, tmp_path / "m.csv")
 
 
+# --- CDD-CESM (fake layout) ------------------------------------------------------------------------------
+
+CDD_COLUMNS = ["Image_name", "Patient_ID", "Side", "Type", "Age", "BIRADS", "View",
+               "Pathology Classification/ Follow up"]  # fmt: skip
+CDD_ROWS = [
+    ("P1_L_CM_CC", 1, "L", "CESM", 50, 4, "CC", "Malignant"),
+    ("P1_L_CM_MLO ", 1, "L", "CESM", 50, 4, "MLO", "Malignant"),  # trailing space, as in the release
+    ("P1_L_DM_CC", 1, "L", "DM", 50, 4, "CC", "Malignant"),
+    ("P1_R_CM_CC", 1, "R", "CESM", 50, 1, "CC", "Normal"),
+    ("P2_R_CM_MLO", 2, "R", "CESM", 41, 2, "MLO", "Benign"),
+]  # fmt: skip
+
+
+def _seg_row(name: str, shape: dict | None) -> dict:
+    return {"#filename": name, "file_size": 1, "file_attributes": "{}", "region_count": 1, "region_id": 0,
+            "region_shape_attributes": json.dumps(shape) if shape is not None else "{}", "region_attributes": "{}"}
+
+
+CDD_SEGMENTATIONS = [
+    _seg_row("P1_L_CM_CC.jpg", {"name": "polygon", "all_points_x": [10, 20, 15], "all_points_y": [5, 8, 12]}),
+    _seg_row("P1_L_CM_CC.jpg", {"name": "circle", "cx": 30, "cy": 20, "r": 4}),  # a second finding: one box for both
+    _seg_row("P1_L_CM_MLO .jpg", {"name": "point", "cx": 3, "cy": 3}),  # no extent: the view keeps the whole image
+    _seg_row("P2_R_CM_MLO.jpg", {"name": "ellipse", "cx": 20, "cy": 15, "rx": 6, "ry": 3, "theta": 0}),
+    _seg_row("P9_L_CM_CC.jpg", None),  # an image without regions, not in the cohort
+]
+
+
+def _write_cdd(root: Path, segmentations: list[dict] | None = CDD_SEGMENTATIONS, size=(40, 30)) -> Path:
+    for name, *_ in CDD_ROWS:
+        if "_CM_" in name:
+            _png(root / "Subtracted images of CDD-CESM" / f"{name}.png", size=size)
+    pd.DataFrame(CDD_ROWS, columns=CDD_COLUMNS).to_excel(root / "Radiology-manual-annotations.xlsx", sheet_name="all",
+                                                         index=False)
+    if segmentations is not None:
+        pd.DataFrame(segmentations).to_csv(root / "Radiology_hand_drawn_segmentations_v2.csv", index=False)
+    return root
+
+
+def test_cdd_cesm_fake_layout_with_segmentations(tmp_path):
+    src = _write_cdd(tmp_path / "src")
+    out = import_cohort("cdd-cesm", src, tmp_path / "cdd.csv")
+    m = _manifest(out)
+    assert list(m["patient_id"]) == ["P1_L", "P2_R"] and list(m["group"]) == ["P1", "P2"]
+    assert list(m["label"]) == ["malignant", "benign"] and list(m["age"]) == ["50", "41"]
+    assert list(m["views"]) == ["CC|MLO", "MLO"]
+    # P1_L_CM_CC: the polygon (10-20, 5-12) and the circle (26-34, 16-24); P1_L_CM_MLO: a point only.
+    assert list(m["mammography_bbox"]) == ["10 5 34 24|", "14 12 26 18"]
+    side = json.loads(sidecar_path(out).read_text())
+    assert side["rows_left_out"] == {"low-energy (DM) view, not a subtracted CESM view": 1, "normal (no finding)": 1}
+    assert side["notes"]["segmentation_points_left_out"] == 1
+    assert side["notes"]["segmentations"] == "Radiology_hand_drawn_segmentations_v2.csv"
+    assert side["notes"]["views_with_lesion_box"] == 2
+    patients = load_manifest(out).patients
+    assert patients["mammography_bbox"].tolist() == [[(10, 5, 34, 24), None], [(14, 12, 26, 18)]]
+    # Skipped on request, and absent without the file: no box column at all.
+    skipped = _manifest(import_cohort("cdd-cesm", src, tmp_path / "plain.csv", segmentations=False))
+    assert "mammography_bbox" not in skipped.columns and list(skipped["patient_id"]) == ["P1_L", "P2_R"]
+
+
+def test_cdd_cesm_resized_images_refuse_the_segmentations(tmp_path):
+    src = _write_cdd(tmp_path / "src", size=(20, 15))  # half size: the regions reach past the images
+    with pytest.raises(ValueError, match="P1_L_CM_CC.png span \(10, 5\)-\(34, 24\), outside the 20 x 15 image.*"
+                                         "segmentations=False"):
+        import_cohort("cdd-cesm", src, tmp_path / "m.csv")
+    assert not (tmp_path / "m.csv").exists()
+    out = import_cohort("cdd-cesm", src, tmp_path / "m.csv", segmentations=False)
+    assert len(_manifest(out)) == 2
+
+
+def test_cdd_cesm_bad_segmentation_rows_name_the_line(tmp_path):
+    bad_json = CDD_SEGMENTATIONS[:1] + [{**_seg_row("P2_R_CM_MLO.jpg", None), "region_shape_attributes": "{name: 1"}]
+    with pytest.raises(ValueError, match="line 3 \(P2_R_CM_MLO.jpg\): region_shape_attributes is not JSON"):
+        import_cohort("cdd-cesm", _write_cdd(tmp_path / "a", bad_json), tmp_path / "m.csv")
+    unknown = [_seg_row("P2_R_CM_MLO.jpg", {"name": "spline", "x": 1})]
+    with pytest.raises(ValueError, match="line 2 \(P2_R_CM_MLO.jpg\): region shape 'spline'; expected polygon"):
+        import_cohort("cdd-cesm", _write_cdd(tmp_path / "b", unknown), tmp_path / "m.csv")
+    no_points = [_seg_row("P2_R_CM_MLO.jpg", {"name": "polygon", "all_points_x": [1, 2]})]
+    with pytest.raises(ValueError, match="line 2 .*lacks usable coordinates"):
+        import_cohort("cdd-cesm", _write_cdd(tmp_path / "c", no_points), tmp_path / "m.csv")
+    (tmp_path / "d").mkdir()
+    pd.DataFrame({"filename": ["x.jpg"]}).to_csv(tmp_path / "d" / "Radiology_hand_drawn_segmentations_v2.csv", index=False)
+    with pytest.raises(ValueError, match="lacks columns \['#filename', 'region_shape_attributes'\]"):
+        import_cohort("cdd-cesm", _write_cdd(tmp_path / "d", None), tmp_path / "m.csv")
+
+
+def test_region_box_shapes():
+    assert region_box({"name": "rect", "x": 2, "y": 3, "width": 4, "height": 5}) == (2, 3, 6, 8)
+    assert region_box({"name": "polyline", "all_points_x": [4, 1], "all_points_y": [2, 9]}) == (1, 2, 4, 9)
+    assert region_box({"name": "ellipse", "cx": 10, "cy": 10, "rx": 4, "ry": 1, "theta": 0.5}) == (6, 6, 14, 14)
+    assert region_box({"name": "point", "cx": 1, "cy": 1}) is None and region_box({}) is None
+
+
 # --- CBIS-DDSM (fake layout) --------------------------------------------------------------------------------
 
 CBIS_COLUMNS = [
@@ -445,3 +538,21 @@ def _validate_with_cohort(manifest: Path, n_rows: int, modality: str) -> None:
             if mask is not None:
                 lesion = read_mask(mask)
                 assert lesion.shape == pixels.shape and 0 < lesion.mean() < 1
+
+
+def test_real_cohort_is_imported_again_when_its_tables_change(tmp_path, monkeypatch):
+    """The profiles' cached manifest (cohorts/<kind>/) follows its source: adding the segmentation table re-imports."""
+    import os
+
+    from mmlib import experiment as ex
+
+    monkeypatch.setattr(ex, "COHORTS", tmp_path / "cohorts")
+    src = _write_cdd(tmp_path / "src", segmentations=None)
+    manifest = ex.import_real_cohort("cdd-cesm", src)
+    assert "mammography_bbox" not in _manifest(manifest).columns
+    stamp = manifest.stat().st_mtime
+    os.utime(src / "Radiology-manual-annotations.xlsx", (stamp - 10, stamp - 10))
+    assert ex.import_real_cohort("cdd-cesm", src) == manifest and manifest.stat().st_mtime == stamp  # reused
+    pd.DataFrame(CDD_SEGMENTATIONS).to_csv(src / "Radiology_hand_drawn_segmentations_v2.csv", index=False)
+    os.utime(src / "Radiology_hand_drawn_segmentations_v2.csv", (stamp + 10, stamp + 10))
+    assert list(_manifest(ex.import_real_cohort("cdd-cesm", src))["mammography_bbox"]) == ["10 5 34 24|", "14 12 26 18"]

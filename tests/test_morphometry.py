@@ -211,6 +211,13 @@ def test_outline_parameter_is_checked(tmp_path, masked_cohort):
     p = ex.load_params("smoke", cohort=str(tmp_path / "manifest.csv"), outline_features=True)
     with pytest.raises(ex.ParamsError, match="needs lesion masks.*outline_features: false"):
         ex.prepare_cohort(p)
+    # ROI crops need a mask or a box somewhere, or they would silently be whole images.
+    with pytest.raises(ex.ParamsError, match="'roi' crops around lesion masks or boxes.*manifest.csv.*set roi: false"):
+        ex.prepare_cohort(ex.load_params("smoke", cohort=str(tmp_path / "manifest.csv"), roi=True))
+    write_manifest([{"patient_id": f"P{i}", "label": i % 2, "age": 50, "ultrasound": "u.png",
+                     "ultrasound_bbox": "2 2 20 20" if i == 0 else ""} for i in range(4)], tmp_path / "boxed.csv")
+    cohort, _ = ex.prepare_cohort(ex.load_params("smoke", cohort=str(tmp_path / "boxed.csv"), roi=True))
+    assert cohort.patients["ultrasound_bbox"].iloc[0] == [(2, 2, 20, 20)]
 
 
 def test_breast_lesions_outlines_separate_the_classes(shared_data):

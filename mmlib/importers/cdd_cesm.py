@@ -16,12 +16,19 @@ Reads sheet ``all`` of ``Radiology-manual-annotations.xlsx`` (one row per image 
 - Left out and counted: low-energy ``DM`` rows, ``Normal`` rows (views without a finding), rows whose image
   is not in the folder, and repeated rows of the same image.
 - ``label_source`` is ``pathology/follow-up``: the sheet gives one class per image from pathology or from
-  follow-up without saying which. BI-RADS per view is kept as ``ref_birads`` (a reading, never an input). The
-  release's hand-drawn segmentations (polygon CSV) are not masks on disk and are not imported.
+  follow-up without saying which. BI-RADS per view is kept as ``ref_birads`` (a reading, never an input).
+- Lesion boxes: where the release's hand-drawn segmentations (``Radiology_hand_drawn_segmentations_v2.csv``, a
+  VGG Image Annotator export: ``#filename`` and a JSON ``region_shape_attributes`` per region: polygon, polyline,
+  rect, circle or ellipse) lie beside the workbook, each view gets the box around all of its regions as
+  ``mammography_bbox`` (``x0 y0 x1 y1`` in pixels), so ``roi: true`` crops the lesion; views without a region keep
+  the whole image. Point regions have no extent and are left out (counted in the sidecar's notes). The coordinates are the original
+  images' pixels: a region reaching past its image (a resized mirror, for instance) is refused with the file,
+  line and sizes, since scaling it would be a guess. ``segmentations=False`` skips the file.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -32,6 +39,7 @@ from . import Collection, ImportLog, find_one, finish_import, missing_source, pa
 KIND = "cdd-cesm"
 IMAGES_FOLDER = "Subtracted images of CDD-CESM"
 WORKBOOK_PATTERN = "Radiology*manual*annotations*.xlsx"
+SEGMENTATIONS_PATTERN = "Radiology*hand*drawn*segmentations*.csv"
 SHEET = "all"
 LABEL_COLUMN = "Pathology Classification/ Follow up"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")
@@ -51,6 +59,7 @@ COLLECTION = Collection(
     layout=(
         "Radiology-manual-annotations.xlsx  (sheet 'all': one row per image)",
         f"{IMAGES_FOLDER}/P<id>_<L|R>_CM_<CC|MLO>.<jpg|png>  (subtracted CESM views)",
+        "Radiology_hand_drawn_segmentations_v2.csv  (optional: lesion outlines, giving ROI boxes)",
     ),
 )
 
@@ -69,13 +78,94 @@ def _index_images(folder: Path) -> dict[str, Path]:
     return index
 
 
+def region_box(shape: dict, *, where: str = "") -> tuple[float, float, float, float] | None:
+    """Box ``(x0, y0, x1, y1)`` around one VGG Image Annotator region (``region_shape_attributes``); None for a
+    point or an empty region. ValueError, naming ``where``, for an unknown shape or missing coordinates."""
+    name = str(shape.get("name", "")).lower() if shape else ""
+    try:
+        if not name or name == "point":
+            return None
+        if name in ("polygon", "polyline"):
+            xs, ys = [float(v) for v in shape["all_points_x"]], [float(v) for v in shape["all_points_y"]]
+            if not xs or len(xs) != len(ys):
+                raise ValueError(f"{len(xs)} x and {len(ys)} y points")
+            return min(xs), min(ys), max(xs), max(ys)
+        if name == "rect":
+            x, y = float(shape["x"]), float(shape["y"])
+            return x, y, x + float(shape["width"]), y + float(shape["height"])
+        if name in ("circle", "ellipse"):
+            cx, cy = float(shape["cx"]), float(shape["cy"])
+            rx = float(shape["r"]) if name == "circle" else float(shape["rx"])
+            ry = float(shape["r"]) if name == "circle" else float(shape["ry"])
+            r = max(rx, ry) if name == "ellipse" and float(shape.get("theta", 0) or 0) else None
+            rx, ry = (r, r) if r is not None else (rx, ry)  # a rotated ellipse: the box of its circumscribed circle
+            return cx - rx, cy - ry, cx + rx, cy + ry
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{where}: region {shape!r} lacks usable coordinates ({err})") from None
+    raise ValueError(f"{where}: region shape {name!r}; expected polygon, polyline, rect, circle, ellipse or point")
+
+
+def read_segmentations(csv: Path, log: ImportLog | None = None) -> dict[str, tuple[float, float, float, float]]:
+    """Image stem -> box around all of that image's regions, from the release's segmentation CSV."""
+    try:
+        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ValueError(f"{csv.name}: cannot read the segmentation table ({err})") from err
+    needed = ("#filename", "region_shape_attributes")
+    if any(c not in table.columns for c in needed):
+        raise ValueError(f"{csv.name}: lacks columns {[c for c in needed if c not in table.columns]}; expected a VGG "
+                         f"Image Annotator export with {list(needed)}")
+    boxes: dict[str, tuple[float, float, float, float]] = {}
+    for i, rec in table.iterrows():
+        where = f"{csv.name}, line {i + 2} ({rec['#filename'].strip()})"
+        text = rec["region_shape_attributes"].strip()
+        try:
+            shape = json.loads(text) if text else {}
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: region_shape_attributes is not JSON ({err.msg}): {text[:80]!r}") from None
+        box = region_box(shape, where=where)
+        if box is None:
+            if log is not None and shape:
+                log.notes["segmentation_points_left_out"] = log.notes.get("segmentation_points_left_out", 0) + 1
+            continue
+        stem = Path(rec["#filename"].strip()).stem.strip()
+        if stem in boxes:
+            a = boxes[stem]
+            box = min(a[0], box[0]), min(a[1], box[1]), max(a[2], box[2]), max(a[3], box[3])
+        boxes[stem] = box
+    return boxes
+
+
+def _check_box(box, image: Path, *, where: str) -> tuple[float, float, float, float]:
+    from PIL import Image
+
+    with Image.open(image) as im:
+        width, height = im.size
+    tol = 0.01 * max(width, height) + 1
+    if box[0] < -tol or box[1] < -tol or box[2] > width + tol or box[3] > height + tol:
+        raise ValueError(
+            f"{where}: the lesion regions of {image.name} span ({box[0]:g}, {box[1]:g})-({box[2]:g}, {box[3]:g}), "
+            f"outside the {width} x {height} image: the segmentations are in the original release's pixels and "
+            "these images look resized; use the original images or import with segmentations=False"
+        )
+    return max(0.0, box[0]), max(0.0, box[1]), min(float(width), box[2]), min(float(height), box[3])
+
+
+def _box_text(box) -> str:
+    return "" if box is None else " ".join(f"{v:.0f}" for v in box)
+
+
 def _view_key(view: str) -> tuple:
     return (VIEW_ORDER.index(view) if view in VIEW_ORDER else len(VIEW_ORDER), view)
 
 
 @register_importer(COLLECTION)
 def import_cdd_cesm(
-    source_dir: str | os.PathLike, out_manifest: str | os.PathLike, *, images_folder: str = IMAGES_FOLDER
+    source_dir: str | os.PathLike,
+    out_manifest: str | os.PathLike,
+    *,
+    images_folder: str = IMAGES_FOLDER,
+    segmentations: bool = True,
 ) -> Path:
     """Import the subtracted CESM views of CDD-CESM into a manifest (one unit per breast).
 
@@ -83,6 +173,7 @@ def import_cdd_cesm(
         source_dir: folder holding ``Radiology-manual-annotations.xlsx`` and the images folder.
         out_manifest: manifest to write (``.csv``).
         images_folder: the subfolder of subtracted views.
+        segmentations: read the hand-drawn segmentation CSV into lesion boxes where it lies beside the workbook.
 
     Returns:
         The manifest path; ``<stem>.import.json`` lies beside it.
@@ -102,6 +193,11 @@ def import_cdd_cesm(
     images = _index_images(folder)
 
     log = ImportLog(KIND, source_dir, rows_read=len(table))
+    seg_files = sorted(source_dir.glob(SEGMENTATIONS_PATTERN)) if segmentations else []
+    if len(seg_files) > 1:
+        raise ValueError(f"{source_dir}: several segmentation tables {[f.name for f in seg_files]}; keep one")
+    boxes = read_segmentations(seg_files[0], log) if seg_files else {}
+    log.notes["segmentations"] = seg_files[0].name if seg_files else None
     views: dict[str, dict] = {}  # image stem -> view record
     for i, rec in table.iterrows():
         where = f"{book.name}, sheet {SHEET!r}, row {i + 2}"
@@ -130,6 +226,7 @@ def import_cdd_cesm(
             "age": age,
             "birads": rec.get("BIRADS"),
             "path": images[stem],
+            "box": _check_box(boxes[stem], images[stem], where=f"{seg_files[0].name}") if stem in boxes else None,
         }
         if stem in views:
             first = views[stem]
@@ -166,9 +263,12 @@ def import_cdd_cesm(
                 "label_source": "pathology/follow-up",
                 "views": [v["view"] for _, v in items],
                 "ref_birads": [v["birads"] for _, v in items],
+                **({"mammography_bbox": [_box_text(v["box"]) for _, v in items]} if boxes else {}),
             }
         )
     log.notes["views_written"] = len(views)
+    if boxes:
+        log.notes["views_with_lesion_box"] = sum(v["box"] is not None for v in views.values())
     log.notes["patients_with_both_labels"] = int(
         pd.DataFrame(rows).groupby("group")["label"].nunique().gt(1).sum() if rows else 0
     )
