@@ -343,6 +343,8 @@ def test_cdd_cesm_fake_layout_with_segmentations(tmp_path):
     patients = load_manifest(out).patients
     assert patients["mammography_bbox"].tolist() == [[(10, 5, 34, 24), None], [(14, 12, 26, 18)]]
     # Skipped on request, and absent without the file: no box column at all.
+    with pytest.raises(ValueError, match="segmentations must be true or false, got 'no'"):
+        import_cohort("cdd-cesm", src, tmp_path / "plain.csv", segmentations="no")
     skipped = _manifest(import_cohort("cdd-cesm", src, tmp_path / "plain.csv", segmentations=False))
     assert "mammography_bbox" not in skipped.columns and list(skipped["patient_id"]) == ["P1_L", "P2_R"]
 
@@ -376,7 +378,10 @@ def test_cdd_cesm_bad_segmentation_rows_name_the_line(tmp_path):
 def test_region_box_shapes():
     assert region_box({"name": "rect", "x": 2, "y": 3, "width": 4, "height": 5}) == (2, 3, 6, 8)
     assert region_box({"name": "polyline", "all_points_x": [4, 1], "all_points_y": [2, 9]}) == (1, 2, 4, 9)
-    assert region_box({"name": "ellipse", "cx": 10, "cy": 10, "rx": 4, "ry": 1, "theta": 0.5}) == (6, 6, 14, 14)
+    assert region_box({"name": "ellipse", "cx": 10, "cy": 10, "rx": 4, "ry": 1, "theta": 0}) == (6, 9, 14, 11)
+    turned = region_box({"name": "ellipse", "cx": 10, "cy": 10, "rx": 4, "ry": 1, "theta": np.pi / 2})
+    assert np.allclose(turned, (9, 6, 11, 14))  # a quarter turn swaps the radii
+    assert np.allclose(region_box({"name": "ellipse", "cx": 0, "cy": 0, "rx": 2, "ry": 2, "theta": 1}), (-2, -2, 2, 2))
     assert region_box({"name": "point", "cx": 1, "cy": 1}) is None and region_box({}) is None
 
 

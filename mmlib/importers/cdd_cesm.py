@@ -20,15 +20,17 @@ Reads sheet ``all`` of ``Radiology-manual-annotations.xlsx`` (one row per image 
 - Lesion boxes: where the release's hand-drawn segmentations (``Radiology_hand_drawn_segmentations_v2.csv``, a
   VGG Image Annotator export: ``#filename`` and a JSON ``region_shape_attributes`` per region: polygon, polyline,
   rect, circle or ellipse) lie beside the workbook, each view gets the box around all of its regions as
-  ``mammography_bbox`` (``x0 y0 x1 y1`` in pixels), so ``roi: true`` crops the lesion; views without a region keep
-  the whole image. Point regions have no extent and are left out (counted in the sidecar's notes). The coordinates are the original
-  images' pixels: a region reaching past its image (a resized mirror, for instance) is refused with the file,
-  line and sizes, since scaling it would be a guess. ``segmentations=False`` skips the file.
+  ``mammography_bbox`` (``x0 y0 x1 y1`` in whole pixels, rounded outwards), so ``roi: true`` crops the lesion;
+  views without a region keep the whole image. Point regions have no extent and are left out (counted in the
+  sidecar's notes). The coordinates are the original images' pixels: a region reaching past its image (a resized
+  mirror, for instance) is refused with the file and sizes, since scaling it would be a guess.
+  ``segmentations=False`` skips the file.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -93,13 +95,14 @@ def region_box(shape: dict, *, where: str = "") -> tuple[float, float, float, fl
         if name == "rect":
             x, y = float(shape["x"]), float(shape["y"])
             return x, y, x + float(shape["width"]), y + float(shape["height"])
-        if name in ("circle", "ellipse"):
-            cx, cy = float(shape["cx"]), float(shape["cy"])
-            rx = float(shape["r"]) if name == "circle" else float(shape["rx"])
-            ry = float(shape["r"]) if name == "circle" else float(shape["ry"])
-            r = max(rx, ry) if name == "ellipse" and float(shape.get("theta", 0) or 0) else None
-            rx, ry = (r, r) if r is not None else (rx, ry)  # a rotated ellipse: the box of its circumscribed circle
-            return cx - rx, cy - ry, cx + rx, cy + ry
+        if name == "circle":
+            cx, cy, r = float(shape["cx"]), float(shape["cy"]), float(shape["r"])
+            return cx - r, cy - r, cx + r, cy + r
+        if name == "ellipse":  # the box of an ellipse with radii rx, ry turned by theta (radians)
+            cx, cy, rx, ry = (float(shape[k]) for k in ("cx", "cy", "rx", "ry"))
+            c, s = math.cos(float(shape.get("theta") or 0)), math.sin(float(shape.get("theta") or 0))
+            hx, hy = math.hypot(rx * c, ry * s), math.hypot(rx * s, ry * c)
+            return cx - hx, cy - hy, cx + hx, cy + hy
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{where}: region {shape!r} lacks usable coordinates ({err})") from None
     raise ValueError(f"{where}: region shape {name!r}; expected polygon, polyline, rect, circle, ellipse or point")
@@ -152,7 +155,9 @@ def _check_box(box, image: Path, *, where: str) -> tuple[float, float, float, fl
 
 
 def _box_text(box) -> str:
-    return "" if box is None else " ".join(f"{v:.0f}" for v in box)
+    if box is None:
+        return ""
+    return " ".join(str(v) for v in (math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3])))
 
 
 def _view_key(view: str) -> tuple:
@@ -178,6 +183,8 @@ def import_cdd_cesm(
     Returns:
         The manifest path; ``<stem>.import.json`` lies beside it.
     """
+    if not isinstance(segmentations, bool):
+        raise ValueError(f"option segmentations must be true or false, got {segmentations!r}")
     source_dir = source_folder(KIND, source_dir)
     book = find_one(KIND, source_dir, WORKBOOK_PATTERN, "the workbook Radiology-manual-annotations.xlsx")
     folder = source_dir / images_folder
