@@ -4,8 +4,8 @@
         [--levels 3,4,5 | --levels last] [--size 224] [--margin 0.0] [--pooling mean|mean+std|max|grid3max] [--outline]
 
 Logistic regression (scikit-learn, standardised features plus age and its missing flag) on each patient's pooled
-features, the views of a patient averaged; pooled out-of-fold AUC of stratified 5-fold CV, averaged over three
-split seeds, for three regularisation strengths. With ``--outline`` (cohorts with lesion masks), also the
+features, the views of a unit averaged; pooled out-of-fold AUC of stratified 5-fold CV grouped by patient (the
+two breasts of a CDD-CESM patient never straddle a split), averaged over three split seeds, for three regularisation strengths. With ``--outline`` (cohorts with lesion masks), also the
 lesion-outline morphometry alone (:mod:`mmlib.morphometry`, its own logistic regression) and stacked with the image
 model (the two models' standardised logits averaged within each fold). The figures in the real-data chapter come
 from this script.
@@ -51,7 +51,8 @@ def pooled_features(profile: str, *, size: int, margin: float | None, levels, po
     keep = np.array([r is not None for r in rows])
     X = np.stack([r for r in rows if r is not None])
     age = pats["age"].to_numpy(float)[keep] if "age" in pats else np.full(keep.sum(), np.nan)
-    return X, age, pats["label"].to_numpy().astype(int)[keep], modality, np.stack(outlines)[:, :-1]
+    groups = pats["group"].astype(str).to_numpy()[keep]
+    return X, age, pats["label"].to_numpy().astype(int)[keep], groups, modality, np.stack(outlines)[:, :-1]
 
 
 def _model(C):
@@ -62,16 +63,22 @@ def _model(C):
     return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000))
 
 
-def stacked(parts, y, seeds=(0, 1, 2)) -> float:
+def folds(y, groups, seed):
+    """Patient-grouped stratified 5-fold splits (train, test index arrays)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    return list(StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(y, y, groups))
+
+
+def stacked(parts, y, groups, seeds=(0, 1, 2)) -> float:
     """Pooled out-of-fold AUC of one logistic regression per ``(X, C)`` in ``parts``, their logits (each divided by
-    its spread on the training folds) averaged; mean over split seeds."""
+    its spread on the training folds) averaged; patient-grouped folds; mean over split seeds."""
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold
 
     aucs = []
     for s in seeds:
         oof = np.zeros(len(y))
-        for tr, te in StratifiedKFold(5, shuffle=True, random_state=s).split(y, y):
+        for tr, te in folds(y, groups, s):
             for X, C in parts:
                 m = _model(C).fit(X[tr], y[tr])
                 oof[te] += m.decision_function(X[te]) / m.decision_function(X[tr]).std()
@@ -79,23 +86,18 @@ def stacked(parts, y, seeds=(0, 1, 2)) -> float:
     return float(np.mean(aucs))
 
 
-def probe(X, age, y, Cs=(0.003, 0.01, 0.03), seeds=(0, 1, 2), outline=None) -> dict:
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+def probe(X, age, y, groups, Cs=(0.003, 0.01, 0.03), seeds=(0, 1, 2), outline=None) -> dict:
 
     z = np.nan_to_num((age - np.nanmean(age)) / (np.nanstd(age) or 1.0)) if np.isfinite(age).any() else np.zeros_like(age)
     out = {}
     for name, XX in (("image", X), ("image+age", np.c_[X, z, np.isnan(age)])):
         for C in Cs:
-            aucs = [roc_auc_score(y, cross_val_predict(_model(C),
-                                                       XX, y, cv=StratifiedKFold(5, shuffle=True, random_state=s),
-                                                       method="decision_function")) for s in seeds]
-            out[(name, C)] = float(np.mean(aucs))
+            out[(name, C)] = stacked([(XX, C)], y, groups, seeds)
     if outline is not None:
         A = np.c_[z, np.isnan(age)]
-        out[("outline+age", 1.0)] = stacked([(np.c_[outline, A], 1.0)], y, seeds)
+        out[("outline+age", 1.0)] = stacked([(np.c_[outline, A], 1.0)], y, groups, seeds)
         for C in Cs:
-            out[("stacked", C)] = stacked([(np.c_[X, A], C), (np.c_[outline, A], 1.0)], y, seeds)
+            out[("stacked", C)] = stacked([(np.c_[X, A], C), (np.c_[outline, A], 1.0)], y, groups, seeds)
     return out
 
 
@@ -110,12 +112,12 @@ def main():
     a = ap.parse_args()
     levels = None if a.levels == "last" else [int(v) for v in a.levels.split(",")]
     t = time.perf_counter()
-    X, age, y, modality, outline = pooled_features(a.profile, size=a.size, margin=a.margin, levels=levels, pooling=a.pooling)
+    X, age, y, groups, modality, outline = pooled_features(a.profile, size=a.size, margin=a.margin, levels=levels, pooling=a.pooling)
     print(f"{a.profile}: {len(y)} units, {modality}, features {X.shape[1]} ({a.levels}, {a.pooling}, {a.size} px), "
           f"extracted in {time.perf_counter() - t:.0f} s")
     if a.outline and not outline.any():
         raise SystemExit(f"--outline: cohort {a.profile!r} has no lesion masks")
-    for (name, C), v in probe(X, age, y, outline=outline if a.outline else None).items():
+    for (name, C), v in probe(X, age, y, groups, outline=outline if a.outline else None).items():
         print(f"  {name:12s} C={C:<6} pooled out-of-fold AUC {v:.3f}")
 
 
