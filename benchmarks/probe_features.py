@@ -1,14 +1,15 @@
 """Linear probe of frozen encoder features on a cohort: how good are the image features before any fusion training?
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/probe_features.py --profile breast-lesions-usg \
-        [--levels 3,4,5 | --levels last] [--size 224] [--margin 0.0] [--pooling mean|mean+std|max|grid3max] [--outline]
+        [--levels 3,4,5 | --levels last] [--size 224] [--margin 0.0 | --whole-image] [--pooling mean|mean+std|max|grid3max]
+        [--outline]
 
-Logistic regression (scikit-learn, standardised features plus age and its missing flag) on each patient's pooled
-features, the views of a unit averaged; pooled out-of-fold AUC of stratified 5-fold CV grouped by patient (the
-two breasts of a CDD-CESM patient never straddle a split), averaged over three split seeds, for three regularisation strengths. With ``--outline`` (cohorts with lesion masks), also the
-lesion-outline morphometry alone (:mod:`mmlib.morphometry`, its own logistic regression) and stacked with the image
-model (the two models' standardised logits averaged within each fold). The figures in the real-data chapter come
-from this script.
+Logistic regression (scikit-learn, standardised features plus age and its missing flag) on each unit's pooled
+features, the views of a unit averaged; pooled out-of-fold AUC of stratified 5-fold CV grouped by patient (the two
+breasts of a CDD-CESM patient never straddle a split), averaged over three split seeds, for three regularisation
+strengths. With ``--outline`` (cohorts with lesion masks), also the lesion-outline morphometry alone
+(:mod:`mmlib.morphometry`, its own logistic regression) and stacked with the image model (the two models'
+standardised logits averaged within each fold). The probe figures in the real-data chapter come from this script.
 Prints figures; asserts nothing.
 """
 
@@ -20,7 +21,7 @@ import time
 import numpy as np
 
 
-def pooled_features(profile: str, *, size: int, margin: float | None, levels, pooling: str):
+def pooled_features(profile: str, *, size: int, margin: float | None, levels, pooling: str, whole_image: bool = False):
     import torch
 
     from mmlib import experiment as ex
@@ -32,7 +33,7 @@ def pooled_features(profile: str, *, size: int, margin: float | None, levels, po
     cohort, _ = ex.prepare_cohort(p)
     pats = cohort.patients
     enc = create_encoder(p["encoder"], weights=p["encoder_weights"], levels=levels).eval()
-    loader = ImageLoader(ImageSettings(size=size, roi=bool(p["roi"]), roi_margin=p["roi_margin"] if margin is None else margin,
+    loader = ImageLoader(ImageSettings(size=size, roi=bool(p["roi"]) and not whole_image, roi_margin=p["roi_margin"] if margin is None else margin,
                                        mean=enc.mean, std=enc.std))
     modality = next(m for m in IMAGE_MODALITIES if pats[m].map(len).sum() > 0)
     rows, outlines = [], []
@@ -107,13 +108,16 @@ def main():
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--margin", type=float, default=None, help="ROI margin (default: the profile's)")
     ap.add_argument("--levels", default="3,4,5", help="encoder blocks, comma-separated, or 'last'")
+    ap.add_argument("--whole-image", action="store_true", help="whole images even where the profile crops lesions")
     ap.add_argument("--pooling", default="mean", choices=["mean", "mean+std", "max", "grid3max"])
     ap.add_argument("--outline", action="store_true", help="also the lesion-outline morphometry, alone and stacked")
     a = ap.parse_args()
     levels = None if a.levels == "last" else [int(v) for v in a.levels.split(",")]
     t = time.perf_counter()
-    X, age, y, groups, modality, outline = pooled_features(a.profile, size=a.size, margin=a.margin, levels=levels, pooling=a.pooling)
-    print(f"{a.profile}: {len(y)} units, {modality}, features {X.shape[1]} ({a.levels}, {a.pooling}, {a.size} px), "
+    X, age, y, groups, modality, outline = pooled_features(a.profile, size=a.size, margin=a.margin, levels=levels,
+                                                           pooling=a.pooling, whole_image=a.whole_image)
+    whole = ", whole image" if a.whole_image else ""
+    print(f"{a.profile}: {len(y)} units, {modality}, features {X.shape[1]} ({a.levels}, {a.pooling}, {a.size} px{whole}), "
           f"extracted in {time.perf_counter() - t:.0f} s")
     if a.outline and not outline.any():
         raise SystemExit(f"--outline: cohort {a.profile!r} has no lesion masks")
