@@ -164,8 +164,8 @@ def main():
     y = pats["label"].to_numpy().astype(int)[keep]
     groups = pats["group"].astype(str).to_numpy()[keep]
     age = pats["age"].to_numpy(float)[keep] if "age" in pats else np.full(len(y), np.nan)
-    A = np.c_[np.nan_to_num((age - np.nanmean(age)) / (np.nanstd(age) or 1.0)) if np.isfinite(age).any() else np.zeros_like(age),
-              np.isnan(age)]
+    z = np.nan_to_num((age - np.nanmean(age)) / (np.nanstd(age) or 1.0)) if np.isfinite(age).any() else np.zeros_like(age)
+    A = np.c_[z, np.isnan(age)]
     Cs = (0.003, 0.01, 0.03)
     rows = {}
     if a.lever == "enhancement":
@@ -186,7 +186,8 @@ def main():
                 per_view = []
                 for im in unit:
                     r = max(8, int(a.window * max(im.shape) / 2))
-                    per_view.append(features([square_crop(im, cy, cx, r) for cy, cx in blob_centres(im, a.candidates, r)]).mean(0))
+                    crops = [square_crop(im, cy, cx, r) for cy, cx in blob_centres(im, a.candidates, r)]
+                    per_view.append(features(crops).mean(0))
                 R.append(np.mean(per_view, 0))
             R = np.stack(R)
             W, *_ = pooled_features(a.profile, size=a.size, margin=None, levels=p.get("encoder_levels"), pooling="mean")
