@@ -27,7 +27,7 @@ import argparse
 import time
 
 import numpy as np
-from probe_features import pooled_features, stacked
+from probe_features import age_columns, cohort_modality, pooled_features, stacked
 from scipy import ndimage as ndi
 
 SCALES = (2, 4, 8, 16)
@@ -112,15 +112,10 @@ def breast_crop(im: np.ndarray) -> np.ndarray:
 
 def cohort_views(profile: str):
     """(cohort patients, list of each unit's view images as float arrays in [0, 1], the profile's parameters)."""
-    from mmlib import experiment as ex
     from mmlib.data import patient_views
     from mmlib.imaging import read_image
-    from mmlib.schema import IMAGE_MODALITIES
 
-    p = ex.load_params(profile, progress=False)
-    cohort, _ = ex.prepare_cohort(p)
-    pats = cohort.patients
-    modality = next(m for m in IMAGE_MODALITIES if pats[m].map(len).sum() > 0)
+    p, pats, modality = cohort_modality(profile)
     return pats, [[read_image(v[0]) for v in patient_views(pats.iloc[i], modality)] for i in range(len(pats))], p
 
 
@@ -128,15 +123,16 @@ def encoder_features(p: dict, size: int):
     """A function from a list of 2-D float images to their frozen, mean-pooled features (n, C)."""
     import torch
 
-    from mmlib.imaging import resize_square
+    from mmlib.data import ImageLoader, ImageSettings
     from mmlib.encoders import create_encoder
+    from mmlib.imaging import resize_square
 
     enc = create_encoder(p["encoder"], weights=p["encoder_weights"], levels=p.get("encoder_levels")).eval()
-    mean, std = torch.tensor(enc.mean).view(3, 1, 1), torch.tensor(enc.std).view(3, 1, 1)
+    loader = ImageLoader(ImageSettings(size=size, mean=enc.mean, std=enc.std))
 
     def features(images):
-        x = torch.stack([(torch.from_numpy(resize_square(np.ascontiguousarray(im), size)).float()[None].expand(3, -1, -1)
-                          - mean) / std for im in images])
+        x = torch.stack([loader.normalise(torch.from_numpy(resize_square(np.ascontiguousarray(im), size)).float()[None])
+                         for im in images])
         with torch.no_grad():
             return enc(x).mean((-2, -1)).numpy()
 
@@ -164,13 +160,13 @@ def main():
     y = pats["label"].to_numpy().astype(int)[keep]
     groups = pats["group"].astype(str).to_numpy()[keep]
     age = pats["age"].to_numpy(float)[keep] if "age" in pats else np.full(len(y), np.nan)
-    z = np.nan_to_num((age - np.nanmean(age)) / (np.nanstd(age) or 1.0)) if np.isfinite(age).any() else np.zeros_like(age)
-    A = np.c_[z, np.isnan(age)]
+    A = age_columns(age)
     Cs = (0.003, 0.01, 0.03)
     rows = {}
+    if a.lever != "breast-crop":  # the reference the other two levers are set against: the profile's whole-image probe
+        W, *_ = pooled_features(a.profile, size=a.size, margin=None, levels=p.get("encoder_levels"), pooling="mean")
     if a.lever == "enhancement":
         E = np.stack([np.mean([enhancement_features(im) for im in unit], 0) for unit in progress_bar(views)])
-        W, *_ = pooled_features(a.profile, size=a.size, margin=None, levels=p.get("encoder_levels"), pooling="mean")
         rows["enhancement"] = {C: stacked([(E, C)], y, groups) for C in (0.1, 1.0)}
         rows["enhancement+age"] = {C: stacked([(np.c_[E, A], C)], y, groups) for C in (0.1, 1.0)}
         rows["whole image+age"] = {C: stacked([(np.c_[W, A], C)], y, groups) for C in Cs}
@@ -190,7 +186,6 @@ def main():
                     per_view.append(features(crops).mean(0))
                 R.append(np.mean(per_view, 0))
             R = np.stack(R)
-            W, *_ = pooled_features(a.profile, size=a.size, margin=None, levels=p.get("encoder_levels"), pooling="mean")
             rows["blob crops+age"] = {C: stacked([(np.c_[R, A], C)], y, groups) for C in Cs}
             rows["whole image+age"] = {C: stacked([(np.c_[W, A], C)], y, groups) for C in Cs}
             rows["whole+blob crops+age"] = {C: stacked([(np.c_[W, R, A], C)], y, groups) for C in Cs}

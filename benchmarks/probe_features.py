@@ -21,21 +21,33 @@ import time
 import numpy as np
 
 
-def pooled_features(profile: str, *, size: int, margin: float | None, levels, pooling: str, whole_image: bool = False):
-    import torch
-
+def cohort_modality(profile: str):
+    """(the profile's parameters, its cohort's patients table, the cohort's image modality) -- the benchmarks' probes
+    read one image modality per cohort."""
     from mmlib import experiment as ex
-    from mmlib.data import ImageLoader, ImageSettings, patient_views, view_outlines
-    from mmlib.encoders import create_encoder
     from mmlib.schema import IMAGE_MODALITIES
 
     p = ex.load_params(profile, progress=False)
-    cohort, _ = ex.prepare_cohort(p)
-    pats = cohort.patients
+    pats = ex.prepare_cohort(p)[0].patients
+    return p, pats, next(m for m in IMAGE_MODALITIES if pats[m].map(len).sum() > 0)
+
+
+def age_columns(age: np.ndarray) -> np.ndarray:
+    """(n, 2): age standardised (0 where missing) and its missing flag, the probes' clinical input."""
+    z = np.nan_to_num((age - np.nanmean(age)) / (np.nanstd(age) or 1.0)) if np.isfinite(age).any() else np.zeros_like(age)
+    return np.c_[z, np.isnan(age)]
+
+
+def pooled_features(profile: str, *, size: int, margin: float | None, levels, pooling: str, whole_image: bool = False):
+    import torch
+
+    from mmlib.data import ImageLoader, ImageSettings, patient_views, view_outlines
+    from mmlib.encoders import create_encoder
+
+    p, pats, modality = cohort_modality(profile)
     enc = create_encoder(p["encoder"], weights=p["encoder_weights"], levels=levels).eval()
-    loader = ImageLoader(ImageSettings(size=size, roi=bool(p["roi"]) and not whole_image, roi_margin=p["roi_margin"] if margin is None else margin,
-                                       mean=enc.mean, std=enc.std))
-    modality = next(m for m in IMAGE_MODALITIES if pats[m].map(len).sum() > 0)
+    loader = ImageLoader(ImageSettings(size=size, roi=bool(p["roi"]) and not whole_image,
+                                       roi_margin=p["roi_margin"] if margin is None else margin, mean=enc.mean, std=enc.std))
     rows, outlines = [], []
     for i in range(len(pats)):
         views = patient_views(pats.iloc[i], modality)
@@ -88,14 +100,12 @@ def stacked(parts, y, groups, seeds=(0, 1, 2)) -> float:
 
 
 def probe(X, age, y, groups, Cs=(0.003, 0.01, 0.03), seeds=(0, 1, 2), outline=None) -> dict:
-
-    z = np.nan_to_num((age - np.nanmean(age)) / (np.nanstd(age) or 1.0)) if np.isfinite(age).any() else np.zeros_like(age)
+    A = age_columns(age)
     out = {}
-    for name, XX in (("image", X), ("image+age", np.c_[X, z, np.isnan(age)])):
+    for name, XX in (("image", X), ("image+age", np.c_[X, A])):
         for C in Cs:
             out[(name, C)] = stacked([(XX, C)], y, groups, seeds)
     if outline is not None:
-        A = np.c_[z, np.isnan(age)]
         out[("outline+age", 1.0)] = stacked([(np.c_[outline, A], 1.0)], y, groups, seeds)
         for C in Cs:
             out[("stacked", C)] = stacked([(np.c_[X, A], C), (np.c_[outline, A], 1.0)], y, groups, seeds)

@@ -8,8 +8,8 @@ their maps are cached; blocks ``cut+1..top`` and a linear head on their average-
 fold (AdamW, one-cycle schedule, a random flip of each view per step), with patient-grouped stratified 5-fold CV on
 the cohort's units. A unit's score is the mean over its views and the four flips. Printed: each fold's AUC, the
 pooled out-of-fold AUC of the image alone and with age (a logistic regression on the out-of-fold score and age,
-cross-validated on other patient-grouped splits), and the time. The figures for CDD-CESM in the
-real-data chapter's "tried and not kept" list come from this script. Prints figures; asserts nothing.
+cross-validated on other patient-grouped splits), and the time. The fine-tuning rows of the real-data chapter's
+CDD-CESM table come from this script. Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -19,26 +19,22 @@ import copy
 import time
 
 import numpy as np
+from probe_features import age_columns, cohort_modality
 
 
 def cached_maps(profile: str, *, size: int, cut: int):
     """(maps (N, 4, C, H, W) float16, view -> unit index, cohort patients, encoder's timm model) for every view."""
     import torch
 
-    from mmlib import experiment as ex
     from mmlib.data import ImageLoader, ImageSettings, patient_views
     from mmlib.encoders import create_encoder
-    from mmlib.schema import IMAGE_MODALITIES
 
-    p = ex.load_params(profile, progress=False)
-    cohort, _ = ex.prepare_cohort(p)
-    pats = cohort.patients
+    p, pats, modality = cohort_modality(profile)
     enc = create_encoder(p["encoder"], weights=p["encoder_weights"]).eval()
     net = enc.model
     if not hasattr(net, "blocks") or not 0 <= cut < len(net.blocks) - 1:
         raise SystemExit(f"--cut must be a block index of {p['encoder']!r} below its last (0..{len(net.blocks) - 2})")
     loader = ImageLoader(ImageSettings(size=size, roi=bool(p["roi"]), roi_margin=p["roi_margin"], mean=enc.mean, std=enc.std))
-    modality = next(m for m in IMAGE_MODALITIES if pats[m].map(len).sum() > 0)
     views, unit = [], []
     for i in range(len(pats)):
         for v in patient_views(pats.iloc[i], modality):
@@ -84,7 +80,6 @@ def run(maps, unit, y, groups, age, net, *, cut, top, epochs, lr, seed, bs=32):
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     oof = np.zeros(len(y))
-    z_age = np.c_[np.nan_to_num((age - np.nanmean(age)) / (np.nanstd(age) or 1.0)), np.isnan(age)]
     y_view = torch.tensor(y[unit], dtype=torch.float32)
     folds = StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(np.zeros(len(y)), y, groups)
     for k, (tr_u, te_u) in enumerate(folds):
@@ -115,7 +110,7 @@ def run(maps, unit, y, groups, age, net, *, cut, top, epochs, lr, seed, bs=32):
         oof[te_u] = unit_scores(te_u)
         print(f"  fold {k}: AUC {roc_auc_score(y[te_u], oof[te_u]):.3f}", flush=True)
     # With age: a logistic regression on the out-of-fold score and age, itself cross-validated on other splits.
-    Z = np.c_[(oof - oof.mean()) / oof.std(), z_age]
+    Z = np.c_[(oof - oof.mean()) / oof.std(), age_columns(age)]
     oof_age = cross_val_predict(LogisticRegression(), Z, y, groups=groups, method="decision_function",
                                 cv=StratifiedGroupKFold(5, shuffle=True, random_state=seed + 1))
     return roc_auc_score(y, oof), roc_auc_score(y, oof_age)
