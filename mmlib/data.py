@@ -212,6 +212,16 @@ def _stable_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "little") & 0x7FFFFFFF
 
 
+#: How augmented draws are seeded; part of the feature cache's key, so caches drawn another way are not reused.
+AUGMENTATION_SEEDING = "file-and-two-folders"
+
+
+def _image_key(path) -> str:
+    """A view's identity for seeding its augmentation: the file name and its two parent folders. The absolute path
+    would tie every augmented draw, and so every result, to where the cohort happens to be checked out."""
+    return "/".join(Path(path).parts[-3:])
+
+
 # ----------------------------------------------------------------------------------------------- datasets
 @dataclass
 class SampleSpec:
@@ -356,7 +366,7 @@ class MultimodalDataset(_BaseDataset):
             img = torch.from_numpy(self.loader(path, mask, bbox))[None]
             if self.train and m in self.augment:
                 self._draws += 1
-                gen = torch.Generator().manual_seed(_stable_seed(self.seed, path, self._draws))
+                gen = torch.Generator().manual_seed(_stable_seed(self.seed, _image_key(path), self._draws))
                 img = self.augment[m](img, gen)
             imgs[j], flags[j] = self.loader.normalise(img), True
         return imgs, flags
@@ -365,9 +375,9 @@ class MultimodalDataset(_BaseDataset):
 class FeatureCache:
     """Encoder feature maps computed once per image view (copy 0) and per augmented copy (1..n_augment).
 
-    Augmented copies exist for training only; copy ``k`` of an image is the same whichever fold uses it
-    (seeded by the image path), so caching across folds never lets a validation image be augmented into
-    training. Maps are kept as float16 ``(C, h, w)``.
+    Augmented copies exist for training only; copy ``k`` of an image is the same whichever fold uses it (seeded
+    by its file name and folders, not by where the cohort lies), so caching across folds never lets a validation
+    image be augmented into training. Maps are kept as float16 ``(C, h, w)``.
 
     Args:
         encoder: an :class:`mmlib.encoders.ImageEncoder` (frozen: it is run in eval mode without gradients).
@@ -432,7 +442,7 @@ class FeatureCache:
     def _input(self, m, view, copy):
         img = torch.from_numpy(self.loader(*view))[None]
         if copy > 0 and m in self.augment:
-            img = self.augment[m](img, torch.Generator().manual_seed(_stable_seed(self.seed, view[0], copy)))
+            img = self.augment[m](img, torch.Generator().manual_seed(_stable_seed(self.seed, _image_key(view[0]), copy)))
         return self.loader.normalise(img)
 
     def get(self, modality, view, copy=0) -> torch.Tensor:

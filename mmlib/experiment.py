@@ -533,7 +533,7 @@ def build_feature_cache(study: Study, *, write: bool = True):
 
     The features are stored under ``cache/`` in the results folder and reused by every later run of the same
     cohort and image settings; ``write=False`` reads that file without rewriting it (training workers)."""
-    from .data import DEFAULT_AUGMENTATION, FeatureCache, ImageSettings
+    from .data import AUGMENTATION_SEEDING, DEFAULT_AUGMENTATION, FeatureCache, ImageSettings
     from .encoders import create_encoder
 
     p = study.params
@@ -548,6 +548,8 @@ def build_feature_cache(study: Study, *, write: bool = True):
     key = [p["encoder"], p["encoder_weights"], settings.to_dict(), p["n_augment"], p["split_seed"], cohort_fingerprint(study.cohort)]
     if encoder.levels is not None:  # (absent for the last map, so caches written before the option stay valid)
         key.append(list(encoder.levels))
+    if int(p["n_augment"]) > 0:  # augmented copies drawn under an older seeding are not reused
+        key.append(AUGMENTATION_SEEDING)
     cache_file = study.out / "cache" / f"features-{_hash(key)}.safetensors"
     if cache_file.is_file():
         cache.load(cache_file)

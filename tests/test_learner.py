@@ -140,3 +140,30 @@ def test_end_to_end_finetune_on_cpu_tiny(small):
         learn.fine_tune(1, base_lr=1e-3, freeze_epochs=0)
     after = [p.detach() for p in learn.model.encoder_parameters()][:3]
     assert any(not torch.equal(a, b) for a, b in zip(before, after)), "fine-tuning must update the encoder"
+
+
+
+def test_augmentation_does_not_depend_on_where_the_cohort_lies(tiny_cohort_dir, tmp_path):
+    """The same cohort checked out in two places draws the same augmented copies (cached and on the fly), so a study
+    gives the same numbers wherever it runs; another copy index or seed draws another copy."""
+    import shutil
+
+    from mmlib.cohort import load_manifest
+    from mmlib.data import patient_views
+
+    moved = tmp_path / "elsewhere" / "cohort"
+    shutil.copytree(tiny_cohort_dir, moved)
+    settings = ImageSettings(size=SIZE)
+    copies, samples = [], []
+    for root in (tiny_cohort_dir, moved):
+        cohort = load_manifest(root / "manifest.csv", decode_images=False)
+        view = next(v for i in range(len(cohort.patients)) for v in patient_views(cohort.patients.iloc[i], "ultrasound"))
+        assert str(view[0]).startswith(str(root))
+        seed0, seed1 = (FeatureCache(None, settings, n_augment=2, seed=s, progress=False) for s in (0, 1))
+        copies.append([seed0._input("ultrasound", view, 1), seed0._input("ultrasound", view, 2),
+                       seed1._input("ultrasound", view, 1)])
+        spec = SampleSpec(ClinicalScaler.fit(cohort.patients, cohort.clinical_columns), settings, max_views(cohort.patients))
+        samples.append(MultimodalDataset(cohort, [0, 1], spec, train=True)[1][0]["ultrasound"])
+    assert all(torch.equal(a, b) for a, b in zip(*copies))
+    assert not torch.equal(copies[0][0], copies[0][1]) and not torch.equal(copies[0][0], copies[0][2])
+    assert torch.equal(samples[0], samples[1])
