@@ -484,6 +484,39 @@ def test_cbis_ddsm_unknown_pathology_names_the_line(tmp_path):
         import_cohort("cbis-ddsm", src, tmp_path / "m.csv")
 
 
+# --- paths relative to the manifest, from any working directory ----------------------------------------------
+
+FAKE_LAYOUTS = {
+    "breast-lesions-usg": lambda src: _write_breast(src, FAKE_BREAST),
+    "bus-bra": _write_busbra,
+    "cdd-cesm": _write_cdd,
+    "cbis-ddsm": _write_cbis,
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("absolute_source", [False, True], ids=["relative-source", "absolute-source"])
+def test_manifest_is_valid_from_any_working_directory(tmp_path, monkeypatch, kind, absolute_source):
+    """A source given relative to one working directory, a manifest elsewhere, validated from a third one."""
+    from mmlib.cli import main
+
+    for d in ("data/src", "work", "elsewhere/out", "third"):
+        (tmp_path / d).mkdir(parents=True, exist_ok=True)
+    FAKE_LAYOUTS[kind](tmp_path / "data" / "src")
+    monkeypatch.chdir(tmp_path / "work")
+    source = (tmp_path / "data" / "src") if absolute_source else Path("../data/src")
+    assert main(["cohort", "import", kind, str(source), "--out", "../elsewhere/out/m.csv"]) == 0
+    manifest = tmp_path / "elsewhere" / "out" / "m.csv"
+    cells = _manifest(manifest)
+    listed = [p for col in cells.columns if col in ("mammography", "ultrasound") or col.endswith("_mask")
+              for cell in cells[col] for p in cell.split("|") if p]
+    assert listed and not [p for p in listed if Path(p).is_absolute()]  # relative, to the manifest's folder
+    assert all((manifest.parent / p).is_file() for p in listed)
+    monkeypatch.chdir(tmp_path / "third")
+    assert main(["cohort", "validate", "../elsewhere/out/m.csv"]) == 0
+    assert len(load_manifest(manifest).patients) == len(cells)
+
+
 # --- real data (../shared/data) -----------------------------------------------------------------------------
 
 

@@ -234,7 +234,17 @@ def _manifest_rows(rows: list[dict], path: Path) -> list[dict]:
         raise ValueError(f"{path}: patient_id not unique: {sorted(set(ids[ids.duplicated()]))[:10]}")
     path_columns = {*IMAGE_MODALITIES, *(mask_column(m) for m in IMAGE_MODALITIES)}
     root = path.resolve().parent
-    return [{k: v if k in path_columns else _cell_text(v, root) for k, v in row.items()} for row in rows]
+    return [{k: _absolute(v) if k in path_columns else _cell_text(v, root) for k, v in row.items()} for row in rows]
+
+
+def _absolute(value):
+    """Path values made absolute (from the working directory), so the manifest writer can make them
+    relative to the manifest's folder; text and empty items pass unchanged."""
+    if isinstance(value, Path):
+        return Path(os.path.abspath(value))
+    if isinstance(value, (list, tuple)):
+        return [_absolute(v) for v in value]
+    return value
 
 
 def finish_import(log: ImportLog, rows: list[dict], out_manifest: str | os.PathLike) -> Path:
@@ -285,8 +295,12 @@ def sidecar_path(manifest: str | os.PathLike) -> Path:
 
 
 def source_folder(kind: str, source_dir: str | os.PathLike) -> Path:
-    """``source_dir`` as a Path; a missing folder raises :class:`MissingSourceError` with download help."""
-    source_dir = Path(source_dir)
+    """``source_dir`` as an absolute Path; a missing folder raises :class:`MissingSourceError` with download help.
+
+    Absolute, because :func:`mmlib.cohort.write_manifest` takes a relative path as already relative to the
+    manifest's folder; a source given relative to the working directory would then point nowhere.
+    """
+    source_dir = Path(os.path.abspath(Path(source_dir).expanduser()))
     if not source_dir.is_dir():
         raise missing_source(kind, source_dir, "the collection's folder (it does not exist)")
     return source_dir
