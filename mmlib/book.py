@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from . import paths
-from .build import read_profile
+from .params import ParamsError
+from .params import load_params as _load_params
 
 #: Name of the plotly renderer :func:`setup_notebook` registers and selects.
 PLOTLY_RENDERER = "mmlib"
@@ -146,8 +147,7 @@ def load_params(profile: str) -> dict:
     Adds ``profile`` and ``results_dir``, so a notebook opened by hand sees the same values as one the
     build executed.
     """
-    params = read_profile(profile, paths.PARAMS)
-    return {**params, "profile": profile, "results_dir": str(paths.results_dir(profile).resolve())}
+    return {**_load_params(profile), "results_dir": str(paths.results_dir(profile).resolve())}
 
 
 def _git(*args: str) -> str | None:
@@ -196,7 +196,7 @@ def colophon(results_dir: Path | str, profile: str | None = None) -> pd.DataFram
     profile = profile or results_dir.name
     try:
         params = load_params(profile)
-    except FileNotFoundError:
+    except ParamsError:
         params = {}
     for key, value in params.items():
         rows.append(("parameters", key, json.dumps(value) if not isinstance(value, str) else value))

@@ -48,8 +48,6 @@ from . import paths
 
 #: Name of the Jupyter kernel the build registers for the current interpreter.
 KERNEL_NAME = "mmlib"
-#: Parameters the build injects into every notebook; a profile may not set them.
-RESERVED_PARAMETERS: tuple[str, ...] = ("profile", "results_dir")
 #: File name of plotly.js inside the built site's ``_static`` folder.
 PLOTLY_JS = "plotly.min.js"
 #: Chromium flags this machine needs (no sandbox as root, no GPU, no network chatter).
@@ -94,30 +92,15 @@ def list_profiles(params_dir: Path = paths.PARAMS) -> list[str]:
 
 
 def read_profile(profile: str, params_dir: Path = paths.PARAMS) -> dict:
-    """The notebook parameters of one run profile: a flat mapping of names to scalars or lists.
+    """The parameters of one run profile, checked and completed with the defaults (:mod:`mmlib.params`).
 
     Raises:
-        FileNotFoundError: no ``params/<profile>.yaml`` (the message lists the profiles there are).
-        ValueError: the file is not a flat mapping, or sets a parameter the build injects itself.
+        ParamsError: no ``params/<profile>.yaml`` (the message lists the profiles there are), a file that is not
+            a flat mapping, a parameter the build injects itself, an unknown key or a bad value.
     """
-    path = Path(params_dir) / f"{profile}.yaml"
-    if not path.is_file():
-        available = ", ".join(list_profiles(params_dir)) or "none"
-        raise FileNotFoundError(f"no run profile {profile!r}: {path} does not exist (profiles: {available})")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of parameter names to values, got {type(data).__name__}")
-    for key, value in data.items():
-        if not isinstance(key, str) or not key.isidentifier():
-            raise ValueError(f"{path}: parameter name {key!r} is not a Python identifier")
-        if isinstance(value, dict):
-            raise ValueError(f"{path}: parameter {key!r} is a mapping; profiles are flat (name: value)")
-    clash = sorted(set(data) & set(RESERVED_PARAMETERS))
-    if clash:
-        raise ValueError(f"{path}: parameters {clash} are set by the build itself and may not be in a profile")
-    return data
+    from .params import load_params
+
+    return load_params(profile, params_dir=Path(params_dir))
 
 
 def toc_files(toc_path: Path) -> list[str]:
@@ -432,7 +415,7 @@ def build(
         NotebookExecutionError: a notebook failed; nothing was rendered.
     """
     root = Path(root).resolve()
-    read_profile(profile, root / "params")  # fail early on a missing or malformed profile
+    read_profile(profile, root / "params")  # fail early on a missing profile, an unknown key or a bad value
     results_dir = (Path(results_root) if results_root else paths.RESULTS).resolve() / profile
     # The notebooks read the profile's other parameters themselves (mmlib.experiment.load_params), so only
     # these two are injected: papermill would warn about every profile key a chapter does not declare.

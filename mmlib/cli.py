@@ -3,7 +3,8 @@
     mmlib cohort synth OUT_DIR --patients N --seed S      write a synthetic paired cohort and its manifest
     mmlib cohort validate MANIFEST                        summary, or the list of errors (exit 1)
     mmlib cohort import KIND SOURCE_DIR --out MANIFEST [--option KEY=VALUE]   a public collection -> a manifest
-    mmlib run [--profile NAME | --params FILE.yaml]       the whole study, tidy results in results/<profile>/
+    mmlib run [--profile NAME | --params FILE.yaml] [--set KEY=VALUE ...] [--fresh]
+                                                          the whole study, tidy results in results/<profile>/
     mmlib train MANIFEST --model NAME --out MODEL_DIR [--params PROFILE.yaml]
     mmlib predict MODEL_DIR MANIFEST --out PREDICTIONS.csv
 """
@@ -65,9 +66,15 @@ def _cohort_import(a):
 
 
 def _run(a):
-    from .experiment import load_params, run_experiment
+    from .params import ParamsError, load_params, parse_overrides
 
-    params = load_params(a.params or a.profile)
+    try:
+        params = load_params(a.params or a.profile, parse_overrides(a.set), overrides_from="--set")
+    except ParamsError as e:
+        print(f"mmlib run: {e}", file=sys.stderr)
+        return 2
+    from .experiment import run_experiment
+
     out = run_experiment(params, out_dir=a.out)
     print(f"results in {out}")
     return 0
@@ -119,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--profile", default="default")
     r.add_argument("--params", help="a profile YAML file (overrides --profile)")
     r.add_argument("--out", help="results folder (default results/<profile>)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override one parameter of the profile (repeatable), e.g. --set epochs=3 --set models=[amw_cnn]")
     r.set_defaults(func=_run)
 
     t = sub.add_parser("train", help="train one model on a manifest's development patients")

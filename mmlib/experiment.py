@@ -40,120 +40,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .paths import COHORTS, PARAMS, ROOT, results_dir
+from . import params as _params
+from .params import ParamsError, validate_params  # noqa: F401  (the study's callers import them from here)
+from .paths import COHORTS, ROOT, results_dir
 from .schema import IMAGE_MODALITIES, MODALITIES, all_scenarios, bbox_column, mask_column, scenario_name
 
-#: Every parameter of a run, with its default. A profile YAML overrides some of them.
-DEFAULT_PARAMS: dict = {
-    "profile": "default",            # name of the run profile (results go to results/<profile>/)
-    "cohort": "synthetic",           # "synthetic" or the path of a cohort manifest CSV
-    "synthetic_patients": 300,       # size of the synthetic cohort
-    "synthetic_seed": 0,             # seed of the synthetic cohort
-    "seeds": [0],                    # training seeds (predictions are averaged over seeds)
-    "n_folds": 5,                    # patient-level cross-validation folds on the development part
-    "test_fraction": 0.2,            # internal test share when the manifest has no split column
-    "split_seed": 0,                 # seed of the splits
-    "image_size": 224,               # square input side in pixels
-    "roi": False,                    # crop around the lesion mask/box before resizing
-    "roi_margin": 0.15,              # margin of the ROI crop, as a fraction of the lesion size
-    "outline_features": False,       # lesion-outline morphometry (from the masks) as part of each view's input
-    "encoder": "efficientnet_lite0", # timm image encoder
-    "encoder_weights": "imagenet",   # imagenet (offline for efficientnet_lite0), none, or a weights file
-    "encoder_levels": None,          # None: the encoder's last map; or blocks to concatenate, e.g. [3, 4, 5]
-    "train_mode": "frozen",          # frozen: cached encoder features (CPU fast path); finetune: end to end
-    "n_augment": 2,                  # augmented copies per training image in the feature cache
-    "epochs": 30,                    # training epochs (one-cycle schedule)
-    "lr": 3e-3,                      # learning rate
-    "wd": 1e-2,                      # weight decay
-    "bs": 32,                        # batch size
-    "dim": 128,                      # width of the fusion parts
-    "inner_valid": 0.15,             # share of training patients used for early stopping / best epoch
-    "early_stopping": 8,             # patience in epochs (0 = off)
-    "models": ["cuf_mt", "amw_cnn", "mm_abmil", "cnn_lstm"],
-    "baselines": ["age_only", "ultrasound_only", "mammography_only", "late_fusion"],
-    "ablations": True,               # the models' ablation switches, no clinical data, modality dropout
-    "modality_dropout": 0.3,         # p of the "modality_dropout" training variant
-    "scenarios": True,               # evaluate every model on the 7 input subsets
-    "test_model": "ensemble",        # ensemble of the fold models, or refit on all development patients
-    "save_models": True,             # refit ablation "none" of every model on all dev patients and save it
-    "n_boot": 2000,                  # bootstrap replicates of the CIs
-    "ece_bins": 10,                  # bins of the expected calibration error
-    "device": "auto",                # auto, cpu or cuda
-    "mixed_precision": False,        # fp16 training on a GPU
-    "progress": True,                # fastai progress bars
-    "workers": "auto",               # training processes: auto = one per core on the frozen CPU path
-}
-
-
-class ParamsError(ValueError):
-    """A run profile with an unknown or invalid parameter."""
-
-
 def load_params(profile: str | Path | dict | None = None, **overrides) -> dict:
-    """Parameters of a run: the defaults, updated by a profile (name in ``params/``, a YAML path or a dict)."""
-    import yaml
-
-    params = dict(DEFAULT_PARAMS)
-    if isinstance(profile, dict):
-        params.update(profile)
-    elif profile is not None:
-        path = Path(profile)
-        if not path.suffix:
-            path = PARAMS / f"{profile}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in PARAMS.glob("*.yaml"))
-            raise ParamsError(f"run profile {profile!r} not found ({path}); profiles: {known}")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ParamsError(f"{path}: expected a mapping of parameter names to values")
-        params.update(loaded)
-        params["profile"] = loaded.get("profile", path.stem)
-    params.update(overrides)
-    return validate_params(params)
-
-
-def validate_params(params: dict) -> dict:
-    """Check names and values; returns a normalised copy. Unknown keys are refused (typos must not pass)."""
-    from .models import ABLATIONS, list_models
-
-    known_extra = {"results_dir", "real_data", "chapter"}
-    unknown = sorted(set(params) - set(DEFAULT_PARAMS) - known_extra)
-    if unknown:
-        raise ParamsError(f"unknown parameters {unknown}; known: {sorted(DEFAULT_PARAMS)}")
-    p = dict(params)
-    registered = set(list_models())
-    for key in ("models", "baselines"):
-        if isinstance(p[key], str):
-            p[key] = [p[key]]
-        bad = [m for m in p[key] if m not in registered and m != "age_only"]
-        if bad:
-            raise ParamsError(f"parameter {key!r}: unknown models {bad}; registered: {sorted(registered)} and 'age_only'")
-    if p["train_mode"] not in ("frozen", "finetune"):
-        raise ParamsError(f"parameter 'train_mode' must be 'frozen' or 'finetune', got {p['train_mode']!r}")
-    if p["test_model"] not in ("ensemble", "refit"):
-        raise ParamsError(f"parameter 'test_model' must be 'ensemble' or 'refit', got {p['test_model']!r}")
-    for key in ("n_folds", "epochs", "bs", "image_size", "n_boot", "synthetic_patients"):
-        if not isinstance(p[key], (int, np.integer)) or p[key] < 1:
-            raise ParamsError(f"parameter {key!r} must be a positive integer, got {p[key]!r}")
-    if isinstance(p["seeds"], int):
-        p["seeds"] = [p["seeds"]]
-    if p["encoder_levels"] is not None:
-        from .encoders import check_encoder_levels
-
-        try:
-            check_encoder_levels(p["encoder"], p["encoder_levels"])
-        except ValueError as err:
-            raise ParamsError(f"parameter 'encoder_levels' must be empty (the encoder's last feature map) or encoder "
-                              f"block indices such as [3, 4, 5]: {err}") from None
-    if p["workers"] != "auto" and (not isinstance(p["workers"], (int, np.integer)) or isinstance(p["workers"], bool)
-                                   or p["workers"] < 1):
-        raise ParamsError(f"parameter 'workers' must be 'auto' or a positive integer, got {p['workers']!r}")
-    if not isinstance(p["outline_features"], (bool, np.bool_)):
-        raise ParamsError(f"parameter 'outline_features' must be true or false, got {p['outline_features']!r}")
-    if not 0 <= float(p["modality_dropout"]) < 1:
-        raise ParamsError(f"parameter 'modality_dropout' must be in [0, 1), got {p['modality_dropout']!r}")
-    p["_ablations_known"] = {k: sorted(v) for k, v in ABLATIONS.items()}
-    return p
+    """Parameters of a run (:func:`mmlib.params.load_params`): defaults, a profile, then ``overrides``."""
+    return _params.load_params(profile, overrides)
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -583,7 +477,7 @@ def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | No
     """
     from .splits import make_splits
 
-    p = params if isinstance(params, dict) and "_ablations_known" in params else load_params(params)
+    p = load_params(params)
     out = Path(out_dir or p.get("results_dir") or results_dir(p["profile"]))
     out.mkdir(parents=True, exist_ok=True)
     study = Study(p, out)

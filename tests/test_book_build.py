@@ -28,7 +28,7 @@ def _notebook(path, *cells, params="x = 0"):
     return path
 
 
-def _tiny_repo(tmp_path, chapters: dict[str, list[str]], profile="tiny", params="n: 3\n"):
+def _tiny_repo(tmp_path, chapters: dict[str, list[str]], profile="tiny", params="epochs: 3\n"):
     """A repository in tmp_path: the real _config.yml and references, a toc of ``chapters`` (first = root)."""
     root = tmp_path / "repo"
     (root / "book").mkdir(parents=True)
@@ -75,15 +75,19 @@ def test_repository_book_skeleton_matches_the_toc():
 
 
 def test_read_profile_validates_and_lists_profiles(tmp_path):
-    (tmp_path / "smoke.yaml").write_text("n_folds: 2\nmodels: [a, b]\n")
+    from mmlib.params import ParamsError
+
+    (tmp_path / "smoke.yaml").write_text("n_folds: 2\nmodels: [amw_cnn, cnn_lstm]\n")
     (tmp_path / "bad.yaml").write_text("profile: x\n")
     (tmp_path / "nested.yaml").write_text("training:\n  epochs: 3\n")
-    assert build.read_profile("smoke", tmp_path) == {"n_folds": 2, "models": ["a", "b"]}
-    with pytest.raises(FileNotFoundError, match=r"no run profile 'gpu'.*profiles: bad, nested, smoke"):
+    p = build.read_profile("smoke", tmp_path)
+    assert (p["n_folds"], p["models"], p["profile"]) == (2, ["amw_cnn", "cnn_lstm"], "smoke")
+    assert p["epochs"] == 30  # the default, from mmlib.params
+    with pytest.raises(ParamsError, match=r"no run profile 'gpu'.*profiles: bad, nested, smoke"):
         build.read_profile("gpu", tmp_path)
-    with pytest.raises(ValueError, match="set by the build"):
+    with pytest.raises(ParamsError, match="set by the build"):
         build.read_profile("bad", tmp_path)
-    with pytest.raises(ValueError, match="flat"):
+    with pytest.raises(ParamsError, match="flat"):
         build.read_profile("nested", tmp_path)
 
 
