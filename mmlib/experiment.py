@@ -5,12 +5,14 @@ per run profile under ``params/``) and writes tidy results under ``results/<prof
 
 ``predictions.csv``  ``patient_id, model, ablation, scenario, split, fold, seed, prob_malignant, label,
                      threshold``; cross-validation rows are out-of-fold predictions
-``metrics.csv``      ``model, ablation, scenario, split, metric, value, ci_low, ci_high`` (bootstrap 95% CIs
-                     resampling patients, stratified by label; metrics at the stated threshold, and
-                     ``<metric>@0.5`` at probability 0.5; ``auc_delong`` with DeLong's CI)
+``metrics.csv``      ``model, ablation, scenario, split, metric, value, ci_low, ci_high, n_units, n_clusters``
+                     (bootstrap 95% CIs resampling patients: whole groups of units when a patient gives several,
+                     stratified by label; metrics at the stated threshold, and ``<metric>@0.5`` at probability 0.5;
+                     ``auc_delong`` with DeLong's CI, which treats units as independent)
 ``fold_metrics.csv`` the same per cross-validation fold (no CI)
-``stats.csv``        ``test, split, a, b, statistic, p_value, p_holm, detail`` (McNemar exact + Holm, DeLong
-                     + Holm, Cohen's d / Welch / Mann-Whitney for age)
+``stats.csv``        :data:`STATS_COLUMNS`: paired patient-level bootstrap of AUC and accuracy differences + Holm,
+                     DeLong + Holm and McNemar exact + Holm (units independent), Cohen's d / Welch / Mann-Whitney
+                     for age (one row per patient); ``unit`` says what each test treats as independent
 ``missing_modalities.csv``  every model on the 7 input subsets: AUC, drop and ratio against all inputs, Brier
                      and ECE and their change
 ``run.json``         the record of the run: git commit, parameters, versions, device, wall time per stage,
@@ -736,26 +738,40 @@ def assign_thresholds(preds: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     return avg, summary
 
 
-def _metric_rows(g: pd.DataFrame, n_boot: int, seed: int, ece_bins: int) -> list[dict]:
-    from .metrics import binary_metrics
-    from .stats import bootstrap_ci, delong_ci
+def unit_groups(study: Study | None, patient_ids) -> np.ndarray:
+    """The patient (group) of each unit: the manifest's ``group`` column, or the unit itself when a patient gives one
+    unit. Every cohort takes this one path, so an ungrouped cohort gives exactly the unit-level statistics."""
+    ids = pd.Series(patient_ids, dtype=str)
+    if study is None or study.splits is None or "group" not in study.splits:
+        return ids.to_numpy()
+    mapping = study.splits.assign(patient_id=study.splits["patient_id"].astype(str)).set_index("patient_id")["group"]
+    groups = ids.map(mapping.astype(str))
+    if groups.isna().any():
+        raise ValueError(f"predictions name units absent from the splits: {ids[groups.isna()].unique()[:5].tolist()}")
+    return groups.to_numpy()
+
+
+def _metric_rows(g: pd.DataFrame, n_boot: int, seed: int, ece_bins: int, groups=None) -> list[dict]:
+    """Metrics with bootstrap CIs that resample patients (whole groups of units), and DeLong's AUC interval."""
+    from .stats import bootstrap_ci, cluster_counts, delong_ci
 
     y, p, t = g["label"].to_numpy(), g["prob_malignant"].to_numpy(), g["threshold"].to_numpy()
     shifted = np.clip(p - t + 0.5, 0.0, 1.0)  # p >= t  <=>  shifted >= 0.5: per-fold thresholds in one call
     rows = []
     if len(np.unique(y)) < 2:
         return rows
-    at_t = bootstrap_ci(y, shifted, threshold=0.5, n_boot=n_boot, seed=seed,
+    n_units, n_clusters = cluster_counts(len(y), groups)
+    at_t = bootstrap_ci(y, shifted, threshold=0.5, n_boot=n_boot, seed=seed, groups=groups, ece_bins=ece_bins,
                         metrics=("accuracy", "sensitivity", "specificity", "precision", "mcc", "f1"))
-    raw = bootstrap_ci(y, p, threshold=0.5, n_boot=n_boot, seed=seed)
+    raw = bootstrap_ci(y, p, threshold=0.5, n_boot=n_boot, seed=seed, groups=groups, ece_bins=ece_bins)
     for _, r in at_t.iterrows():
         rows.append({"metric": r["metric"], "value": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]})
     for _, r in raw.iterrows():
         name = r["metric"] if r["metric"] in ("auc", "brier", "ece") else f"{r['metric']}@0.5"
         rows.append({"metric": name, "value": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]})
-    a, lo, hi = delong_ci(y, p)
+    a, lo, hi = delong_ci(y, p)  # DeLong's variance treats units as independent (see n_clusters)
     rows.append({"metric": "auc_delong", "value": a, "ci_low": lo, "ci_high": hi})
-    return rows
+    return [{**r, "n_units": n_units, "n_clusters": n_clusters} for r in rows]
 
 
 def summarise(study: Study, preds: pd.DataFrame) -> dict:
@@ -771,7 +787,7 @@ def summarise(study: Study, preds: pd.DataFrame) -> dict:
     metric_rows, fold_rows = [], []
     for (model, ablation, scenario, split), g in preds.groupby(GROUP + ["split"], sort=False):
         boot = int(p["n_boot"]) if (ablation == "none" or scenario == "all") else max(200, int(p["n_boot"]) // 10)
-        for r in _metric_rows(g, boot, int(p["split_seed"]), int(p["ece_bins"])):
+        for r in _metric_rows(g, boot, int(p["split_seed"]), int(p["ece_bins"]), unit_groups(study, g["patient_id"])):
             metric_rows.append({"model": model, "ablation": ablation, "scenario": scenario, "split": split, **r})
         if split == "cv":
             for k, gf in g.groupby("fold"):
@@ -784,18 +800,36 @@ def summarise(study: Study, preds: pd.DataFrame) -> dict:
     metrics = pd.DataFrame(metric_rows)
     metrics.to_csv(out / "metrics.csv", index=False)
     pd.DataFrame(fold_rows).to_csv(out / "fold_metrics.csv", index=False)
-    stats = comparison_stats(preds, study)
+    stats = comparison_stats(preds, study, n_boot=int(p["n_boot"]), seed=int(p["split_seed"]))
     stats.to_csv(out / "stats.csv", index=False)
     missing = missing_modality_table(metrics)
     missing.to_csv(out / "missing_modalities.csv", index=False)
     return {"thresholds": thresholds, "metrics": metrics, "stats": stats}
 
 
-def comparison_stats(preds: pd.DataFrame, study: Study | None = None) -> pd.DataFrame:
-    """Pairwise McNemar (exact, Holm) and DeLong (Holm) of the models on the same patients, and age statistics."""
+#: Columns of ``stats.csv``. ``unit`` says what a test treats as independent: ``patient`` (a cluster bootstrap or
+#: one row per patient) or ``unit`` (DeLong, McNemar: valid only when each patient gives one unit, i.e. when
+#: ``n_clusters == n_units``).
+STATS_COLUMNS = ["test", "split", "a", "b", "statistic", "p_value", "p_holm", "ci_low", "ci_high", "unit", "n_units",
+                 "n_clusters", "detail"]
+
+
+def comparison_stats(preds: pd.DataFrame, study: Study | None = None, *, n_boot: int = 2000,
+                     seed: int = 0) -> pd.DataFrame:
+    """Paired comparisons of the models on the same patients, and age by label, one row per test.
+
+    - ``bootstrap_auc_diff`` / ``bootstrap_accuracy_diff``: paired bootstrap of the AUC (accuracy at each model's
+      threshold) difference ``a - b`` resampling whole patients (:func:`mmlib.stats.paired_bootstrap_diff`), so
+      a patient's several units stay together; the cluster-aware tests, Holm-corrected across pairs.
+    - ``delong`` and ``mcnemar_exact`` (Holm): the classical tests, which treat units as independent; where a
+      patient gives several units (``n_clusters < n_units``) read the bootstrap rows instead.
+    - Age (Cohen's d, Welch, Mann-Whitney): one row per patient, malignant when any unit is malignant
+      (:func:`mmlib.stats.one_row_per_patient`).
+    """
     from statsmodels.stats.multitest import multipletests
 
-    from .stats import compare_groups, delong_test, mcnemar_exact
+    from .stats import (cluster_counts, compare_groups, delong_test, mcnemar_exact, one_row_per_patient,
+                        paired_bootstrap_diff)
 
     rows = []
     base = preds[(preds["ablation"] == "none") & (preds["scenario"] == "all")]
@@ -803,39 +837,56 @@ def comparison_stats(preds: pd.DataFrame, study: Study | None = None) -> pd.Data
         wide_p = g.pivot_table(index="patient_id", columns="model", values="prob_malignant")
         wide_t = g.pivot_table(index="patient_id", columns="model", values="threshold")
         y = g.drop_duplicates("patient_id").set_index("patient_id")["label"].reindex(wide_p.index).to_numpy()
+        groups = unit_groups(study, wide_p.index)
         names = list(wide_p.columns)
         pair_rows = []
         for i, a in enumerate(names):
             for b in names[i + 1:]:
                 pa, pb = wide_p[a].to_numpy(), wide_p[b].to_numpy()
                 ok = np.isfinite(pa) & np.isfinite(pb)
-                ya = y[ok]
-                pred_a = (pa[ok] >= wide_t[a].to_numpy()[ok]).astype(int)
-                pred_b = (pb[ok] >= wide_t[b].to_numpy()[ok]).astype(int)
-                mc = mcnemar_exact(ya, pred_a, pred_b)
+                ya, ga = y[ok], groups[ok]
+                ta, tb = wide_t[a].to_numpy()[ok], wide_t[b].to_numpy()[ok]
+                mc = mcnemar_exact(ya, (pa[ok] >= ta).astype(int), (pb[ok] >= tb).astype(int))
                 dl = delong_test(ya, pa[ok], pb[ok])
-                pair_rows.append((a, b, mc, dl))
-        if pair_rows:
-            p_mc = multipletests([r[2]["p_value"] for r in pair_rows], method="holm")[1]
-            p_dl = multipletests([r[3]["p_value"] for r in pair_rows], method="holm")[1]
-            for (a, b, mc, dl), pm, pd_ in zip(pair_rows, p_mc, p_dl):
-                rows.append({"test": "mcnemar_exact", "split": split, "a": a, "b": b, "statistic": mc["statistic"],
-                             "p_value": mc["p_value"], "p_holm": pm,
-                             "detail": json.dumps({"b": int(mc["b"]), "c": int(mc["c"])})})
-                rows.append({"test": "delong", "split": split, "a": a, "b": b, "statistic": dl["z"],
-                             "p_value": dl["p_value"], "p_holm": pd_,
-                             "detail": json.dumps({"auc_a": dl["auc1"], "auc_b": dl["auc2"], "diff": dl["diff"]})})
+                boot = {m: paired_bootstrap_diff(ya, pa[ok], pb[ok], metric=m, threshold_a=ta, threshold_b=tb,
+                                                 groups=ga, n_boot=n_boot, seed=seed) for m in ("auc", "accuracy")}
+                pair_rows.append((a, b, mc, dl, boot, cluster_counts(int(ok.sum()), ga)))
+        if not pair_rows:
+            continue
+        holm = {name: multipletests(vals, method="holm")[1] for name, vals in {
+            "mcnemar": [r[2]["p_value"] for r in pair_rows], "delong": [r[3]["p_value"] for r in pair_rows],
+            "auc": [r[4]["auc"]["p_value"] for r in pair_rows],
+            "accuracy": [r[4]["accuracy"]["p_value"] for r in pair_rows]}.items()}
+        for i, (a, b, mc, dl, boot, (n_units, n_clusters)) in enumerate(pair_rows):
+            common = {"split": split, "a": a, "b": b, "n_units": n_units, "n_clusters": n_clusters}
+            for m in ("auc", "accuracy"):
+                r = boot[m]
+                rows.append({"test": f"bootstrap_{m}_diff", **common, "statistic": r["diff"], "p_value": r["p_value"],
+                             "p_holm": holm[m][i], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "unit": "patient",
+                             "detail": json.dumps({f"{m}_a": r["value_a"], f"{m}_b": r["value_b"],
+                                                   "n_boot": int(n_boot), "n_valid": r["n_valid"]})})
+            rows.append({"test": "delong", **common, "statistic": dl["z"], "p_value": dl["p_value"],
+                         "p_holm": holm["delong"][i], "ci_low": dl["diff"] - 1.959963984540054 * dl["se"],
+                         "ci_high": dl["diff"] + 1.959963984540054 * dl["se"], "unit": "unit",
+                         "detail": json.dumps({"auc_a": dl["auc1"], "auc_b": dl["auc2"], "diff": dl["diff"]})})
+            rows.append({"test": "mcnemar_exact", **common, "statistic": mc["statistic"], "p_value": mc["p_value"],
+                         "p_holm": holm["mcnemar"][i], "ci_low": np.nan, "ci_high": np.nan, "unit": "unit",
+                         "detail": json.dumps({"b": int(mc["b"]), "c": int(mc["c"])})})
     if study is not None:
         pats = study.cohort.patients
-        age = pd.to_numeric(pats["age"], errors="coerce")
-        res = compare_groups(age[pats["label"] == 1].to_numpy(), age[pats["label"] == 0].to_numpy())
-        rows.append({"test": "cohens_d_age", "split": "all", "a": "malignant", "b": "benign", "statistic": res["d"],
-                     "p_value": np.nan, "p_holm": np.nan, "detail": json.dumps(res, default=float)})
-        rows.append({"test": "welch_t_age", "split": "all", "a": "malignant", "b": "benign",
-                     "statistic": res["welch_t"], "p_value": res["welch_p"], "p_holm": np.nan, "detail": ""})
-        rows.append({"test": "mann_whitney_age", "split": "all", "a": "malignant", "b": "benign",
-                     "statistic": res["mannwhitney_u"], "p_value": res["mannwhitney_p"], "p_holm": np.nan, "detail": ""})
-    return pd.DataFrame(rows, columns=["test", "split", "a", "b", "statistic", "p_value", "p_holm", "detail"])
+        age, label = one_row_per_patient(pd.to_numeric(pats["age"], errors="coerce").to_numpy(),
+                                         pats["label"].to_numpy(), unit_groups(study, pats["patient_id"]))
+        res = compare_groups(age[label == 1], age[label == 0])
+        common = {"split": "all", "a": "malignant", "b": "benign", "p_holm": np.nan, "unit": "patient",
+                  "n_units": int(len(pats)), "n_clusters": int(len(age))}
+        rows.append({"test": "cohens_d_age", **common, "statistic": res["d"], "p_value": np.nan,
+                     "ci_low": res["d_ci_low"], "ci_high": res["d_ci_high"],
+                     "detail": json.dumps({**res, "patient_label": "malignant if any unit is malignant"}, default=float)})
+        rows.append({"test": "welch_t_age", **common, "statistic": res["welch_t"], "p_value": res["welch_p"],
+                     "detail": ""})
+        rows.append({"test": "mann_whitney_age", **common, "statistic": res["mannwhitney_u"],
+                     "p_value": res["mannwhitney_p"], "detail": ""})
+    return pd.DataFrame(rows, columns=STATS_COLUMNS)
 
 
 def missing_modality_table(metrics: pd.DataFrame, split: str = "cv") -> pd.DataFrame:

@@ -136,21 +136,36 @@ def importance_table(res, *, ablation: str = "modality_dropout") -> pd.DataFrame
 
 
 def pairwise_table(res, *, test: str = "mcnemar_exact", split: str = "cv") -> pd.DataFrame:
-    """Pairwise tests of one kind: models, statistic, raw and Holm-adjusted p-values."""
+    """Pairwise tests of one kind: models, statistic (a difference ``a - b`` for the bootstrap tests), its CI
+    where the test gives one, raw and Holm-adjusted p-values, and what the test treats as independent
+    (``unit``: ``patient`` or ``unit``) with the numbers of units and patients."""
     s = _sel(res.stats, test=test, split=split)
-    out = s[["a", "b", "statistic", "p_value", "p_holm", "detail"]].copy()
+    cols = [c for c in ("a", "b", "statistic", "ci_low", "ci_high", "p_value", "p_holm", "unit", "n_units",
+                        "n_clusters", "detail") if c in s.columns]
+    out = s[cols].copy()
     out["a"], out["b"] = out["a"].map(display_name), out["b"].map(display_name)
+    if out.get("ci_low") is not None and out["ci_low"].isna().all():
+        out = out.drop(columns=["ci_low", "ci_high"])
     return out.reset_index(drop=True)
 
 
+def clustered(res) -> bool:
+    """Whether some patient of the run gives several units (then only the patient-level tests are valid)."""
+    s = res.stats
+    if "n_clusters" not in s or s.empty:
+        return False
+    return bool((s["n_clusters"] < s["n_units"]).any())
+
+
 def age_table(res) -> pd.DataFrame:
-    """Age by label: n, mean, SD, Cohen's d with its CI, Welch and Mann-Whitney p-values."""
+    """Age by label, one row per patient (malignant when any of its units is): n, mean, SD, Cohen's d with its CI,
+    Welch and Mann-Whitney p-values."""
     s = res.stats[res.stats["test"] == "cohens_d_age"]
     if s.empty:
         return pd.DataFrame()
     d = json.loads(s["detail"].iloc[0])
     return pd.DataFrame([{
-        "n malignant": d["n_a"], "n benign": d["n_b"], "missing (malignant/benign)": f"{d['missing_a']}/{d['missing_b']}",
+        "patients malignant": d["n_a"], "patients benign": d["n_b"], "missing (malignant/benign)": f"{d['missing_a']}/{d['missing_b']}",
         "mean ± SD malignant": f"{d['mean_a']:.1f} ± {d['sd_a']:.1f}", "mean ± SD benign": f"{d['mean_b']:.1f} ± {d['sd_b']:.1f}",
         "Cohen's d (95% CI)": fmt_ci(d["d"], d["d_ci_low"], d["d_ci_high"], 2),
         "Welch t p": d["welch_p"], "Mann-Whitney p": d["mannwhitney_p"]}])

@@ -266,6 +266,115 @@ def bootstrap_ci(
     return pd.DataFrame(rows)
 
 
+def cluster_counts(n_units: int, groups=None) -> tuple[int, int]:
+    """``(n_units, n_clusters)``; ``groups=None`` makes every unit its own cluster (patient)."""
+    if groups is None:
+        return int(n_units), int(n_units)
+    return int(n_units), int(len(pd.unique(np.asarray(groups))))
+
+
+def _as_thresholds(threshold, n: int, name: str) -> np.ndarray:
+    t = np.broadcast_to(np.asarray(threshold, dtype=float), (n,)) if np.ndim(threshold) == 0 else np.asarray(
+        threshold, dtype=float)
+    if t.shape != (n,):
+        raise ValueError(f"{name} must be one cut-off or one per case ({n}), got shape {t.shape}")
+    if np.isnan(t).any() or ((t < 0) | (t > 1)).any():
+        raise ValueError(f"{name} must lie in [0, 1]")
+    return t
+
+
+def _margin(p: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Scores whose cut-off is 0.5 wherever ``p >= t``: per-case thresholds in one call."""
+    return np.clip(p - t + 0.5, 0.0, 1.0)
+
+
+def paired_bootstrap_diff(
+    y,
+    p_a,
+    p_b,
+    *,
+    metric: str = "auc",
+    threshold_a=0.5,
+    threshold_b=0.5,
+    groups=None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    stratified: bool = True,
+) -> dict[str, float]:
+    """Paired bootstrap of ``metric(a) - metric(b)``, two models scored on the same cases.
+
+    Both models are evaluated on the same replicates; with ``groups`` whole patients are drawn (a cluster
+    bootstrap), so units of one patient (e.g. two breasts) are never treated as independent. This is the
+    cluster-aware counterpart of DeLong's test (``metric="auc"``) and of McNemar's (``metric="accuracy"``).
+
+    Args:
+        y: ``(n,)`` 0/1 labels.
+        p_a, p_b: ``(n,)`` probabilities of models a and b.
+        metric: a name from :data:`mmlib.metrics.METRICS`.
+        threshold_a, threshold_b: cut-offs of the threshold metrics, one value or one per case.
+        groups: optional ``(n,)`` patient ids; ``None`` resamples cases.
+        n_boot, seed, alpha, stratified: as in :func:`bootstrap_ci`.
+
+    Returns:
+        ``value_a``, ``value_b``, ``diff`` (on the full sample), ``ci_low``, ``ci_high`` (percentile
+        interval of the replicate differences), ``p_value`` (two-sided: twice the smaller share of
+        replicate differences at or beyond 0 on either side, with the ``+1`` correction, at most 1),
+        ``n_valid`` (replicates where both metrics are defined), ``n_units``, ``n_clusters``.
+    """
+    y, p_a = check_binary_inputs(y, p_a, p_name="p_a")
+    _, p_b = check_binary_inputs(y, p_b, p_name="p_b")
+    (metric,) = _check_metric_names((metric,))
+    alpha = _check_alpha(alpha)
+    s_a = _margin(p_a, _as_thresholds(threshold_a, len(y), "threshold_a"))
+    s_b = _margin(p_b, _as_thresholds(threshold_b, len(y), "threshold_b"))
+    if metric in ("auc", "brier", "ece"):  # threshold-free: on the probabilities themselves
+        s_a, s_b = p_a, p_b
+    counts = bootstrap_counts(y, n_boot=n_boot, seed=seed, stratified=stratified, groups=groups)
+    rep_a = replicate_metrics(y, s_a, counts, threshold=0.5, metrics=(metric,))[metric]
+    rep_b = replicate_metrics(y, s_b, counts, threshold=0.5, metrics=(metric,))[metric]
+    d = rep_a - rep_b
+    d = d[~np.isnan(d)]
+    value_a = binary_metrics(y, s_a, threshold=0.5)[metric]
+    value_b = binary_metrics(y, s_b, threshold=0.5)[metric]
+    diff = float(value_a - value_b)
+    if len(d):
+        low, high = np.percentile(d, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+        below, above = (np.sum(d <= 0) + 1) / (len(d) + 1), (np.sum(d >= 0) + 1) / (len(d) + 1)
+        pval = float(min(1.0, 2 * min(below, above)))
+    else:
+        low = high = pval = np.nan
+    n_units, n_clusters = cluster_counts(len(y), groups)
+    return {"value_a": float(value_a), "value_b": float(value_b), "diff": diff, "ci_low": float(low),
+            "ci_high": float(high), "p_value": pval, "n_valid": int(len(d)), "n_units": n_units,
+            "n_clusters": n_clusters}
+
+
+def one_row_per_patient(values, labels, groups, *, rule: str = "any_malignant") -> tuple[np.ndarray, np.ndarray]:
+    """Collapse units to patients for patient-level statistics (e.g. age by label).
+
+    A patient's label is malignant when any of its units is (``rule="any_malignant"``, the only rule):
+    a woman with one benign and one malignant breast is a malignant patient. Her value is the mean of
+    her units' non-missing values (NaN when all are missing; a patient-level variable such as age is the
+    same on every unit).
+
+    Returns:
+        ``(values, labels)``, one entry per patient in order of first appearance.
+    """
+    if rule != "any_malignant":
+        raise ValueError(f"rule must be 'any_malignant', got {rule!r}")
+    y = check_labels(labels, name="labels")
+    v = _check_sample(values, "values", allow_nan=True)
+    g = np.asarray(groups)
+    if g.shape != y.shape or v.shape != y.shape:
+        raise ValueError(f"values, labels and groups must have one entry per unit, got {v.shape}, {y.shape}, {g.shape}")
+    if pd.isna(g).any():
+        raise ValueError(f"groups holds {int(pd.isna(g).sum())} missing id(s)")
+    frame = pd.DataFrame({"g": g, "v": v, "y": y})
+    per = frame.groupby("g", sort=False).agg(v=("v", "mean"), y=("y", "max"))
+    return per["v"].to_numpy(), per["y"].to_numpy().astype(int)
+
+
 def _delong_components(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Fast DeLong (Sun & Xu 2014): AUCs ``(k,)`` and their covariance ``(k, k)`` from midranks."""
     pos, neg = scores[:, y == 1], scores[:, y == 0]

@@ -1,6 +1,7 @@
 """The study engine end to end on a tiny cohort: schema of every output, protocol rules, reuse of finished work."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,7 +39,8 @@ def test_outputs_have_the_documented_schema(run):
     _, out, res = run
     assert list(res.predictions.columns)[:9] == ["patient_id", "model", "ablation", "scenario", "split", "fold",
                                                  "seed", "prob_malignant", "label"]
-    assert list(res.metrics.columns) == ["model", "ablation", "scenario", "split", "metric", "value", "ci_low", "ci_high"]
+    assert list(res.metrics.columns)[:10] == ["model", "ablation", "scenario", "split", "metric", "value", "ci_low",
+                                              "ci_high", "n_units", "n_clusters"]
     for m in ("auc", "accuracy", "sensitivity", "specificity", "precision", "mcc", "f1", "brier", "ece"):
         assert m in set(res.metrics["metric"]), m
     assert set(res.predictions["split"]) == {"cv", "test"}
@@ -94,7 +96,9 @@ def test_statistics_and_missing_table(run):
     n_models = 4  # amw_cnn, cnn_lstm, age_only, ultrasound_only
     assert len(mc) == n_models * (n_models - 1) // 2
     assert (mc["p_holm"] >= mc["p_value"] - 1e-12).all()
-    assert {"delong", "cohens_d_age", "welch_t_age", "mann_whitney_age"} <= set(s["test"])
+    assert {"delong", "bootstrap_auc_diff", "bootstrap_accuracy_diff", "cohens_d_age", "welch_t_age",
+            "mann_whitney_age"} <= set(s["test"])
+    assert list(s.columns) == ex.STATS_COLUMNS
     m = res.missing
     full = m[(m["model"] == "amw_cnn") & (m["ablation"] == "none") & (m["scenario"] == "all")]
     assert float(full["auc_drop"].iloc[0]) == pytest.approx(0.0)
@@ -181,7 +185,7 @@ def test_report_tables(run):
     assert list(mt.columns)[0] == "all" and mt.shape[1] == 7
     assert not report.importance_table(res).empty
     assert len(report.pairwise_table(res)) == 6
-    assert report.age_table(res)["n malignant"].iloc[0] > 0
+    assert report.age_table(res)["patients malignant"].iloc[0] > 0
     assert len(report.cv_vs_test(res)) == 4
     assert len(report.checklist()) > 10
 
@@ -218,3 +222,59 @@ def test_fingerprint_changes_when_an_image_changes(tiny_cohort, tmp_path):
 
     os.utime(img, ns=(1, 1))
     assert ex.cohort_fingerprint(c) != before
+
+
+def _clustered_study(n_patients=50, seed=0):
+    """Predictions of two models on a cohort whose patients give two units each (two breasts)."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(seed)
+    y_pat = rng.integers(0, 2, n_patients)
+    units = pd.DataFrame({"patient_id": [f"P{i}_{side}" for i in range(n_patients) for side in "LR"],
+                          "group": np.repeat([f"P{i}" for i in range(n_patients)], 2),
+                          "label": np.repeat(y_pat, 2)})
+    units.loc[1, "label"] = 1 - units.loc[0, "label"]  # one patient with a benign and a malignant breast
+    units["age"] = np.repeat(50 + 8 * y_pat + rng.normal(0, 5, n_patients), 2)
+    preds = []
+    for model, signal in (("a", 0.3), ("b", 0.1)):
+        p = np.repeat(np.clip(0.5 + signal * (2 * y_pat - 1) + rng.normal(0, 0.2, n_patients), 0, 1), 2)
+        preds.append(pd.DataFrame({"patient_id": units["patient_id"], "model": model, "ablation": "none",
+                                   "scenario": "all", "split": "cv", "fold": 0, "prob_malignant": p,
+                                   "label": units["label"], "threshold": 0.5}))
+    study = ex.Study({}, Path("."), cohort=SimpleNamespace(patients=units),
+                     splits=units[["patient_id", "group", "label"]].assign(split="dev", fold=0))
+    return study, pd.concat(preds, ignore_index=True)
+
+
+def test_clustered_cohort_statistics_resample_patients():
+    study, preds = _clustered_study()
+    stats = ex.comparison_stats(preds, study, n_boot=400, seed=0).set_index("test")
+    assert list(ex.comparison_stats(preds, study, n_boot=10).columns) == ex.STATS_COLUMNS
+    boot = stats.loc["bootstrap_auc_diff"]
+    assert (boot["unit"], boot["n_units"], boot["n_clusters"]) == ("patient", 100, 50)
+    assert (stats.loc["delong", "unit"], stats.loc["mcnemar_exact", "unit"]) == ("unit", "unit")
+    assert boot["ci_low"] <= boot["statistic"] <= boot["ci_high"]
+    flat = ex.comparison_stats(preds, None, n_boot=400, seed=0).set_index("test")
+    assert flat.loc["bootstrap_auc_diff", "n_clusters"] == 100
+    assert (boot["ci_high"] - boot["ci_low"]) > 1.2 * (flat.loc["bootstrap_auc_diff", "ci_high"]
+                                                      - flat.loc["bootstrap_auc_diff", "ci_low"])
+    age = stats.loc["cohens_d_age"]
+    detail = json.loads(age["detail"])
+    # one row per patient; the patient with a benign and a malignant breast counts once, as malignant
+    assert (age["n_units"], age["n_clusters"]) == (100, 50)
+    assert detail["n_a"] + detail["n_b"] == 50
+
+
+def test_clustered_metrics_have_wider_intervals_and_say_so():
+    study, preds = _clustered_study(seed=1)
+    g = preds[preds["model"] == "a"]
+    grouped = pd.DataFrame(ex._metric_rows(g, 500, 0, 10, ex.unit_groups(study, g["patient_id"]))).set_index("metric")
+    flat = pd.DataFrame(ex._metric_rows(g, 500, 0, 10, ex.unit_groups(None, g["patient_id"]))).set_index("metric")
+    assert grouped.loc["auc", "n_clusters"] == 50 and flat.loc["auc", "n_clusters"] == 100
+    width = lambda t, m: t.loc[m, "ci_high"] - t.loc[m, "ci_low"]  # noqa: E731
+    assert width(grouped, "auc") > 1.2 * width(flat, "auc")
+    # ece_bins reaches the metrics (it was ignored)
+    five = pd.DataFrame(ex._metric_rows(g, 50, 0, 5)).set_index("metric")
+    from mmlib.metrics import expected_calibration_error
+
+    assert five.loc["ece", "value"] == pytest.approx(expected_calibration_error(g["label"], g["prob_malignant"], n_bins=5))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import optimize, special
 from scipy import stats as sps
@@ -422,3 +423,80 @@ def test_calibration_slope_intercept_second_implementation():
     assert calibrated["intercept_ci_low"] < 0 < calibrated["intercept_ci_high"]
     with pytest.raises(ValueError, match="one class"):
         calibration_slope_intercept([1, 1, 1], [0.2, 0.5, 0.9])
+
+
+def _clustered(n_patients=60, units=2, seed=0):
+    """A toy cohort of patients with several identical units each (e.g. two breasts imaged alike)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n_patients)
+    p = np.clip(0.5 + 0.25 * (2 * y - 1) + rng.normal(0, 0.25, n_patients), 0, 1)
+    return np.repeat(y, units), np.repeat(p, units), np.repeat(np.arange(n_patients), units)
+
+
+def test_grouped_bootstrap_widens_the_interval_of_duplicated_units():
+    y, p, groups = _clustered()
+    flat = bootstrap_ci(y, p, n_boot=1000, seed=0, metrics=("auc", "accuracy")).set_index("metric")
+    grouped = bootstrap_ci(y, p, n_boot=1000, seed=0, metrics=("auc", "accuracy"), groups=groups).set_index("metric")
+    for m in ("auc", "accuracy"):
+        assert grouped.loc[m, "value"] == flat.loc[m, "value"]
+        # duplicated units carry no new information: the honest interval is about sqrt(2) times wider
+        assert (grouped.loc[m, "ci_high"] - grouped.loc[m, "ci_low"]) > 1.2 * (flat.loc[m, "ci_high"] - flat.loc[m, "ci_low"])
+
+
+def test_one_unit_per_patient_groups_equal_the_plain_bootstrap():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 70)
+    p = rng.random(70)
+    ids = np.array([f"P{i:03d}" for i in rng.permutation(70)])
+    np.testing.assert_array_equal(bootstrap_counts(y, n_boot=100, seed=3),
+                                  bootstrap_counts(y, n_boot=100, seed=3, groups=ids))
+    pd.testing.assert_frame_equal(bootstrap_ci(y, p, n_boot=200, seed=3), bootstrap_ci(y, p, n_boot=200, seed=3, groups=ids))
+
+
+def test_paired_bootstrap_diff_of_auc_and_accuracy():
+    from mmlib.stats import paired_bootstrap_diff
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 200)
+    good = np.clip(0.5 + 0.3 * (2 * y - 1) + rng.normal(0, 0.2, 200), 0, 1)
+    weak = np.clip(0.5 + 0.05 * (2 * y - 1) + rng.normal(0, 0.2, 200), 0, 1)
+    r = paired_bootstrap_diff(y, good, weak, n_boot=500, seed=1)
+    assert r["diff"] == pytest.approx(roc_auc_score(y, good) - roc_auc_score(y, weak))
+    assert r["ci_low"] > 0 and r["p_value"] < 0.01 and r["n_units"] == r["n_clusters"] == 200
+    same = paired_bootstrap_diff(y, good, good, n_boot=200, seed=1)
+    assert same["diff"] == 0 and same["p_value"] == 1.0 and same["ci_low"] == same["ci_high"] == 0
+    acc = paired_bootstrap_diff(y, good, weak, metric="accuracy", threshold_a=0.5,
+                                threshold_b=np.full(200, 0.5), n_boot=300, seed=1)
+    assert acc["diff"] == pytest.approx(np.mean((good >= 0.5) == y) - np.mean((weak >= 0.5) == y))
+    # per-case thresholds: the cut-off of each case is applied to it
+    t = np.where(np.arange(200) < 100, 0.3, 0.7)
+    acc_t = paired_bootstrap_diff(y, good, weak, metric="accuracy", threshold_a=t, n_boot=50)
+    assert acc_t["value_a"] == pytest.approx(np.mean((good >= t) == y))
+    with pytest.raises(ValueError, match="threshold_a"):
+        paired_bootstrap_diff(y, good, weak, metric="accuracy", threshold_a=np.full(3, 0.5))
+    with pytest.raises(ValueError, match="metrics"):
+        paired_bootstrap_diff(y, good, weak, metric="roc")
+
+
+def test_paired_bootstrap_diff_is_wider_with_clusters():
+    from mmlib.stats import paired_bootstrap_diff
+
+    y, p, groups = _clustered(80, seed=2)
+    rng = np.random.default_rng(9)
+    q = np.repeat(np.clip(p[::2] + rng.normal(0, 0.2, 80), 0, 1), 2)
+    flat = paired_bootstrap_diff(y, p, q, n_boot=800, seed=0)
+    grouped = paired_bootstrap_diff(y, p, q, n_boot=800, seed=0, groups=groups)
+    assert grouped["diff"] == flat["diff"] and grouped["n_clusters"] == 80 and grouped["n_units"] == 160
+    assert grouped["ci_high"] - grouped["ci_low"] > 1.2 * (flat["ci_high"] - flat["ci_low"])
+
+
+def test_one_row_per_patient_any_malignant():
+    from mmlib.stats import one_row_per_patient
+
+    age, label = one_row_per_patient([50, 50, 40, np.nan, 61], [0, 1, 0, 0, 1], ["a", "a", "b", "b", "c"])
+    np.testing.assert_array_equal(label, [1, 0, 1])
+    np.testing.assert_allclose(age, [50, 40, 61])
+    with pytest.raises(ValueError, match="one entry per unit"):
+        one_row_per_patient([1, 2], [0, 1], ["a"])
+    with pytest.raises(ValueError, match="rule"):
+        one_row_per_patient([1], [0], ["a"], rule="first")
