@@ -1,0 +1,559 @@
+"""Lesion segmentation: a U-Net with an ImageNet encoder that outlines the tumour on a grayscale image.
+
+The network is segmentation-models-pytorch's ``Unet`` on a timm encoder (``tu-efficientnet_lite0`` by default,
+its ImageNet weights read offline through :mod:`mmlib.encoders`), trained with MONAI's ``DiceCELoss``. On the CPU
+the first ``frozen_blocks`` encoder blocks stay frozen: their outputs (the high-resolution skips) are computed
+once per image and augmented copy, and only the deeper blocks and the decoder train. ``train_mode="finetune"``
+(the GPU profile) trains everything on augmented images.
+
+A :class:`Segmenter` is the fitted whole: network, image settings and the probability threshold. Its
+:meth:`~Segmenter.predict` returns one :class:`PredictedMask` per image, at the image's own size, keeping the
+largest connected component (the lesion). :func:`fit_segmenter` trains one; it lives here as a function over
+fastai's ``Learner``, not in the network.
+
+Shapes: the network takes ``(N, 3, S, S)`` normalised letterboxed images and returns ``(N, 1, S, S)`` logits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "PredictedMask",
+    "SegmenterSettings",
+    "LesionUNet",
+    "Segmenter",
+    "UnsafeSegmenterFolder",
+    "fit_segmenter",
+    "dice_iou",
+    "largest_component",
+    "SEGMENTER_WEIGHTS",
+    "SEGMENTER_CONFIG",
+]
+
+SEGMENTER_WEIGHTS = "segmenter.safetensors"
+SEGMENTER_CONFIG = "segmenter.json"
+SEGMENTER_FORMAT = "mmlib-segmenter/1"
+TRAIN_MODES = ("frozen", "finetune")
+
+
+@dataclass
+class SegmenterSettings:
+    """How a segmenter is built and trained.
+
+    Args:
+        encoder: timm EfficientNet/MobileNet-family name (``tu-<name>`` in segmentation-models-pytorch).
+        encoder_weights: ``imagenet`` (efficientnet_lite0: offline) or ``none``.
+        image_size: side of the letterboxed square the network reads.
+        decoder_channels: channels of the U-Net decoder stages, deepest first.
+        train_mode: ``frozen`` (the first ``frozen_blocks`` cached, the rest trained) or ``finetune`` (all trained).
+        frozen_blocks: encoder blocks (after the stem) kept frozen and cached in ``frozen`` mode.
+        n_augment: augmented copies per training image (``frozen``: cached beside the plain copy).
+        epochs, lr, wd, bs: one-cycle training schedule.
+        threshold: lesion probability above which a pixel is lesion.
+        min_area: smallest lesion kept, as a fraction of the image's area; below it the lesion is not found.
+        tta: average the probabilities of the image and its horizontal mirror.
+    """
+
+    encoder: str = "efficientnet_lite0"
+    encoder_weights: str = "imagenet"
+    image_size: int = 192
+    decoder_channels: tuple = (96, 64, 32, 16, 8)
+    train_mode: str = "frozen"
+    frozen_blocks: int = 3
+    n_augment: int = 3
+    epochs: int = 25
+    lr: float = 3e-3
+    wd: float = 1e-4
+    bs: int = 16
+    threshold: float = 0.5
+    min_area: float = 0.001
+    tta: bool = True
+
+    def __post_init__(self):
+        self.decoder_channels = tuple(int(c) for c in self.decoder_channels)
+        if self.train_mode not in TRAIN_MODES:
+            raise ValueError(f"segmenter train_mode must be one of {TRAIN_MODES}, got {self.train_mode!r}")
+        if self.encoder_weights not in ("imagenet", "none"):
+            raise ValueError(f"segmenter encoder_weights must be 'imagenet' or 'none', got {self.encoder_weights!r}")
+        if int(self.image_size) < 32 or int(self.image_size) % 32:
+            raise ValueError(f"segmenter image_size must be a multiple of 32 and >= 32, got {self.image_size!r}")
+        if len(self.decoder_channels) != 5 or min(self.decoder_channels) < 1:
+            raise ValueError(f"segmenter decoder_channels must be 5 positive ints, got {self.decoder_channels!r}")
+        for name in ("epochs", "bs"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"segmenter {name} must be >= 1, got {getattr(self, name)!r}")
+        if int(self.n_augment) < 0 or int(self.frozen_blocks) < 0:
+            raise ValueError("segmenter n_augment and frozen_blocks must be >= 0, got "
+                             f"{self.n_augment!r} and {self.frozen_blocks!r}")
+        if not 0 < float(self.threshold) < 1:
+            raise ValueError(f"segmenter threshold must be in (0, 1), got {self.threshold!r}")
+        if not 0 <= float(self.min_area) < 1:
+            raise ValueError(f"segmenter min_area must be in [0, 1), got {self.min_area!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "SegmenterSettings":
+        d = dict(d or {})
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown segmenter settings {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["decoder_channels"] = list(self.decoder_channels)
+        return d
+
+
+@dataclass
+class PredictedMask:
+    """The segmenter's answer for one image.
+
+    Attributes:
+        mask: bool ``(H, W)`` at the original image's size: the largest lesion component (all False if none).
+        found: whether a component passed the threshold and the minimum area.
+        score: mean lesion probability inside the mask (the highest probability anywhere when nothing is found).
+    """
+
+    mask: np.ndarray
+    found: bool
+    score: float
+
+
+# ----------------------------------------------------------------------------------------------- network
+class LesionUNet(nn.Module):
+    """segmentation-models-pytorch ``Unet`` on a timm encoder, split where the encoder stops being frozen.
+
+    :meth:`stem` runs the stem and the first ``frozen_blocks`` blocks and returns what the rest needs (the skips
+    so far and the running map); :meth:`head` runs the remaining blocks, the decoder and the segmentation head.
+    ``forward(x) == head(stem(x))``.
+
+    Args:
+        encoder: timm name (EfficientNet / MobileNet family: ``conv_stem``, ``bn1``, ``blocks``).
+        decoder_channels: the U-Net decoder's channels, deepest first.
+        frozen_blocks: number of encoder blocks in :meth:`stem`.
+    """
+
+    def __init__(self, *, encoder: str = "efficientnet_lite0", decoder_channels=(96, 64, 32, 16, 8),
+                 frozen_blocks: int = 3):
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        self.net = smp.Unet(f"tu-{encoder}", encoder_weights=None, decoder_channels=tuple(decoder_channels),
+                            classes=1, in_channels=3)
+        body = self.net.encoder.model
+        for needed in ("conv_stem", "bn1", "blocks", "_stage_out_idx"):
+            if not hasattr(body, needed):
+                raise ValueError(f"segmenter encoder {encoder!r} is not a timm EfficientNet/MobileNet-family model "
+                                 f"(it has no {needed!r}); choose e.g. efficientnet_lite0 or mobilenetv3_large_100")
+        if not 0 <= frozen_blocks <= len(body.blocks):
+            raise ValueError(f"frozen_blocks must be in 0..{len(body.blocks)} for {encoder!r}, got {frozen_blocks!r}")
+        self.frozen_blocks = int(frozen_blocks)
+
+    @property
+    def body(self) -> nn.Module:
+        return self.net.encoder.model
+
+    def frozen_parameters(self):
+        b = self.body
+        yield from b.conv_stem.parameters()
+        yield from b.bn1.parameters()
+        for block in b.blocks[: self.frozen_blocks]:
+            yield from block.parameters()
+
+    def stem(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``x`` (N, 3, S, S) -> ``[*skips, running map]`` after the frozen blocks."""
+        b = self.body
+        y = b.bn1(b.conv_stem(x))
+        skips = []
+        for i, block in enumerate(b.blocks[: self.frozen_blocks]):
+            y = block(y)
+            if i + 1 in b._stage_out_idx:
+                skips.append(y)
+        return [*skips, y]
+
+    def head(self, cached: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The output of :meth:`stem` -> logits ``(N, 1, S, S)``."""
+        b = self.body
+        *skips, y = cached
+        skips = list(skips)
+        for i in range(self.frozen_blocks, len(b.blocks)):
+            y = b.blocks[i](y)
+            if i + 1 in b._stage_out_idx:
+                skips.append(y)
+        n, _, h, w = (skips[0] if skips else y).shape
+        # The decoder reads only the size of its first feature (the input image): an empty tensor carries it.
+        first = y.new_empty(n, 0, h * 2, w * 2)
+        return self.net.segmentation_head(self.net.decoder([first, *skips]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[-1] % 32 or x.shape[-2] % 32:
+            raise ValueError(f"LesionUNet expects (N, 3, S, S) images with S a multiple of 32, got {tuple(x.shape)}")
+        return self.head(self.stem(x))
+
+
+class _CachedHead(nn.Module):
+    """Trains :meth:`LesionUNet.head` on cached :meth:`LesionUNet.stem` outputs (fastai passes them as inputs)."""
+
+    def __init__(self, net: LesionUNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, *cached):
+        return self.net.head([c.float() for c in cached])
+
+
+def build_network(settings: SegmenterSettings) -> LesionUNet:
+    """The segmenter's network with the encoder's ImageNet weights (offline for efficientnet_lite0)."""
+    net = LesionUNet(encoder=settings.encoder, decoder_channels=settings.decoder_channels,
+                     frozen_blocks=int(settings.frozen_blocks) if settings.train_mode == "frozen" else 0)
+    if settings.encoder_weights == "imagenet":
+        from .encoders import create_encoder
+
+        source = create_encoder(settings.encoder, weights="imagenet").model.state_dict()
+        target = net.body.state_dict()
+        # The features-only body shares the classifier model's names; its head (conv_head, bn2) is unused.
+        missing = sorted(set(target) - set(source))
+        if missing:
+            raise ValueError(f"ImageNet weights of {settings.encoder!r} lack {missing[:5]} for the segmenter encoder")
+        net.body.load_state_dict({k: source[k] for k in target}, strict=True)
+    return net
+
+
+# ----------------------------------------------------------------------------------------------- images
+def _letterbox(shape: tuple[int, int], size: int) -> tuple[int, int, int, int]:
+    """(top, left, new_h, new_w) of an image of ``shape`` letterboxed into ``size`` (as :func:`resize_square`)."""
+    h, w = shape
+    scale = size / max(h, w)
+    nh, nw = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
+    return (size - nh) // 2, (size - nw) // 2, nh, nw
+
+
+def _normalise(img: torch.Tensor) -> torch.Tensor:
+    """(..., 1, S, S) in [0, 1] -> (..., 3, S, S) with the ImageNet normalisation of the encoder."""
+    from .data import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = torch.tensor(IMAGENET_MEAN, dtype=img.dtype).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=img.dtype).view(3, 1, 1)
+    return (img.expand(*img.shape[:-3], 3, *img.shape[-2:]) - mean) / std
+
+
+def _read_pair(image: Path, mask: Path | None, size: int) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+    from .imaging import read_image, read_mask, resize_mask, resize_square
+
+    img = read_image(image)
+    m = None
+    if mask is not None:
+        m = read_mask(mask)
+        if m.shape != img.shape:
+            m = resize_mask(m, img.shape)  # refuses another aspect, naming the sizes
+        if not m.any():
+            raise ValueError(f"lesion mask {mask} (of image {image}) is empty: an expert mask must outline the lesion")
+        m = resize_square(m.astype(np.float32), size) > 0.5
+    return resize_square(img, size), m, img.shape
+
+
+def _seed_of(path: Path, copy: int, seed: int) -> int:
+    from .data import _image_key
+
+    text = f"{seed}|{_image_key(path)}|{copy}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & 0x7FFFFFFF
+
+
+def _augment(img: np.ndarray, mask: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One seeded joint draw: the same flip and affine on image and mask, brightness/contrast on the image only.
+    Ultrasound is never flipped vertically (shadows lie below a lesion)."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    pipeline = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomAffine(degrees=8, translate=(0.06, 0.06),
+                                                                      scale=(0.85, 1.15)),
+                           v2.ColorJitter(brightness=0.15, contrast=0.15)])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        a, b = pipeline(tv_tensors.Image(torch.from_numpy(img)[None]), tv_tensors.Mask(torch.from_numpy(mask)[None]))
+    return a.as_subclass(torch.Tensor).clamp(0, 1), b.as_subclass(torch.Tensor)
+
+
+# ----------------------------------------------------------------------------------------------- post-processing
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a bool mask, holes filled (all False if the mask is empty)."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:
+        return np.zeros_like(mask)
+    sizes = np.bincount(labels.ravel())[1:]
+    return ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
+
+
+def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Dice and IoU of two bool masks of one shape (both 1.0 when both are empty)."""
+    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    if pred.shape != truth.shape:
+        raise ValueError(f"masks of different shapes: predicted {pred.shape}, expert {truth.shape}")
+    inter, a, b = float((pred & truth).sum()), float(pred.sum()), float(truth.sum())
+    if a + b == 0:
+        return 1.0, 1.0
+    return 2 * inter / (a + b), inter / (a + b - inter)
+
+
+# ----------------------------------------------------------------------------------------------- segmenter
+class UnsafeSegmenterFolder(ValueError):
+    """A segmenter folder holding files that could run code when loaded."""
+
+
+@dataclass
+class Segmenter:
+    """A fitted lesion segmenter: network, settings (image size, threshold) and what it was trained on."""
+
+    network: LesionUNet
+    settings: SegmenterSettings = field(default_factory=SegmenterSettings)
+    info: dict = field(default_factory=dict)
+
+    def probabilities(self, images: Sequence[Path | str], *, bs: int = 16, progress: bool = False):
+        """Lesion probability maps ``(S, S)`` of letterboxed images, with the original shapes."""
+        size = int(self.settings.image_size)
+        net = self.network.eval()
+        probs, shapes = [], []
+        paths = [Path(p) for p in images]
+        starts = range(0, len(paths), bs)
+        if progress:
+            from fastprogress.fastprogress import progress_bar
+
+            starts = progress_bar(starts)
+        with torch.no_grad():
+            for s in starts:
+                batch = []
+                for p in paths[s:s + bs]:
+                    img, _, shape = _read_pair(p, None, size)
+                    batch.append(torch.from_numpy(img)[None])
+                    shapes.append(shape)
+                x = _normalise(torch.stack(batch))
+                p = torch.sigmoid(net(x))
+                if self.settings.tta:
+                    p = (p + torch.sigmoid(net(torch.flip(x, dims=[-1]))).flip(dims=[-1])) / 2
+                probs.extend(p[:, 0].numpy())
+        return probs, shapes
+
+    def predict(self, images: Sequence[Path | str], *, progress: bool = False) -> list[PredictedMask]:
+        """One :class:`PredictedMask` per image, at the image's size."""
+        probs, shapes = self.probabilities(images, progress=progress)
+        return [self._mask(p, shape) for p, shape in zip(probs, shapes)]
+
+    def _mask(self, prob: np.ndarray, shape: tuple[int, int]) -> PredictedMask:
+        import torch.nn.functional as F
+
+        top, left, nh, nw = _letterbox(shape, int(self.settings.image_size))
+        inner = torch.from_numpy(np.ascontiguousarray(prob[top:top + nh, left:left + nw]))[None, None]
+        full = F.interpolate(inner, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
+        mask = largest_component(full > float(self.settings.threshold))
+        found = bool(mask.sum() >= max(1.0, float(self.settings.min_area) * mask.size))
+        if not found:
+            return PredictedMask(np.zeros(shape, dtype=bool), False, float(full.max()))
+        return PredictedMask(mask, True, float(full[mask].mean()))
+
+    def save(self, folder) -> Path:
+        """Write ``segmenter.safetensors`` and ``segmenter.json`` into ``folder`` (no pickle)."""
+        from safetensors.torch import save_model
+
+        from . import __version__
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_model(self.network, str(folder / SEGMENTER_WEIGHTS))
+        meta = {"format": SEGMENTER_FORMAT, "mmlib_version": __version__, "settings": self.settings.to_dict(),
+                "info": json.loads(json.dumps(self.info, default=str))}
+        (folder / SEGMENTER_CONFIG).write_text(json.dumps(meta, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder) -> "Segmenter":
+        """Rebuild a segmenter written by :meth:`save` (never unpickles anything)."""
+        from safetensors.torch import load_model
+
+        from .learner import PICKLE_SUFFIXES
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"segmenter folder {folder} does not exist")
+        risky = sorted(p.name for p in folder.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
+        if risky:
+            raise UnsafeSegmenterFolder(f"{folder} holds {risky}: files that may contain pickled code are refused; "
+                                        f"a segmenter folder holds only {SEGMENTER_WEIGHTS} and {SEGMENTER_CONFIG}")
+        missing = [n for n in (SEGMENTER_WEIGHTS, SEGMENTER_CONFIG) if not (folder / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder} is not a segmenter folder: {missing} missing")
+        meta = json.loads((folder / SEGMENTER_CONFIG).read_text())
+        if meta.get("format") != SEGMENTER_FORMAT:
+            raise ValueError(f"{folder / SEGMENTER_CONFIG}: unknown format {meta.get('format')!r}, "
+                             f"expected {SEGMENTER_FORMAT!r}")
+        settings = SegmenterSettings.from_dict(meta["settings"])
+        net = LesionUNet(encoder=settings.encoder, decoder_channels=settings.decoder_channels,
+                         frozen_blocks=int(settings.frozen_blocks) if settings.train_mode == "frozen" else 0)
+        load_model(net, str(folder / SEGMENTER_WEIGHTS), strict=True)
+        return cls(net.eval(), settings, meta.get("info", {}))
+
+
+# ----------------------------------------------------------------------------------------------- fitting
+class StemCache:
+    """Frozen stem outputs (float16) per image and augmented copy, computed once and shared by every fit that
+    uses the same network settings (in the study, the 16 cross-fitted segmenters)."""
+
+    def __init__(self, settings: SegmenterSettings, *, seed: int = 0):
+        self.settings, self.seed = settings, int(seed)
+        self.network = build_network(settings).eval()
+        self.items: dict[tuple[str, str, int], tuple[list[torch.Tensor], torch.Tensor]] = {}
+
+    def build(self, images: Sequence[Path], masks: Sequence[Path], *, progress: bool = True, bs: int = 32):
+        size = int(self.settings.image_size)
+        jobs = [(Path(i), Path(m), c) for i, m in zip(images, masks) for c in range(1 + int(self.settings.n_augment))
+                if (str(i), str(m), c) not in self.items]
+        if not jobs:
+            return self
+        starts = range(0, len(jobs), bs)
+        if progress:
+            from fastprogress.fastprogress import progress_bar
+
+            starts = progress_bar(starts)
+            starts.comment = f"segmenter: encoding {len(jobs)} images"
+        decoded: dict[tuple[str, str], tuple] = {}
+        with torch.no_grad():
+            for s in starts:
+                xs, ys = [], []
+                for image, mask, copy in jobs[s:s + bs]:
+                    key = (str(image), str(mask))
+                    if key not in decoded:
+                        decoded = {key: _read_pair(image, mask, size)}  # one image's decode, reused by its copies
+                    img, m, _ = decoded[key]
+                    if copy == 0:
+                        x, y = torch.from_numpy(img)[None], torch.from_numpy(m)[None]
+                    else:
+                        x, y = _augment(img, m, _seed_of(image, copy, self.seed))
+                    xs.append(x)
+                    ys.append(y)
+                feats = self.network.stem(_normalise(torch.stack(xs)))
+                for j, (image, mask, copy) in enumerate(jobs[s:s + bs]):
+                    self.items[(str(image), str(mask), copy)] = ([f[j].half().clone() for f in feats],
+                                                                  ys[j].bool().clone())
+        return self
+
+
+class _StemDataset(torch.utils.data.Dataset):
+    def __init__(self, cache: StemCache, keys: list):
+        self.cache, self.keys = cache, keys
+
+    def __len__(self):
+        return len(self.keys)
+
+    def __getitem__(self, i):
+        feats, mask = self.cache.items[self.keys[i]]
+        return (*feats, mask.float())
+
+
+class _ImageDataset(torch.utils.data.Dataset):
+    """Images decoded once; a fresh seeded augmentation per epoch (end-to-end training)."""
+
+    def __init__(self, images, masks, settings: SegmenterSettings, seed: int):
+        size = int(settings.image_size)
+        self.pairs = [_read_pair(Path(i), Path(m), size)[:2] for i, m in zip(images, masks)]
+        self.paths, self.seed, self.draws, self.augment = [Path(i) for i in images], seed, 0, int(settings.n_augment) > 0
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, i):
+        img, m = self.pairs[i]
+        if self.augment:
+            self.draws += 1
+            x, y = _augment(img, m, _seed_of(self.paths[i], self.draws, self.seed))
+        else:
+            x, y = torch.from_numpy(img)[None], torch.from_numpy(m)[None]
+        return _normalise(x), y.float()
+
+
+def fit_segmenter(images: Sequence[Path], masks: Sequence[Path], *, settings: dict | SegmenterSettings | None = None,
+                  seed: int = 0, progress: bool = True, stem_cache: StemCache | None = None,
+                  device: str = "cpu") -> Segmenter:
+    """Train a lesion segmenter on images and their expert masks (one mask per image).
+
+    Args:
+        images, masks: paths, paired in order; every mask must be non-empty and have its image's aspect.
+        settings: :class:`SegmenterSettings` or a dict of its fields (defaults otherwise).
+        seed: seeds the initialisation, the augmentation draws and the batch order.
+        progress: fastai progress bars.
+        stem_cache: a :class:`StemCache` built with the same settings, shared between fits (``frozen`` mode).
+        device: where to train (``cuda`` for ``finetune`` on a GPU).
+
+    Returns:
+        the fitted :class:`Segmenter` (on the CPU, in eval mode).
+    """
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (adds Learner.fit_one_cycle)
+    from fastai.learner import Learner
+    from monai.losses import DiceCELoss
+
+    from .learner import set_seed
+
+    settings = settings if isinstance(settings, SegmenterSettings) else SegmenterSettings.from_dict(settings)
+    images, masks = [Path(p) for p in images], [Path(p) for p in masks]
+    if len(images) != len(masks):
+        raise ValueError(f"fit_segmenter: {len(images)} images but {len(masks)} masks; pass one mask per image")
+    if len(images) < 2:
+        raise ValueError(f"fit_segmenter needs at least 2 images with expert masks, got {len(images)}")
+    t0 = time.perf_counter()
+    set_seed(seed)
+    frozen = settings.train_mode == "frozen"
+    if frozen:
+        if stem_cache is None:
+            stem_cache = StemCache(settings, seed=seed)
+        elif stem_cache.settings.to_dict() != settings.to_dict():
+            raise ValueError("fit_segmenter: stem_cache was built with other settings")
+        stem_cache.build(images, masks, progress=progress)
+        net = build_network(settings)
+        net.body.load_state_dict(stem_cache.network.body.state_dict())  # same frozen weights as the cache
+        for prm in net.frozen_parameters():
+            prm.requires_grad_(False)
+        keys = [(str(i), str(m), c) for i, m in zip(images, masks) for c in range(1 + int(settings.n_augment))]
+        train_ds, model = _StemDataset(stem_cache, keys), _CachedHead(net)
+    else:
+        net = build_network(settings)
+        train_ds, model = _ImageDataset(images, masks, settings, seed), net
+    import random
+
+    random.seed(seed)
+    bs = max(1, min(int(settings.bs), len(train_ds)))
+    train = DataLoader(train_ds, bs=bs, shuffle=True, drop_last=len(train_ds) % bs == 1, num_workers=0)
+    valid = DataLoader(_Empty(), bs=bs)
+    dls = DataLoaders(train, valid, device=torch.device(device))
+    learn = Learner(dls, model, loss_func=DiceCELoss(sigmoid=True), wd=float(settings.wd), train_bn=True)
+    if not progress:
+        learn.remove_cbs([cb for cb in learn.cbs if type(cb).__name__ == "ProgressCallback"])
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()) if not progress else contextlib.nullcontext():
+        learn.fit_one_cycle(int(settings.epochs), float(settings.lr))
+    net = net.cpu().eval()
+    info = {"trained_on_images": len(images), "seed": int(seed), "fit_seconds": round(time.perf_counter() - t0, 1)}
+    return Segmenter(net, settings, info)
+
+
+class _Empty(torch.utils.data.Dataset):
+    def __len__(self):
+        return 0
+
+    def __getitem__(self, i):  # pragma: no cover - never indexed
+        raise IndexError(i)

@@ -1,0 +1,129 @@
+"""The lesion segmenter (mmlib.segmentation): learns a blob, masks at the image's size, safe folders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmlib.imaging import read_mask
+from mmlib.segmentation import (
+    LesionUNet,
+    Segmenter,
+    SegmenterSettings,
+    UnsafeSegmenterFolder,
+    dice_iou,
+    fit_segmenter,
+    largest_component,
+)
+
+TINY = dict(image_size=64, epochs=12, n_augment=1, bs=8, decoder_channels=(32, 24, 16, 8, 8), encoder_weights="none")
+
+
+def _blob_images(folder, n, seed=0):
+    """Gray images with one dark elliptical lesion (a known mask), of varied sizes and aspects."""
+    rng = np.random.default_rng(seed)
+    images, masks = [], []
+    for i in range(n):
+        h, w = int(rng.integers(80, 120)), int(rng.integers(100, 150))
+        yy, xx = np.mgrid[:h, :w]
+        cy, cx = rng.uniform(0.35, 0.65) * h, rng.uniform(0.35, 0.65) * w
+        ry, rx = rng.uniform(0.15, 0.25) * h, rng.uniform(0.15, 0.25) * w
+        mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+        img = np.clip(0.65 + 0.08 * rng.standard_normal((h, w)) - 0.45 * mask, 0, 1)
+        images.append(folder / f"img{i}.png")
+        masks.append(folder / f"img{i}_mask.png")
+        Image.fromarray((img * 255).astype(np.uint8)).save(images[-1])
+        Image.fromarray(mask.astype(np.uint8) * 255).save(masks[-1])
+    return images, masks
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    return _blob_images(tmp_path_factory.mktemp("blobs"), 20)
+
+
+@pytest.fixture(scope="module")
+def fitted(blobs):
+    images, masks = blobs
+    return fit_segmenter(images[:14], masks[:14], settings=TINY, seed=0, progress=False)
+
+
+def test_segmenter_learns_the_blob_at_the_image_size(fitted, blobs):
+    images, masks = blobs
+    predicted = fitted.predict(images[14:])
+    dice = []
+    for pm, image, mask in zip(predicted, images[14:], masks[14:]):
+        truth = read_mask(mask)
+        assert pm.mask.shape == truth.shape == np.asarray(Image.open(image)).shape[:2]
+        assert pm.mask.dtype == bool and pm.found and 0.5 < pm.score <= 1
+        dice.append(dice_iou(pm.mask, truth)[0])
+    assert np.mean(dice) > 0.8, dice
+
+
+def test_blank_image_finds_no_lesion(fitted, tmp_path):
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((90, 120), 160, np.uint8)).save(blank)
+    (pm,) = fitted.predict([blank])
+    assert not pm.found and pm.mask.shape == (90, 120) and not pm.mask.any()
+
+
+def test_save_load_round_trip_and_pickle_refusal(fitted, blobs, tmp_path):
+    images, _ = blobs
+    fitted.save(tmp_path / "seg")
+    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["segmenter.json", "segmenter.safetensors"]
+    again = Segmenter.load(tmp_path / "seg")
+    for a, b in zip(fitted.predict(images[14:17]), again.predict(images[14:17])):
+        assert np.array_equal(a.mask, b.mask) and a.found == b.found and a.score == pytest.approx(b.score)
+    torch.save({"x": torch.zeros(1)}, tmp_path / "seg" / "extra.pt")
+    with pytest.raises(UnsafeSegmenterFolder, match="extra.pt"):
+        Segmenter.load(tmp_path / "seg")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "segmenter.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="segmenter.safetensors"):
+        Segmenter.load(tmp_path / "half")
+
+
+def test_largest_component_keeps_one_filled_lesion():
+    m = np.zeros((40, 40), bool)
+    m[5:25, 5:25] = True
+    m[12:15, 12:15] = False  # a hole
+    m[30:34, 30:34] = True  # a smaller spot
+    out = largest_component(m)
+    assert out[5:25, 5:25].all() and not out[30:34, 30:34].any()
+    assert not largest_component(np.zeros((5, 5), bool)).any()
+
+
+def test_dice_iou():
+    a = np.zeros((10, 10), bool)
+    b = a.copy()
+    a[:5], b[:, :5] = True, True
+    assert dice_iou(a, b) == pytest.approx((0.5, 1 / 3))
+    assert dice_iou(a, a) == (1.0, 1.0)
+    assert dice_iou(np.zeros((3, 3)), np.zeros((3, 3))) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="shapes"):
+        dice_iou(a, np.zeros((5, 5)))
+
+
+def test_network_split_equals_the_whole():
+    net = LesionUNet(decoder_channels=(16, 16, 8, 8, 4), frozen_blocks=3).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(net(x), net.head(net.stem(x)))
+        assert net(x).shape == (2, 1, 64, 64)
+        assert torch.allclose(net(x), net.net(x), atol=1e-5)  # the same function as smp's own forward
+
+
+def test_fit_refuses_bad_input(blobs, tmp_path):
+    images, masks = blobs
+    with pytest.raises(ValueError, match="one mask per image"):
+        fit_segmenter(images[:3], masks[:2], settings=TINY, progress=False)
+    empty = tmp_path / "empty_mask.png"
+    Image.fromarray(np.zeros(np.asarray(Image.open(images[0])).shape[:2], np.uint8)).save(empty)
+    with pytest.raises(ValueError, match="empty_mask.png.*empty"):
+        fit_segmenter([images[0], images[1]], [empty, masks[1]], settings=TINY, progress=False)
+    with pytest.raises(ValueError, match="unknown segmenter settings"):
+        SegmenterSettings.from_dict({"epoch": 3})
+    with pytest.raises(ValueError, match="multiple of 32"):
+        SegmenterSettings(image_size=100)
