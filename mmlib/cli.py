@@ -75,7 +75,7 @@ def _run(a):
         return 2
     from .experiment import run_experiment
 
-    out = run_experiment(params, out_dir=a.out)
+    out = run_experiment(params, out_dir=a.out, fresh=a.fresh)
     print(f"results in {out}")
     return 0
 
@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--profile", default="default")
     r.add_argument("--params", help="a profile YAML file (overrides --profile)")
     r.add_argument("--out", help="results folder (default results/<profile>)")
+    r.add_argument("--fresh", action="store_true", help="ignore finished work and cached features: redo everything")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override one parameter of the profile (repeatable), e.g. --set epochs=3 --set models=[amw_cnn]")
     r.set_defaults(func=_run)

@@ -26,7 +26,9 @@ splits by patient before anything touches the images; early stopping and best-ep
 is chosen on training data only (Youden's J on the out-of-fold predictions of the other folds; for the test
 set on all development out-of-fold predictions); the internal test set is predicted once, by the fold
 ensemble (mean probability) or a model refitted on all development patients (``test_model``).
-A rerun with the same parameters reuses finished work (per model, ablation, fold and seed).
+A later run reuses finished work (per model, ablation and seed) only when its reuse key is the same: the
+parameters results depend on, the source of the ``mmlib`` package, the cohort on disk, the device and the
+precision (:func:`reuse_key_parts`, recorded in ``run.json``); ``fresh=True`` (``mmlib run --fresh``) redoes all.
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ import numpy as np
 import pandas as pd
 
 from . import params as _params
-from .params import ParamsError, validate_params  # noqa: F401  (the study's callers import them from here)
+from .params import ParamsError, result_keys, validate_params  # noqa: F401  (callers import them from here)
 from .paths import COHORTS, ROOT, results_dir
+from .provenance import precision, source_fingerprint, stable_hash
 from .schema import IMAGE_MODALITIES, MODALITIES, all_scenarios, bbox_column, mask_column, scenario_name
 
 def load_params(profile: str | Path | dict | None = None, **overrides) -> dict:
@@ -141,8 +144,28 @@ def peak_memory_mb(children: bool = False) -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+_hash = stable_hash
+
+#: Parameters that choose which units of work a run has, or only shape its statistics. They stay out of a unit's
+#: reuse key: the unit's own model variant and seed are in it, so adding a model or a seed retrains nothing else.
+UNIT_SELECTION: frozenset[str] = frozenset({"seeds", "models", "baselines", "ablations", "modality_dropout",
+                                            "n_boot", "ece_bins"})
+#: The modules that turn images into cached features (with what they import): their source keys the cache.
+FEATURE_SOURCES: tuple[str, ...] = ("data", "encoders", "cohort")
+
+
+def reuse_key_parts(study: "Study") -> dict:
+    """Everything a finished unit of work depends on besides its own model variant and seed."""
+    p = study.params
+    device = _device(p)
+    return {"params": {k: p[k] for k in result_keys() if k not in UNIT_SELECTION},
+            "source": source_fingerprint(), "cohort": cohort_fingerprint(study.cohort),
+            "device": device, "precision": precision(p, device)}
+
+
+def unit_key(parts: dict, config: "Config", seed: int) -> str:
+    """The reuse key of one unit of work."""
+    return _hash([parts, config.__dict__, seed])
 
 
 # ----------------------------------------------------------------------------------------------- cohort
@@ -234,6 +257,9 @@ class Study:
     cache: object = None
     timings: dict = field(default_factory=dict)
     encoder_spec: dict = field(default_factory=dict)
+    fresh: bool = False
+    key_parts: dict = field(default_factory=dict)
+    units: dict = field(default_factory=dict)
 
     def log(self, msg: str):
         if self.params.get("progress", True):
@@ -424,11 +450,12 @@ def _fit_age_only(study: Study, spec, train_rows):
 
 
 # ----------------------------------------------------------------------------------------------- run
-def build_feature_cache(study: Study, *, write: bool = True):
+def build_feature_cache(study: Study, *, write: bool = True, fresh: bool = False):
     """Encode every image once (and the augmented copies of development images) with the frozen encoder.
 
     The features are stored under ``cache/`` in the results folder and reused by every later run of the same
-    cohort and image settings; ``write=False`` reads that file without rewriting it (training workers)."""
+    cohort, image settings and source of the modules that compute features (:data:`FEATURE_SOURCES`);
+    ``write=False`` reads that file without rewriting it (training workers); ``fresh=True`` ignores it."""
     from .data import AUGMENTATION_SEEDING, DEFAULT_AUGMENTATION, FeatureCache, ImageSettings
     from .encoders import create_encoder
 
@@ -441,13 +468,11 @@ def build_feature_cache(study: Study, *, write: bool = True):
                          seed=int(p["split_seed"]), device=_device(p), progress=bool(p["progress"]))
     all_rows = np.arange(len(study.cohort.patients))
     dev_rows = np.flatnonzero(study.splits["split"].to_numpy() == "dev")
-    key = [p["encoder"], p["encoder_weights"], settings.to_dict(), p["n_augment"], p["split_seed"], cohort_fingerprint(study.cohort)]
-    if encoder.levels is not None:  # (absent for the last map, so caches written before the option stay valid)
-        key.append(list(encoder.levels))
-    if int(p["n_augment"]) > 0:  # augmented copies drawn under an older seeding are not reused
-        key.append(AUGMENTATION_SEEDING)
+    key = [p["encoder"], p["encoder_weights"], settings.to_dict(), p["n_augment"], p["split_seed"],
+           None if encoder.levels is None else list(encoder.levels), AUGMENTATION_SEEDING,
+           cohort_fingerprint(study.cohort), source_fingerprint(FEATURE_SOURCES), _device(p)]
     cache_file = study.out / "cache" / f"features-{_hash(key)}.safetensors"
-    if cache_file.is_file():
+    if cache_file.is_file() and not fresh:
         cache.load(cache_file)
     cache.build(study.cohort, all_rows, augment_rows=dev_rows)
     if write:
@@ -470,19 +495,21 @@ def cohort_fingerprint(cohort) -> str:
     return h.hexdigest()[:16]
 
 
-def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | None = None) -> Path:
+def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | None = None,
+                   fresh: bool = False) -> Path:
     """Run the whole study of a parameter set and write the tidy results. Returns the results folder.
 
     Args:
         params: a parameter dict (as papermill injects), a profile name or a YAML path.
         out_dir: results folder (default ``results/<profile>/`` or ``params["results_dir"]``).
+        fresh: ignore finished work and cached features (train and encode everything again).
     """
     from .splits import make_splits
 
     p = load_params(params)
     out = Path(out_dir or p.get("results_dir") or results_dir(p["profile"]))
     out.mkdir(parents=True, exist_ok=True)
-    study = Study(p, out)
+    study = Study(p, out, fresh=fresh)
     t0 = time.perf_counter()
 
     def stage(name, t):
@@ -502,9 +529,10 @@ def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | No
     study.splits.to_csv(out / "splits.csv", index=False)
     stage("cohort", t)
 
+    study.key_parts = reuse_key_parts(study)
     if p["train_mode"] == "frozen":
         t = time.perf_counter()
-        build_feature_cache(study)
+        build_feature_cache(study, fresh=fresh)
         stage("feature_cache", t)
     else:
         from .encoders import create_encoder
@@ -523,6 +551,9 @@ def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | No
     record = {
         "profile": p["profile"],
         "params": {k: v for k, v in p.items() if not k.startswith("_")},
+        "reuse_key": {"key": _hash(study.key_parts), **{k: (_hash(v) if k == "params" else v)
+                                                          for k, v in study.key_parts.items()}},
+        "units": study.units,
         "git": git_commit(),
         "versions": package_versions(),
         "device": device_info(),
@@ -547,14 +578,6 @@ def _summary(study: Study) -> dict:
     return json.loads(json.dumps(s, default=str))
 
 
-def _key_params(p: dict) -> dict:
-    """The parameters a finished unit of work depends on (its reuse hash)."""
-    return {k: p[k] for k in ("cohort", "synthetic_patients", "synthetic_seed", "n_folds", "test_fraction",
-                              "split_seed", "image_size", "roi", "roi_margin", "outline_features", "encoder", "encoder_weights",
-                              "encoder_levels", "train_mode", "n_augment", "epochs", "lr", "wd", "bs", "dim", "inner_valid",
-                              "early_stopping", "test_model", "scenarios")}
-
-
 def n_workers(params: dict) -> int:
     """Worker processes for training. ``auto``: one per core (at most 4) on the frozen CPU path, where every fit
     runs on one thread; one otherwise (a GPU, or end-to-end training, uses the cores within one fit)."""
@@ -571,28 +594,30 @@ def n_workers(params: dict) -> int:
 def train_and_predict(study: Study) -> pd.DataFrame:
     """Train every config on every fold (and the test model) and return all predictions.
 
-    Each (config, seed) is one unit of work, written to ``work/<config>__s<seed>/`` and reused by a rerun with
-    the same parameters. On the frozen CPU path the units run in ``workers`` processes side by side; each fit is
+    Each (config, seed) is one unit of work, written to ``work/<config>__s<seed>/`` and reused by a later run
+    with the same reuse key (:func:`reuse_key_parts`: parameters, package source, cohort, device, precision).
+    On the frozen CPU path the units run in ``workers`` processes side by side; each fit is
     seeded and single-threaded, so the results do not depend on the number of workers.
     """
     from fastprogress.fastprogress import progress_bar
 
     p = study.params
     configs = experiment_configs(p)
-    key_params = _key_params(p)
-    fingerprint = cohort_fingerprint(study.cohort)
+    parts = study.key_parts or reuse_key_parts(study)
     units = [(config, seed) for seed in p["seeds"] for config in configs]
     frames: dict[int, pd.DataFrame] = {}
     pending = []
     for i, (config, seed) in enumerate(units):
         work = study.out / "work" / f"{config.id}__s{seed}"
-        h = _hash([key_params, config.__dict__, seed, fingerprint])
+        h = unit_key(parts, config, seed)
         marker = work / "done.json"
-        if marker.is_file() and json.loads(marker.read_text()).get("hash") == h and (work / "predictions.csv").is_file():
+        if (not study.fresh and marker.is_file() and json.loads(marker.read_text()).get("hash") == h
+                and (work / "predictions.csv").is_file()):
             frames[i] = pd.read_csv(work / "predictions.csv", dtype={"patient_id": str})
             study.log(f"({i + 1}/{len(units)}) {config.id} seed {seed}: reused finished work")
         else:
             pending.append((i, config, seed, h))
+    study.units = {"total": len(units), "reused": len(units) - len(pending), "trained": len(pending)}
     workers = min(n_workers(p), len(pending))
     if workers <= 1:
         for i, config, seed, h in pending:
@@ -659,11 +684,13 @@ def _run_unit(study: Study, config: Config, seed: int, h: str) -> tuple[pd.DataF
             save_model(model, study.out / "models" / config.model, name=config.model, spec=spec,
                        threshold=youden_threshold(oof["label"].to_numpy(), oof["prob_malignant"].to_numpy()),
                        info={"cohort": study.cohort_info.get("manifest"), "trained_on_patients": int(len(dev_rows)),
-                             "summary": _summary(study), "params": _key_params(p), "seed": seed})
+                             "summary": _summary(study), "seed": seed,
+                             "params": {k: p[k] for k in result_keys() if k not in UNIT_SELECTION}})
     frame = pd.concat(rows, ignore_index=True)
     frame.to_csv(work / "predictions.csv", index=False)
     secs = time.perf_counter() - t
-    (work / "done.json").write_text(json.dumps({"hash": h, "seconds": round(secs, 1)}))
+    parts = {k: (_hash(v) if k == "params" else v) for k, v in study.key_parts.items()}
+    (work / "done.json").write_text(json.dumps({"hash": h, "key_parts": parts, "seconds": round(secs, 1)}))
     # the saved rows, read back as a rerun would read them: a run gives the same tables whether or not it reused work
     return pd.read_csv(work / "predictions.csv", dtype={"patient_id": str}), secs
 
@@ -674,7 +701,8 @@ _WORKER_STUDY: Study | None = None
 
 def _worker_payload(study: Study) -> dict:
     return {"params": study.params, "out": str(study.out), "manifest": study.cohort_info["manifest"],
-            "cohort_info": study.cohort_info, "splits": study.splits, "encoder_spec": study.encoder_spec}
+            "cohort_info": study.cohort_info, "splits": study.splits, "encoder_spec": study.encoder_spec,
+            "key_parts": study.key_parts}
 
 
 def _worker_init(payload: dict):
@@ -689,7 +717,8 @@ def _worker_init(payload: dict):
     torch.set_num_threads(1)
     p = dict(payload["params"], progress=False)
     study = Study(p, Path(payload["out"]), cohort=load_manifest(payload["manifest"], decode_images=False),
-                  cohort_info=payload["cohort_info"], splits=payload["splits"], encoder_spec=payload["encoder_spec"])
+                  cohort_info=payload["cohort_info"], splits=payload["splits"], encoder_spec=payload["encoder_spec"],
+                  key_parts=payload["key_parts"])
     if p["train_mode"] == "frozen":
         build_feature_cache(study, write=False)
     _WORKER_STUDY = study
