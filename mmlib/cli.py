@@ -6,7 +6,9 @@
     mmlib run [--profile NAME | --params FILE.yaml] [--set KEY=VALUE ...] [--fresh]
                                                           the whole study, tidy results in results/<profile>/
     mmlib train MANIFEST --model NAME --out MODEL_DIR [--params PROFILE.yaml]
-    mmlib predict MODEL_DIR MANIFEST --out PREDICTIONS.csv
+    mmlib predict MODEL_DIR MANIFEST --out PREDICTIONS.csv   images in, probabilities out (masks, labels optional)
+    mmlib segment MODEL_DIR MANIFEST --out FOLDER         one predicted lesion mask per image + a manifest copy
+    mmlib evaluate MODEL_DIR MANIFEST --out FOLDER        external validation on a labelled cohort
 """
 
 from __future__ import annotations
@@ -80,21 +82,62 @@ def _run(a):
     return 0
 
 
+def _user_errors():
+    """Errors a user can fix (bad manifest, missing file, bad argument): printed, exit status 1."""
+    from .cohort import ManifestError
+
+    return (ManifestError, FileNotFoundError, FileExistsError, ValueError)
+
+
 def _train(a):
     from .experiment import train_model
 
-    out = train_model(a.manifest, a.model, a.out, a.params)
+    try:
+        out = train_model(a.manifest, a.model, a.out, a.params)
+    except _user_errors() as e:
+        print(str(e), file=sys.stderr)
+        return 1
     print(f"saved model {a.model} to {out}")
     return 0
 
 
 def _predict(a):
-    from .learner import predict_manifest
+    from .deploy import predict_manifest, write_csv_atomic
 
-    df = predict_manifest(a.model_dir, a.manifest)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(a.out, index=False)
+    try:
+        df = predict_manifest(a.model_dir, a.manifest, progress=True)
+    except _user_errors() as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    write_csv_atomic(df, a.out)
     print(f"wrote {len(df)} predictions to {a.out}")
+    if "lesion_found" in df and not df["lesion_found"].all():
+        n = int((~df["lesion_found"]).sum())
+        print(f"  {n} patient(s) without a lesion found: whole image used (see the 'note' column)")
+    return 0
+
+
+def _segment(a):
+    from .deploy import segment_manifest
+
+    try:
+        out = segment_manifest(a.model_dir, a.manifest, a.out, progress=True)
+    except _user_errors() as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    print(f"wrote the masks and the manifest {out}")
+    return 0
+
+
+def _evaluate(a):
+    from .external import external_validation, format_external
+
+    try:
+        out = external_validation(a.model_dir, a.manifest, a.out, n_boot=a.n_boot, seed=a.seed, progress=True)
+    except _user_errors() as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    print(format_external(out))
     return 0
 
 
@@ -143,6 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("manifest")
     pr.add_argument("--out", required=True)
     pr.set_defaults(func=_predict)
+
+    sg = sub.add_parser("segment", help="predicted lesion masks of a manifest's images, and a manifest copy listing them")
+    sg.add_argument("model_dir", help="a model folder with a segmenter (lesion_source predicted), or a segmenter folder")
+    sg.add_argument("manifest")
+    sg.add_argument("--out", required=True, help="a new folder for the masks and the manifest copy")
+    sg.set_defaults(func=_segment)
+
+    ev = sub.add_parser("evaluate", help="external validation of a saved model on a labelled manifest")
+    ev.add_argument("model_dir")
+    ev.add_argument("manifest")
+    ev.add_argument("--out", required=True, help="a new folder for the tidy results and figures")
+    ev.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates of the CIs (patients resampled)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(func=_evaluate)
     return ap
 
 

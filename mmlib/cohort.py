@@ -102,12 +102,14 @@ class Cohort:
             ``(x0, y0, x1, y1)`` or None), ``split`` (``dev``/``test``/``""``), ``group`` (str),
             every ``clinical_*`` column as float, then any other manifest column as text metadata.
         warnings: issues that do not stop the cohort from being used.
+        source_rows: the spreadsheet row (header = 1) of each patient, for messages about a row.
     """
 
     manifest: Path
     root: Path
     patients: pd.DataFrame
     warnings: list[Issue] = field(default_factory=list)
+    source_rows: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.patients)
@@ -154,7 +156,8 @@ class Cohort:
         kept = set(ids)
         warnings = [w for w in self.warnings if w.row is not None and w.patient_id in kept]
         warnings += _cohort_warnings(patients, self.manifest.name)
-        return Cohort(manifest=self.manifest, root=self.root, patients=patients, warnings=warnings)
+        rows = [self.source_rows[position[p]] for p in ids] if self.source_rows else []
+        return Cohort(manifest=self.manifest, root=self.root, patients=patients, warnings=warnings, source_rows=rows)
 
     def summary(self) -> dict:
         """Descriptive numbers of the cohort (plain Python types, ready for JSON).
@@ -220,8 +223,8 @@ def _clinical_names(columns) -> list[str]:
 def _cohort_warnings(patients: pd.DataFrame, manifest_name: str) -> list[Issue]:
     """Cohort-wide warnings: a single class, a partly filled split, a group on both sides of a fixed split."""
     out = []
-    present = sorted(set(patients["label_name"]))
-    if len(patients) and len(present) < 2:
+    present = sorted(set(patients["label_name"]) - {""})  # "": unlabelled rows (prediction)
+    if len(present) == 1:
         out.append(Issue(None, "label", f"only one class present: all {len(patients)} patients are "
                          f"'{present[0]}'; discrimination metrics need both classes", None, manifest_name))
     fixed = patients[patients["split"] != ""]
@@ -288,7 +291,8 @@ def _resolve(root: Path, item: str) -> Path:
     return Path(os.path.normpath(p if p.is_absolute() else root / p))
 
 
-def load_manifest(path: str | Path, *, decode_images: bool = True, small_image_px: int = 64) -> Cohort:
+def load_manifest(path: str | Path, *, decode_images: bool = True, small_image_px: int = 64,
+                  required: tuple[str, ...] = REQUIRED_COLUMNS, strict_masks: bool = False) -> Cohort:
     """Load and validate a cohort manifest.
 
     Every row and column is checked before anything is raised, so one run reports every problem: the file
@@ -303,6 +307,12 @@ def load_manifest(path: str | Path, *, decode_images: bool = True, small_image_p
         decode_images: fully decode every image and mask (:func:`mmlib.imaging.read_image`); with False
             only their headers are read (size, format), which is much faster on large cohorts.
         small_image_px: images whose shorter side is below this give a warning.
+        required: the columns that must be present (default: all of :data:`mmlib.schema.REQUIRED_COLUMNS`).
+            Prediction needs fewer: without ``label`` in it, a missing column or an empty cell makes the row
+            unlabelled (``label`` -1, ``label_name`` ""); other absent columns read as empty cells.
+        strict_masks: every listed mask is decoded and must hold a lesion and have its image's exact size
+            (where masks are used as the expert's lesion); otherwise a mask of the image's aspect at another
+            resolution is accepted and an empty one reads as "no lesion".
 
     Returns:
         the :class:`Cohort`; its ``warnings`` hold missing ages, small images, a single class and groups
@@ -343,7 +353,7 @@ def load_manifest(path: str | Path, *, decode_images: bool = True, small_image_p
         if col and col in seen_cols:
             issue(1, col, f"column name appears twice (columns {seen_cols[col] + 1} and {i + 1})")
         seen_cols.setdefault(col, i)
-    missing_cols = [c for c in REQUIRED_COLUMNS if c not in seen_cols]
+    missing_cols = [c for c in required if c not in seen_cols]
     if missing_cols:
         found = ", ".join(f"'{c}'" for c in header if c) or "none"
         msg = f"missing required column(s) {', '.join(repr(c) for c in missing_cols)}; found columns: {found}"
@@ -390,10 +400,13 @@ def load_manifest(path: str | Path, *, decode_images: bool = True, small_image_p
         out: dict = {"patient_id": pid}
 
         label_text = get("label")
+        out["label"], out["label_name"] = -1, ""
         if has("label"):
             key = label_text.strip().lower()
             if key in LABELS:
                 out["label"], out["label_name"] = LABELS.index(key), key
+            elif not key and "label" not in required:
+                pass  # unlabelled: allowed where labels are optional (prediction)
             else:
                 what = "missing label" if not key else f"'{label_text}' is not a label"
                 issue(row, "label", f"{what}; expected 'benign' or 'malignant' (any case)", p)
@@ -436,10 +449,11 @@ def load_manifest(path: str | Path, *, decode_images: bool = True, small_image_p
                 images.append(file)
                 shapes.append(_check_image(file, item, decode_images, small_image_px, row, m, p, issue, warn))
             out[m] = images
-            out[mask_column(m)] = _masks(get(mask_column(m)), images, shapes, root, decode_images, row, m, p, issue)
+            out[mask_column(m)] = _masks(get(mask_column(m)), images, shapes, root, decode_images, row, m, p, issue,
+                                         strict=strict_masks)
             out[bbox_column(m)] = _bboxes(get(bbox_column(m)), images, shapes, row, m, p, issue)
 
-        if (all(has(c) for c in ("mammography", "ultrasound", "age")) and n_listed == 0 and age_ok and clinical_ok
+        if (all(has(c) or c not in required for c in ("mammography", "ultrasound", "age")) and n_listed == 0 and age_ok and clinical_ok
                 and math.isnan(out["age"]) and all(math.isnan(out[c]) for c in clinical_cols)):
             issue(row, None, "no input at all: no mammography or ultrasound image, no age and no clinical value", p)
 
@@ -467,7 +481,8 @@ def load_manifest(path: str | Path, *, decode_images: bool = True, small_image_p
     for col in ("split", "group", *metadata_cols):
         patients[col] = patients[col].astype(str)
     warnings += _cohort_warnings(patients, name)
-    return Cohort(manifest=manifest, root=root, patients=patients, warnings=warnings)
+    return Cohort(manifest=manifest, root=root, patients=patients, warnings=warnings,
+                  source_rows=[row for row, _ in body])
 
 
 def _check_image(file, item, decode, small_px, row, column, pid, issue, warn) -> tuple[int, int] | None:
@@ -490,7 +505,7 @@ def _count_mismatch(kind: str, n_items: int, n_images: int, modality: str) -> st
             f"'{PATH_SEPARATOR}'-separated in the order of the images (an empty item = none for that image)")
 
 
-def _masks(text, images, shapes, root, decode, row, modality, pid, issue) -> list[Path | None]:
+def _masks(text, images, shapes, root, decode, row, modality, pid, issue, strict=False) -> list[Path | None]:
     column = mask_column(modality)
     if not text.strip():
         return [None] * len(images)
@@ -509,11 +524,18 @@ def _masks(text, images, shapes, root, decode, row, modality, pid, issue) -> lis
             issue(row, column, f"mask file not found: '{item}' (looked for {file})", pid)
             continue
         try:
-            mask_shape = imaging.read_mask(file).shape if decode else imaging.image_size(file)
+            pixels = imaging.read_mask(file) if decode or strict else None
+            mask_shape = pixels.shape if pixels is not None else imaging.image_size(file)
         except imaging.ImageReadError as e:
             issue(row, column, f"cannot read mask '{item}': {e}", pid)
             continue
-        if shape is not None and imaging.aspect_mismatch(mask_shape, shape) > imaging.MASK_ASPECT_TOLERANCE:
+        if strict and not pixels.any():
+            issue(row, column, f"mask '{item}' is empty (no lesion pixel, looked in {file}); expected the expert's "
+                  "outline of the lesion", pid)
+        if strict and shape is not None and tuple(mask_shape) != tuple(shape):
+            issue(row, column, f"mask '{item}' is {mask_shape[0]}x{mask_shape[1]} pixels but its image is "
+                  f"{shape[0]}x{shape[1]}; expected the same size", pid)
+        elif shape is not None and imaging.aspect_mismatch(mask_shape, shape) > imaging.MASK_ASPECT_TOLERANCE:
             issue(row, column, f"mask '{item}' is {mask_shape[0]}x{mask_shape[1]} pixels but its image is "
                   f"{shape[0]}x{shape[1]}; expected the same height/width ratio", pid)
     return out

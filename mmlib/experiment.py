@@ -996,10 +996,14 @@ def train_model(manifest, model: str, out_dir, params: dict | str | None = None,
     """Train one registered model on a manifest's development patients and save it as a safe model folder.
 
     The decision threshold saved with it is Youden's J on the inner validation patients (training data only).
-    Returns the model folder.
+    With ``lesion_source: predicted`` the folder also holds the lesion segmenter (``segmenter/``), fitted on the
+    development patients' expert masks, and the model is trained on cross-fitted predicted masks
+    (:func:`mmlib.deploy.crossfit_lesions`), so that it needs only images; ``none`` trains on whole images.
+    Returns the model folder (written under a temporary name, renamed when complete).
     """
     from .cohort import load_manifest
-    from .learner import save_model
+    from .deploy import crossfit_lesions, lesion_modalities, output_folder, segmenter_folder
+    from .learner import MODEL_CONFIG, save_model
     from .metrics import youden_threshold
     from .splits import make_splits
 
@@ -1007,12 +1011,29 @@ def train_model(manifest, model: str, out_dir, params: dict | str | None = None,
         raise ParamsError("age_only is a scikit-learn baseline of the study, not a savable network; choose one of "
                           "mmlib.models.list_models()")
     p = load_params(params, **{"cohort": str(manifest), **overrides})
+    source = p["lesion_source"]
+    if source == "none":
+        p["roi"], p["outline_features"] = False, False
     study = Study(p, Path(out_dir).parent / (Path(out_dir).name + ".work"))
-    study.cohort = load_manifest(manifest, decode_images=False)
+    # Images decoded up front, so an unreadable one is named with its row; masks that give the lesion must hold one.
+    study.cohort = load_manifest(manifest, decode_images=True,
+                                 strict_masks=source == "predicted" or bool(p["roi"] or p["outline_features"]))
     study.cohort_info = {"manifest": str(manifest), "synthetic": False}
     study.splits = make_splits(study.cohort, n_folds=int(p["n_folds"]), test_fraction=float(p["test_fraction"]),
                                seed=int(p["split_seed"]))
     dev_rows = np.flatnonzero(study.splits["split"].to_numpy() == "dev")
+    seed = int(p["seeds"][0])
+    lesion = {"source": source, "modalities": [], "segmenters": {}}
+    segmenters, crossfit = {}, None
+    if source == "expert" and (p["roi"] or p["outline_features"]):
+        lesion["modalities"] = lesion_modalities(study.cohort, dev_rows)
+    elif source == "predicted":
+        study.log(f"lesion segmenter: cross-fitted masks of {len(dev_rows)} development patients")
+        study.cohort, segmenters, crossfit = crossfit_lesions(
+            study.cohort, dev_rows, study.out / "masks", n_folds=int(p["n_folds"]), settings=p.get("segmenter"),
+            seed=seed, progress=bool(p["progress"]))
+        lesion["modalities"] = list(segmenters)
+        lesion["segmenters"] = {m: segmenter_folder(m, segmenters) for m in segmenters}
     if p["train_mode"] == "frozen":
         build_feature_cache(study)
     else:
@@ -1020,17 +1041,26 @@ def train_model(manifest, model: str, out_dir, params: dict | str | None = None,
 
         enc = create_encoder(p["encoder"], weights="none", levels=p["encoder_levels"])
         study.encoder_spec = {"mean": list(enc.mean), "std": list(enc.std)}
-    seed = int(p["seeds"][0])
     config = Config(model)
     predict, fitted, spec = fit_config(study, config, dev_rows, seed)
     _, val_rows = _inner_split(study, dev_rows, seed)
     threshold = None
     if len(val_rows) and study.cohort.patients["label"].iloc[val_rows].nunique() == 2:
         threshold = youden_threshold(study.cohort.patients["label"].to_numpy()[val_rows], predict(val_rows, MODALITIES))
-    save_model(fitted, out_dir, name=model, spec=spec, threshold=threshold,
-               info={"cohort": str(manifest), "trained_on_patients": int(len(dev_rows)), "summary": _summary(study),
-                     "params": {k: v for k, v in p.items() if not k.startswith("_")}})
+    info = {"cohort": str(manifest), "trained_on_patients": int(len(dev_rows)), "summary": _summary(study),
+            "params": {k: v for k, v in p.items() if not k.startswith("_")}}
+    if crossfit is not None:
+        info["crossfit_segmentation"] = {
+            m: {"images": int(len(v)), "lesion_found": int(v["lesion_found"].sum()),
+                "dice_mean": float(v["dice"].mean()), "iou_mean": float(v["iou"].mean())}
+            for m, v in crossfit.groupby("modality")}
     import shutil
 
-    shutil.rmtree(study.out, ignore_errors=True)
+    try:
+        with output_folder(out_dir, marker=MODEL_CONFIG) as tmp:
+            save_model(fitted, tmp, name=model, spec=spec, threshold=threshold, info=info, lesion=lesion)
+            for m, seg in segmenters.items():
+                seg.save(tmp / lesion["segmenters"][m])
+    finally:
+        shutil.rmtree(study.out, ignore_errors=True)
     return Path(out_dir)

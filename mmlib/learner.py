@@ -277,12 +277,13 @@ def predict_proba(model: nn.Module, dataset, *, keep=None, bs: int = 64, device=
 
 # ----------------------------------------------------------------------------------------------- model folders
 def save_model(model: nn.Module, folder, *, name: str, spec: SampleSpec, threshold: float | None = None,
-               info: dict | None = None) -> Path:
+               info: dict | None = None, lesion: dict | None = None) -> Path:
     """Save ``model`` as ``folder/model.safetensors`` + ``folder/model.json`` (no pickle anywhere).
 
     The JSON holds the registry name and constructor arguments, the encoder, image size and normalisation,
-    clinical scaling, view slots, the decision threshold, the mmlib version and ``info`` (e.g. the training
-    cohort summary).
+    clinical scaling, view slots, the decision threshold, the mmlib version, ``info`` (e.g. the training
+    cohort summary) and ``lesion``: where the lesion of a view comes from (``source``, ``modalities``,
+    ``segmenters``; see :mod:`mmlib.deploy`).
     """
     from safetensors.torch import save_model as st_save
 
@@ -300,6 +301,8 @@ def save_model(model: nn.Module, folder, *, name: str, spec: SampleSpec, thresho
         "threshold": None if threshold is None else float(threshold),
         "info": _jsonable(info or {}),
     }
+    if lesion is not None:
+        meta["lesion"] = _jsonable(lesion)
     (folder / MODEL_CONFIG).write_text(json.dumps(meta, indent=2))
     return folder
 
@@ -348,34 +351,7 @@ def load_model(folder, *, input_kind: str = "images", device="cpu"):
 
 
 def predict_manifest(model_dir, manifest, *, bs: int = 32, device="cpu"):
-    """Apply a saved model to every patient of a manifest (any subset of modalities).
+    """Apply a saved model to every patient of a manifest: :func:`mmlib.deploy.predict_manifest`."""
+    from .deploy import predict_manifest as predict
 
-    Returns a DataFrame ``patient_id, prob_malignant[, label]`` (label where the manifest has it).
-    """
-    import pandas as pd
-
-    from .cohort import load_manifest
-    from .data import MultimodalDataset
-
-    model, meta = load_model(model_dir, device=device)
-    spec: SampleSpec = meta["spec"]
-    cohort = load_manifest(manifest)
-    for c in spec.clinical.columns:
-        if c not in cohort.patients.columns:
-            cohort.patients[c] = np.nan  # recorded as missing: the model was trained to expect that
-    views = {m: max(spec.views[m], v) for m, v in _views(cohort).items()}
-    spec = SampleSpec(spec.clinical, spec.images, views, spec.use_clinical, spec.outline)
-    ds = MultimodalDataset(cohort, np.arange(len(cohort.patients)), spec, train=False)
-    prob = predict_proba(model, ds, bs=bs, device=device)
-    out = pd.DataFrame({"patient_id": ds.patient_ids, "prob_malignant": prob})
-    if "label" in cohort.patients:
-        out["label"] = cohort.patients["label_name"].to_numpy() if "label_name" in cohort.patients else cohort.patients["label"].to_numpy()
-    if meta.get("threshold") is not None:
-        out["predicted"] = np.where(prob >= meta["threshold"], "malignant", "benign")
-    return out
-
-
-def _views(cohort):
-    from .data import max_views
-
-    return max_views(cohort.patients)
+    return predict(model_dir, manifest, bs=bs, device=device)

@@ -67,6 +67,8 @@ class RunParams(BaseModel):
     """Margin of the ROI crop, as a fraction of the lesion size."""
     outline_features: StrictBool = False
     """Lesion-outline morphometry (from the masks) as part of each view's input."""
+    lesion_source: Literal["expert", "predicted", "none"] = "expert"
+    """Where ROI crops and outlines come from: the manifest's masks/boxes, a lesion segmenter, or nowhere."""
     encoder: str = "efficientnet_lite0"
     """timm image encoder."""
     encoder_weights: str = "imagenet"

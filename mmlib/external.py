@@ -1,0 +1,249 @@
+"""External validation: a saved model folder evaluated on a labelled cohort from elsewhere.
+
+:func:`external_validation` (``mmlib evaluate MODEL_DIR MANIFEST --out FOLDER``) writes a new folder:
+
+``predictions.csv``   one row per patient (:func:`mmlib.deploy.predict_manifest`) with its bootstrap ``group``
+``metrics.csv``       ``metric, value, ci_low, ci_high, n_valid``: AUC, sensitivity, specificity, accuracy,
+                      precision, MCC, F1 at the threshold carried from training, Brier, ECE, calibration slope and
+                      intercept, and the segmenter's ``dice`` and ``iou`` where the manifest has expert masks;
+                      percentile bootstrap CIs resampling patients (the ``group`` column, e.g. a patient's two
+                      breasts, else ``patient_id``), stratified by label
+``segmentation.csv``  one row per segmented image: ``lesion_found``, ``score``, ``dice``, ``iou``
+``roc.csv``, ``reliability.csv``  the curves' data
+``figures/``          ``roc`` and ``reliability`` as plotly JSON and HTML
+``summary.json``      the model, the cohort, the threshold, every metric with its CI, the wall time
+
+Nothing is tuned on the external cohort: the threshold is the one saved with the model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .cohort import Cohort
+from .metrics import METRICS
+
+SUMMARY = "summary.json"
+#: Metrics of the classifier, in the order of ``metrics.csv``.
+EXTERNAL_METRICS = ("auc", "sensitivity", "specificity", "accuracy", "precision", "mcc", "f1", "brier", "ece",
+                    "calibration_slope", "calibration_intercept")
+
+
+def bootstrap_groups(cohort: Cohort) -> np.ndarray:
+    """The unit the bootstrap resamples: the manifest's ``group`` (rows of one patient), else the patient id."""
+    groups = cohort.patients["group"].astype(str).to_numpy()
+    ids = cohort.patients["patient_id"].astype(str).to_numpy()
+    return np.where(groups == "", ids, groups)
+
+
+def _bootstrap_counts(y, groups, n_boot: int, seed: int, stratified: bool = True) -> np.ndarray:
+    """``(B, n)`` case counts of a bootstrap that draws whole groups (:func:`mmlib.stats.bootstrap_counts`)."""
+    from .stats import bootstrap_counts
+
+    return bootstrap_counts(y, n_boot=n_boot, seed=seed, stratified=stratified, groups=groups)
+
+
+def _weighted_logit(y: np.ndarray, lp: np.ndarray, w: np.ndarray, *, slope: bool, iters: int = 50) -> np.ndarray:
+    """Newton fits of ``logit P(y) = a + b lp`` (``slope``) or ``a + lp`` (offset) for each row of weights ``w``
+    ``(B, n)``; returns ``(B, 2)`` ``(a, b)`` (``b`` = 1 for the offset fit), NaN where a fit does not converge."""
+    B = w.shape[0]
+    theta = np.zeros((B, 2))
+    theta[:, 1] = 0.0 if slope else 1.0
+    ok = np.ones(B, dtype=bool)
+    for _ in range(iters):
+        eta = theta[:, :1] + theta[:, 1:] * lp[None, :]
+        mu = 1.0 / (1.0 + np.exp(-np.clip(eta, -30, 30)))
+        r, v = w * (y[None, :] - mu), w * mu * (1 - mu)
+        if slope:
+            g = np.stack([r.sum(1), (r * lp).sum(1)], 1)
+            h00, h01, h11 = v.sum(1), (v * lp).sum(1), (v * lp * lp).sum(1)
+            det = h00 * h11 - h01 ** 2
+            with np.errstate(invalid="ignore", divide="ignore"):
+                step = np.stack([(h11 * g[:, 0] - h01 * g[:, 1]) / det, (h00 * g[:, 1] - h01 * g[:, 0]) / det], 1)
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                step = np.stack([r.sum(1) / v.sum(1), np.zeros(B)], 1)
+        step = np.where(np.isfinite(step), step, 0.0)
+        theta = theta + np.clip(step, -5, 5)
+        if np.abs(step).max() < 1e-8:
+            break
+    ok &= np.all(np.isfinite(theta), 1) & (np.abs(theta).max(1) < 1e3)
+    theta[~ok] = np.nan
+    return theta
+
+
+def calibration_bootstrap(y, p, counts: np.ndarray, *, alpha: float = 0.05) -> pd.DataFrame:
+    """Calibration slope and intercept (:func:`mmlib.stats.calibration_slope_intercept`) with percentile
+    bootstrap CIs over the replicates ``counts``."""
+    from scipy import special
+
+    from .stats import LOGIT_CLIP, calibration_slope_intercept
+
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    point = calibration_slope_intercept(y.astype(int), p)
+    lp = special.logit(np.clip(p, LOGIT_CLIP, 1 - LOGIT_CLIP))
+    w = counts.astype(float)
+    both = (w * y).sum(1) > 0
+    both &= (w * (1 - y)).sum(1) > 0
+    reps = {"calibration_slope": _weighted_logit(y, lp, w, slope=True)[:, 1],
+            "calibration_intercept": _weighted_logit(y, lp, w, slope=False)[:, 0]}
+    rows = []
+    for name, key in (("calibration_slope", "slope"), ("calibration_intercept", "intercept")):
+        vals = reps[name][both & np.isfinite(reps[name])]
+        low, high = np.percentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)]) if len(vals) else (np.nan, np.nan)
+        rows.append({"metric": name, "value": point[key], "ci_low": low, "ci_high": high, "n_valid": len(vals)})
+    return pd.DataFrame(rows)
+
+
+def mean_bootstrap(values, groups, *, n_boot: int, seed: int, alpha: float = 0.05, name: str) -> dict:
+    """Mean of per-case ``values`` (NaN left out) with a percentile bootstrap CI drawing whole groups."""
+    values = np.asarray(values, dtype=float)
+    keep = np.isfinite(values)
+    values, groups = values[keep], np.asarray(groups)[keep]
+    if not len(values):
+        return {"metric": name, "value": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n_valid": 0}
+    counts = _bootstrap_counts(np.zeros(len(values), dtype=int), groups, n_boot, seed, stratified=False)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reps = (counts * values).sum(1) / counts.sum(1)
+    reps = reps[np.isfinite(reps)]
+    low, high = np.percentile(reps, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return {"metric": name, "value": float(values.mean()), "ci_low": low, "ci_high": high, "n_valid": len(reps)}
+
+
+def classifier_metrics(y, p, groups, *, threshold: float, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """:data:`EXTERNAL_METRICS` with bootstrap CIs that resample ``groups``, stratified by label."""
+    from .stats import bootstrap_ci
+
+    y, p = np.asarray(y, dtype=int), np.asarray(p, dtype=float)
+    table = bootstrap_ci(y, p, threshold=threshold, n_boot=n_boot, seed=seed, groups=groups, metrics=METRICS)
+    counts = _bootstrap_counts(y, groups, n_boot, seed)
+    table = pd.concat([table, calibration_bootstrap(y, p, counts)], ignore_index=True)
+    return table.set_index("metric").loc[list(EXTERNAL_METRICS)].reset_index()
+
+
+def _segmentation_scores(cohort: Cohort, views: pd.DataFrame) -> pd.DataFrame:
+    """Dice and IoU of each predicted mask against the manifest's expert mask (NaN where it has none)."""
+    from .imaging import read_mask, resize_mask
+    from .schema import mask_column
+    from .segmentation import dice_iou
+
+    scores = []
+    for r in views.itertuples():
+        truth = cohort.patients[mask_column(r.modality)].iloc[r.row][r.view]
+        if truth is None:
+            scores.append((np.nan, np.nan))
+            continue
+        pred = read_mask(r.mask)
+        scores.append(dice_iou(pred, resize_mask(read_mask(truth), pred.shape)))
+    out = views.drop(columns=["row"]).copy()
+    out["image"] = out["image"].map(lambda f: Path(f).name)
+    out["mask"] = out["mask"].map(lambda f: Path(f).name)
+    out["expert_mask"] = [cohort.patients[mask_column(r.modality)].iloc[r.row][r.view] is not None
+                          for r in views.itertuples()]
+    out["dice"], out["iou"] = [s[0] for s in scores], [s[1] for s in scores]
+    return out
+
+
+def _figures(pred: pd.DataFrame, model_name: str, folder: Path, ece_bins: int) -> None:
+    from .figures import reliability_diagram, roc_curves
+
+    table = pred.assign(model=model_name, split="external", scenario="all", ablation="none")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, fig in (("roc", roc_curves(table, split="external")),
+                      ("reliability", reliability_diagram(table, split="external", n_bins=ece_bins))):
+        (folder / f"{name}.json").write_text(fig.to_json())
+        fig.write_html(folder / f"{name}.html", include_plotlyjs="cdn", full_html=True)
+
+
+def external_validation(model_dir, manifest, out, *, n_boot: int = 2000, seed: int = 0, ece_bins: int = 10,
+                        progress: bool = False) -> Path:
+    """Evaluate a saved model on a labelled cohort and write the tidy results into the new folder ``out``.
+
+    Args:
+        model_dir: a model folder (``mmlib train``; with a segmenter when its lesion is ``predicted``).
+        manifest: a labelled manifest (masks only needed by an ``expert``-lesion model; where present and the model
+            segments, they score the segmenter).
+        out: the folder to write (replaced when it holds an earlier evaluation; see the module docstring).
+        n_boot, seed: bootstrap replicates and their seed.
+        ece_bins: equal-width bins of the ECE and the reliability diagram.
+        progress: show the segmenter's progress.
+
+    Returns:
+        ``out``.
+    """
+    from .deploy import load_cohort_for, output_folder, predict_cohort, write_csv_atomic
+    from .learner import load_model
+    from .metrics import calibration_table, roc_curve_data
+
+    t0 = time.perf_counter()
+    model, meta = load_model(model_dir)
+    cohort = load_cohort_for(meta, manifest, labels_required=True, strict_masks=True)
+    y = cohort.labels
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"{cohort.manifest}: all {len(y)} patients are {cohort.patients['label_name'].iloc[0]}; "
+                         "external validation needs benign and malignant patients")
+    threshold = meta.get("threshold")
+    if threshold is None:
+        raise ValueError(f"{model_dir}: the model carries no decision threshold (model.json 'threshold'); "
+                         "sensitivity and specificity need the one chosen in training")
+    groups = bootstrap_groups(cohort)
+    with output_folder(out, marker=SUMMARY) as tmp:
+        t1 = time.perf_counter()
+        pred, views = predict_cohort(model, meta, cohort, model_dir=model_dir, progress=progress,
+                                     workdir=tmp / "masks")
+        predict_seconds = time.perf_counter() - t1
+        pred.insert(1, "group", groups)
+        write_csv_atomic(pred, tmp / "predictions.csv")
+        p = pred["prob_malignant"].to_numpy(dtype=float)
+        metrics = classifier_metrics(y, p, groups, threshold=float(threshold), n_boot=n_boot, seed=seed)
+        seg = None
+        if len(views):
+            seg = _segmentation_scores(cohort, views)
+            write_csv_atomic(seg, tmp / "segmentation.csv")
+            view_groups = groups[views["row"].to_numpy(dtype=int)]
+            for name in ("dice", "iou"):
+                row = mean_bootstrap(seg[name], view_groups, n_boot=n_boot, seed=seed, name=name)
+                metrics = pd.concat([metrics, pd.DataFrame([row])], ignore_index=True)
+        write_csv_atomic(metrics, tmp / "metrics.csv")
+        write_csv_atomic(roc_curve_data(y, p), tmp / "roc.csv")
+        write_csv_atomic(calibration_table(y, p, n_bins=ece_bins), tmp / "reliability.csv")
+        _figures(pred, meta["model"], tmp / "figures", ece_bins)
+        summary = {
+            "model": meta["model"], "model_dir": str(Path(model_dir).resolve()),
+            "manifest": str(cohort.manifest), "lesion_source": pred["lesion_source"].iloc[0],
+            "threshold": float(threshold), "n_patients": int(len(y)), "n_groups": int(len(set(groups))),
+            "labels": {"benign": int((y == 0).sum()), "malignant": int((y == 1).sum())},
+            "lesion_not_found": int((~pred["lesion_found"]).sum()) if "lesion_found" in pred else 0,
+            "images_segmented": int(len(views)),
+            "images_with_expert_mask": int(seg["expert_mask"].sum()) if seg is not None else 0,
+            "n_boot": int(n_boot), "seed": int(seed), "bootstrap_unit": "group",
+            "metrics": {r.metric: {"value": _num(r.value), "ci_low": _num(r.ci_low), "ci_high": _num(r.ci_high)}
+                        for r in metrics.itertuples()},
+            "predict_seconds": round(predict_seconds, 2), "wall_seconds": round(time.perf_counter() - t0, 2),
+        }
+        (tmp / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    return Path(out)
+
+
+def _num(v) -> float | None:
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+def format_external(folder) -> str:
+    """The lines ``mmlib evaluate`` prints: cohort, lesion source and each metric with its CI."""
+    s = json.loads((Path(folder) / SUMMARY).read_text())
+    lines = [f"{folder}: {s['model']} on {Path(s['manifest']).name}, {s['n_patients']} patients ({s['n_groups']} "
+             f"groups), lesion {s['lesion_source']}, threshold {s['threshold']:.3f}"]
+    if s["lesion_not_found"]:
+        lines.append(f"  no lesion found for {s['lesion_not_found']} patient(s): whole image used")
+    for name, m in s["metrics"].items():
+        if m["value"] is None:
+            continue
+        ci = "" if m["ci_low"] is None else f" [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+        lines.append(f"  {name:22s} {m['value']:.3f}{ci}")
+    return "\n".join(lines)
