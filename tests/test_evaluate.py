@@ -1,0 +1,123 @@
+"""`mmlib evaluate`: external validation of a saved model, bootstrap CIs that resample patients (groups)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmlib.cli import main
+from mmlib.external import (EXTERNAL_METRICS, _bootstrap_counts, _weighted_logit, bootstrap_groups,
+                            calibration_bootstrap, classifier_metrics, external_validation, mean_bootstrap)
+from mmlib.stats import calibration_slope_intercept
+from test_predict import TINY, masked, predicted_model, standin, whole_image_model  # noqa: F401 (fixtures)
+
+
+def _grouped(manifest, folder):
+    """A copy of the manifest where pairs of patients form one group (e.g. two breasts of one patient)."""
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    table["group"] = [f"G{i // 2}" for i in range(len(table))]
+    out = manifest.parent / "grouped.csv"
+    table.to_csv(out, index=False)
+    return out
+
+
+def test_evaluate_writes_tidy_results_with_grouped_cis(whole_image_model, masked, tmp_path, capsys):
+    manifest = _grouped(masked, tmp_path)
+    out = tmp_path / "ext"
+    assert main(["evaluate", str(whole_image_model), str(manifest), "--out", str(out), "--n-boot", "200"]) == 0
+    printed = capsys.readouterr().out
+    assert "auc" in printed and "lesion none" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "metrics.csv", "predictions.csv", "reliability.csv",
+                                                      "roc.csv", "summary.json"]
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["reliability.html", "reliability.json", "roc.html",
+                                                                   "roc.json"]
+    metrics = pd.read_csv(out / "metrics.csv").set_index("metric")
+    assert list(metrics.index) == list(EXTERNAL_METRICS)
+    ok = metrics.dropna(subset=["ci_low"])
+    assert {"auc", "sensitivity", "specificity", "brier", "ece", "calibration_slope"} <= set(ok.index)
+    assert (ok["ci_low"] <= ok["value"] + 1e-9).all() and (ok["value"] <= ok["ci_high"] + 1e-9).all()
+    pred = pd.read_csv(out / "predictions.csv")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_patients"] == len(pred) == 36 and summary["n_groups"] == 18
+    assert list(pred["group"][:4]) == ["G0", "G0", "G1", "G1"]
+    from sklearn.metrics import roc_auc_score
+
+    y = (pred["label"] == "malignant").astype(int)
+    assert metrics.loc["auc", "value"] == pytest.approx(roc_auc_score(y, pred["prob_malignant"]))
+    sens = ((pred["prob_malignant"] >= summary["threshold"]) & (y == 1)).sum() / y.sum()
+    assert metrics.loc["sensitivity", "value"] == pytest.approx(sens)
+    assert summary["metrics"]["auc"]["value"] == pytest.approx(metrics.loc["auc", "value"])
+
+
+def test_evaluate_scores_the_segmenter_where_masks_exist(predicted_model, masked, standin, tmp_path):
+    standin.Segmenter.not_found = {"SYN0002"}
+    out = external_validation(predicted_model, masked, tmp_path / "ext", n_boot=100)
+    seg = pd.read_csv(out / "segmentation.csv")
+    assert len(seg) == 36 and seg["expert_mask"].all() and seg["dice"].between(0, 1).all()
+    assert seg.set_index("patient_id").loc["SYN0002", "dice"] == 0
+    metrics = pd.read_csv(out / "metrics.csv").set_index("metric")
+    assert metrics.loc["dice", "value"] == pytest.approx(seg["dice"].mean())
+    assert metrics.loc["dice", "ci_low"] < metrics.loc["dice", "value"] < metrics.loc["dice", "ci_high"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["lesion_source"] == "predicted" and summary["lesion_not_found"] == 1
+    assert len(list((out / "masks").glob("*_mask.png"))) == 36
+
+
+def test_evaluate_needs_labels(whole_image_model, masked, tmp_path, capsys):
+    table = pd.read_csv(masked, dtype=str, keep_default_na=False)
+    table.loc[4, "label"] = ""
+    bad = masked.parent / "unlabelled.csv"
+    table.to_csv(bad, index=False)
+    assert main(["evaluate", str(whole_image_model), str(bad), "--out", str(tmp_path / "e")]) == 1
+    assert "row 6" in capsys.readouterr().err and not (tmp_path / "e").exists()
+
+
+def test_bootstrap_draws_whole_groups():
+    y = np.array([0, 0, 1, 1, 0, 1, 0, 1])
+    groups = np.array(["a", "a", "b", "b", "c", "c", "d", "d"])
+    counts = _bootstrap_counts(y, groups, 500, 0)
+    for g in set(groups):
+        cols = counts[:, groups == g]
+        assert (cols == cols[:, :1]).all()  # the rows of one group are drawn together
+    ids = bootstrap_groups(type("C", (), {"patients": pd.DataFrame({"group": ["x", "", "x"],
+                                                                     "patient_id": ["p1", "p2", "p3"]})})())
+    assert list(ids) == ["x", "p2", "x"]
+
+
+def test_grouping_widens_the_ci_of_correlated_cases():
+    rng = np.random.default_rng(0)
+    n = 60
+    base_y = rng.integers(0, 2, n)
+    base_p = np.clip(0.5 + 0.3 * (base_y - 0.5) + rng.normal(0, 0.25, n), 0.01, 0.99)
+    y, p = np.repeat(base_y, 4), np.repeat(base_p, 4)  # four identical views of each patient
+    groups = np.repeat(np.arange(n), 4)
+    grouped = classifier_metrics(y, p, groups, threshold=0.5, n_boot=400).set_index("metric")
+    naive = classifier_metrics(y, p, np.arange(len(y)), threshold=0.5, n_boot=400).set_index("metric")
+    width = lambda t: t.loc["auc", "ci_high"] - t.loc["auc", "ci_low"]  # noqa: E731
+    assert width(grouped) > 1.5 * width(naive)
+
+
+def test_weighted_logit_matches_statsmodels():
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0.05, 0.95, 300)
+    y = (rng.uniform(size=300) < p ** 1.5).astype(int)
+    ref = calibration_slope_intercept(y, p)
+    from scipy import special
+
+    lp = special.logit(p)
+    ones = np.ones((1, 300))
+    assert _weighted_logit(y.astype(float), lp, ones, slope=True)[0, 1] == pytest.approx(ref["slope"], rel=1e-6)
+    assert _weighted_logit(y.astype(float), lp, ones, slope=False)[0, 0] == pytest.approx(ref["intercept"], abs=1e-6)
+    counts = _bootstrap_counts(y, np.arange(300), 300, 0)
+    table = calibration_bootstrap(y, p, counts).set_index("metric")
+    assert table.loc["calibration_slope", "ci_low"] < ref["slope"] < table.loc["calibration_slope", "ci_high"]
+    # Near the Wald interval statsmodels gives for this sample size.
+    assert table.loc["calibration_slope", "ci_low"] == pytest.approx(ref["slope_ci_low"], abs=0.15)
+
+
+def test_mean_bootstrap_leaves_out_missing_values():
+    row = mean_bootstrap([0.5, np.nan, 0.7, 0.9], ["a", "a", "b", "c"], n_boot=200, seed=0, name="dice")
+    assert row["value"] == pytest.approx(0.7) and row["ci_low"] >= 0.5 and row["ci_high"] <= 0.9
