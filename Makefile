@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed-stamp
 # torch is pinned to the release on this machine's disk; requirements.lock pins everything else.
 TORCH   := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: deps test book strict lab lock benchmark clean
+.PHONY: deps test book strict publish lab lock benchmark clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ book: deps                ## run the study with PROFILE (papermill) and render t
 
 strict: deps              ## the same, with Sphinx warnings as errors (what CI does with the smoke profile)
 	$(BIN)/python -m mmlib.build --profile $(PROFILE) --strict
+
+publish: deps             ## build PROFILE with warnings as errors, then commit its HTML onto gh-pages (ghp-import)
+	$(BIN)/python -m mmlib.build --profile $(PROFILE) --strict
+	$(BIN)/python -m mmlib.publish --profile $(PROFILE)
 
 lab: deps                 ## open the notebooks in JupyterLab
 	$(BIN)/jupyter lab book/

@@ -79,7 +79,7 @@ class NotebookExecutionError(RuntimeError):
 
 
 class RenderError(RuntimeError):
-    """``jupyter-book build`` failed (with ``strict``, any Sphinx warning)."""
+    """Rendering exited non-zero (with ``strict``, any Sphinx warning)."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -325,38 +325,43 @@ def jupyter_book_command() -> list[str]:
 
 
 def render(source_dir: Path, out_dir: Path, strict: bool = False) -> Path:
-    """Render an executed book with Jupyter Book (which never executes: ``execute_notebooks: off``).
+    """Render an executed book: Jupyter Book's configuration, Sphinx's HTML builder (nothing is executed).
+
+    ``jupyter-book config sphinx`` turns ``_config.yml`` into a ``conf.py`` in ``source_dir``; ``sphinx-build``
+    then renders, and its exit status says whether it succeeded (``jupyter-book build`` can print a
+    traceback and still exit 0).
 
     Args:
         source_dir: folder holding ``_config.yml``, ``_toc.yml`` and the executed notebooks.
-        out_dir: ``--path-output``; the HTML lands in ``out_dir/_build/html``.
-        strict: Sphinx warnings are errors (``-W``).
+        out_dir: the HTML lands in ``out_dir/_build/html`` (doctrees in ``out_dir/_build/.doctrees``).
+        strict: Sphinx warnings are errors (``-W --keep-going``: every warning is reported, then it fails).
 
     Returns:
         the path of ``index.html``.
 
     Raises:
-        RenderError: the build failed; the message holds the tail of its output.
+        RenderError: either step exited non-zero; the message holds the warnings and errors it printed.
     """
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     for name in ("_config.yml", "_toc.yml"):
         if not (source_dir / name).is_file():
             raise FileNotFoundError(f"source_dir {source_dir}: {name} is missing")
-    cmd = [*jupyter_book_command(), "build", str(source_dir), "--path-output", str(out_dir)]
-    if strict:
-        cmd.append("-W")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    index = out_dir / "_build" / "html" / "index.html"
-    output = proc.stdout + proc.stderr
-    # jupyter-book can print a traceback and still exit 0; a missing index.html is a failure too.
-    if proc.returncode != 0 or not index.is_file() or "Traceback (most recent call last)" in output:
-        text = _strip_ansi(output)
-        # The cause (a Sphinx warning or error) is printed well above jupyter-book's traceback.
-        causes = [line for line in text.splitlines()
-                  if "WARNING" in line or "ERROR" in line or "treated as error" in line or "SphinxWarning" in line]
-        tail = "\n".join(text.strip().splitlines()[-15:])
-        raise RenderError(f"jupyter-book build {source_dir} failed (exit {proc.returncode}):\n"
-                          + "\n".join(causes[-20:]) + f"\n...\n{tail}")
+    html_dir = out_dir / "_build" / "html"
+    steps = {
+        "jupyter-book config sphinx": [*jupyter_book_command(), "config", "sphinx", str(source_dir)],
+        "sphinx-build": [sys.executable, "-m", "sphinx", "-b", "html", "-d", str(out_dir / "_build" / ".doctrees"),
+                         *(["-W", "--keep-going"] if strict else []), str(source_dir), str(html_dir)],
+    }
+    for step, cmd in steps.items():
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            text = _strip_ansi(proc.stdout + proc.stderr)
+            causes = [line for line in text.splitlines() if "WARNING" in line or "ERROR" in line or "Error" in line]
+            tail = "\n".join(text.strip().splitlines()[-3:])
+            raise RenderError(f"{step} {source_dir} failed (exit {proc.returncode}):\n" + "\n".join(causes[-20:]) + f"\n...\n{tail}")
+    index = html_dir / "index.html"
+    if not index.is_file():
+        raise RenderError(f"sphinx-build exited 0 but wrote no {index}")
     return index
 
 

@@ -251,3 +251,22 @@ def test_tiny_book_builds_and_renders_offline_in_chromium(tmp_path):
             assert shot.format == "PNG" and shot.size[0] >= 800
     with Image.open(reports[1].screenshot) as shot:
         assert shot.size[1] > 900  # the whole page, figure included, not just the first screen
+
+
+@pytest.mark.slow
+def test_render_fails_by_exit_status_and_names_the_warning(tmp_path):
+    """A Sphinx warning fails a strict render (sphinx-build's exit status, not a search of its output); the
+    same book renders when warnings are allowed."""
+    src = tmp_path / "src"
+    (src / "book").mkdir(parents=True)
+    shutil.copy(ROOT / "_config.yml", src / "_config.yml")
+    shutil.copy(ROOT / "book" / "references.bib", src / "book" / "references.bib")
+    (src / "_toc.yml").write_text("format: jb-book\nroot: book/index\n")
+    (src / "book" / "index.md").write_text("# Title\n\nAs shown by {cite:p}`no_such_key`.\n")
+    with pytest.raises(build.RenderError, match=r"(?s)sphinx-build .*exit 1.*no_such_key"):
+        build.render(src, tmp_path / "strict", strict=True)
+    index = build.render(src, tmp_path / "lenient", strict=False)
+    assert index == tmp_path / "lenient" / "_build" / "html" / "index.html" and index.is_file()
+    (src / "_toc.yml").write_text("format: jb-book\nroot: book/absent\n")
+    with pytest.raises(build.RenderError, match="exit"):
+        build.render(src, tmp_path / "broken", strict=False)
