@@ -462,6 +462,19 @@ def _expert_pairs(cohort: Cohort, rows, modality: str) -> tuple[list[Path], list
     return images, masks
 
 
+def _shared_stem_cache(fit_segmenter, settings, seed: int) -> dict:
+    """``{"stem_cache": ...}`` when the segmenter caches its frozen blocks: the folds' fits then encode each image
+    once, not once per fold."""
+    import inspect
+
+    if "stem_cache" not in inspect.signature(fit_segmenter).parameters:
+        return {}
+    from .segmentation import SegmenterSettings, StemCache
+
+    st = settings if isinstance(settings, SegmenterSettings) else SegmenterSettings.from_dict(settings)
+    return {"stem_cache": StemCache(st, seed=seed)} if st.train_mode == "frozen" else {}
+
+
 def crossfit_lesions(cohort: Cohort, rows, folder, *, n_folds: int = 5, settings=None, seed: int = 0,
                      progress: bool = True) -> tuple[Cohort, dict, pd.DataFrame]:
     """Segmenters for a model trained with ``lesion_source: predicted``, and the masks its training rows get.
@@ -495,18 +508,19 @@ def crossfit_lesions(cohort: Cohort, rows, folder, *, n_folds: int = 5, settings
     folder = Path(folder)
     tables, segmenters = [], {}
     for m in modalities:
+        shared = _shared_stem_cache(fit_segmenter, settings, seed)
         for k in range(n_folds):
             held = rows[folds == k]
             if not len(held):
                 continue
             images, masks = _expert_pairs(cohort, rows[folds != k], m)
-            seg = fit_segmenter(images, masks, settings=settings, seed=seed + k, progress=progress)
+            seg = fit_segmenter(images, masks, settings=settings, seed=seed, progress=progress, **shared)
             part = segment_cohort(cohort.subset(cohort.patients["patient_id"].iloc[held]), {m: seg},
                                   folder / f"{m}-fold{k}")
             part["row"] = held[part["row"].to_numpy(dtype=int)]
             tables.append(part)
         images, masks = _expert_pairs(cohort, rows, m)
-        segmenters[m] = fit_segmenter(images, masks, settings=settings, seed=seed, progress=progress)
+        segmenters[m] = fit_segmenter(images, masks, settings=settings, seed=seed, progress=progress, **shared)
     views = pd.concat(tables, ignore_index=True)
     scores = []
     for r in views.itertuples():

@@ -247,3 +247,76 @@ def format_external(folder) -> str:
         ci = "" if m["ci_low"] is None else f" [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
         lines.append(f"  {name:22s} {m['value']:.3f}{ci}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- the study stage
+#: The tidy table :func:`external_study` writes: one row per lesion source and metric.
+EXTERNAL_TABLE = "external.csv"
+EXTERNAL_RECORD = "external.json"
+
+
+def external_study(train_manifest, test_manifest, out, *, model: str = "amw_cnn", profile="breast-lesions-usg",
+                   sources=("expert", "predicted", "none"), n_boot: int = 2000, seed: int = 0,
+                   progress: bool = True) -> Path:
+    """Train ``model`` on one cohort's development patients once per lesion source and validate it on another.
+
+    For each source in ``sources`` (see :mod:`mmlib.deploy`): :func:`mmlib.experiment.train_model` with the
+    profile and ``lesion_source`` set, then :func:`external_validation` on ``test_manifest``. Nothing is tuned on
+    the external cohort.
+
+    Writes into ``out``: ``models/<source>/``, ``<source>/`` (each evaluation), ``external.csv`` (``lesion_source,
+    metric, value, ci_low, ci_high, n_valid``) and ``external.json`` (cohorts, training patients, wall times).
+
+    Returns:
+        ``out``.
+    """
+    from .deploy import write_csv_atomic
+    from .experiment import train_model
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tables, record = [], {"train_manifest": str(train_manifest), "test_manifest": str(test_manifest),
+                          "model": model, "profile": str(profile), "sources": {}}
+    for source in sources:
+        t0 = time.perf_counter()
+        model_dir = train_model(train_manifest, model, out / "models" / source, profile, lesion_source=source,
+                                progress=progress)
+        train_seconds = time.perf_counter() - t0
+        folder = external_validation(model_dir, test_manifest, out / source, n_boot=n_boot, seed=seed,
+                                     progress=progress)
+        summary = json.loads((folder / SUMMARY).read_text())
+        meta = json.loads((model_dir / "model.json").read_text())
+        table = pd.read_csv(folder / "metrics.csv")
+        table.insert(0, "lesion_source", source)
+        tables.append(table)
+        record["sources"][source] = {
+            "train_seconds": round(train_seconds, 1), "predict_seconds": summary["predict_seconds"],
+            "evaluate_seconds": summary["wall_seconds"], "trained_on_patients": meta["info"]["trained_on_patients"],
+            "threshold": summary["threshold"], "lesion_not_found": summary["lesion_not_found"],
+            "crossfit_segmentation": meta["info"].get("crossfit_segmentation"),
+            "n_patients": summary["n_patients"], "labels": summary["labels"]}
+        write_csv_atomic(pd.concat(tables, ignore_index=True), out / EXTERNAL_TABLE)
+        (out / EXTERNAL_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    return out
+
+
+def load_external(folder) -> tuple[pd.DataFrame, dict]:
+    """``external.csv`` and ``external.json`` of :func:`external_study`."""
+    folder = Path(folder)
+    if not (folder / EXTERNAL_TABLE).is_file():
+        raise FileNotFoundError(f"{folder / EXTERNAL_TABLE} not found: run `python benchmarks/bench_external.py` "
+                                "(needs ../shared/data/breast-lesions-usg and ../shared/data/bus-bra)")
+    return pd.read_csv(folder / EXTERNAL_TABLE), json.loads((folder / EXTERNAL_RECORD).read_text())
+
+
+def external_table(table: pd.DataFrame, metrics=("auc", "sensitivity", "specificity", "brier", "ece",
+                                                 "calibration_slope", "calibration_intercept", "dice")) -> pd.DataFrame:
+    """One row per lesion source, one column per metric, each ``value [ci_low, ci_high]``."""
+    from .report import fmt_ci
+
+    rows = []
+    for source, g in table.groupby("lesion_source", sort=False):
+        g = g.set_index("metric")
+        rows.append({"lesion from": source, **{m: fmt_ci(g.loc[m, "value"], g.loc[m, "ci_low"], g.loc[m, "ci_high"])
+                                                for m in metrics if m in g.index and np.isfinite(g.loc[m, "value"])}})
+    return pd.DataFrame(rows).fillna("")

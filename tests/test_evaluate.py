@@ -121,3 +121,23 @@ def test_weighted_logit_matches_statsmodels():
 def test_mean_bootstrap_leaves_out_missing_values():
     row = mean_bootstrap([0.5, np.nan, 0.7, 0.9], ["a", "a", "b", "c"], n_boot=200, seed=0, name="dice")
     assert row["value"] == pytest.approx(0.7) and row["ci_low"] >= 0.5 and row["ci_high"] <= 0.9
+
+
+def test_external_study_writes_one_tidy_table(masked, standin, tmp_path):
+    from mmlib.external import external_study, external_table, load_external
+
+    profile = tmp_path / "p.yaml"
+    import yaml
+
+    profile.write_text(yaml.safe_dump({**TINY, "roi": True, "outline_features": True}))
+    out = external_study(masked, masked, tmp_path / "ext", profile=profile, sources=("expert", "predicted", "none"),
+                         n_boot=50, progress=False)
+    table, record = load_external(out)
+    assert list(table["lesion_source"].unique()) == ["expert", "predicted", "none"]
+    assert set(table[table.lesion_source == "predicted"]["metric"]) >= {"auc", "dice", "iou"}
+    assert "dice" not in set(table[table.lesion_source == "none"]["metric"])
+    assert record["sources"]["predicted"]["crossfit_segmentation"]["ultrasound"]["images"] == \
+        record["sources"]["predicted"]["trained_on_patients"]
+    shown = external_table(table).set_index("lesion from")
+    dice = table[(table.lesion_source == "predicted") & (table.metric == "dice")]["value"].iloc[0]
+    assert shown.loc["predicted", "dice"].startswith(f"{dice:.3f} (")
