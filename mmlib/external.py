@@ -320,3 +320,49 @@ def external_table(table: pd.DataFrame, metrics=("auc", "sensitivity", "specific
         rows.append({"lesion from": source, **{m: fmt_ci(g.loc[m, "value"], g.loc[m, "ci_low"], g.loc[m, "ci_high"])
                                                 for m in metrics if m in g.index and np.isfinite(g.loc[m, "value"])}})
     return pd.DataFrame(rows).fillna("")
+
+
+#: Where :mod:`benchmarks.bench_external` writes the BrEaST -> BUS-BRA validation the real-data chapter shows.
+EXTERNAL_RESULTS = "external-bus-bra"
+EXTERNAL_COMMAND = ("OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_external.py "
+                    "(needs ../shared/data/breast-lesions-usg and ../shared/data/bus-bra)")
+
+
+def external_results(folder=None) -> dict | None:
+    """The external validation the real-data chapter shows, or None where it has not been run.
+
+    Returns:
+        ``{"table": external_table(...), "glue": {key: text}, "record": external.json}``; the glue texts are
+        ``value (low–high)`` (AUC by lesion source, the segmenter's Dice) and counts and seconds.
+    """
+    from .paths import results_dir
+    from .report import fmt_ci
+
+    folder = Path(folder) if folder else results_dir(EXTERNAL_RESULTS)
+    try:
+        table, record = load_external(folder)
+    except FileNotFoundError:
+        return None
+    glue = external_glue_placeholders()
+
+    def ci(source, metric):
+        hit = table[(table.lesion_source == source) & (table.metric == metric)]
+        return fmt_ci(*hit[["value", "ci_low", "ci_high"]].iloc[0]) if len(hit) else "not measured"
+
+    for source in ("expert", "predicted", "none"):
+        glue[f"external_auc_{source}"] = ci(source, "auc")
+    glue["external_dice"] = ci("predicted", "dice")
+    sources = record["sources"]
+    first = next(iter(sources.values()))
+    glue["external_n_patients"] = str(first["n_patients"])
+    glue["external_train_patients"] = str(first["trained_on_patients"])
+    if record.get("predict_100_seconds") is not None:
+        glue["external_predict_seconds"] = f"{record['predict_100_seconds']:.0f}"
+    return {"table": external_table(table), "glue": glue, "record": record}
+
+
+def external_glue_placeholders() -> dict:
+    """The chapter's glue keys, each "not measured" (the text reads where the benchmark has not run)."""
+    keys = ["external_auc_expert", "external_auc_predicted", "external_auc_none", "external_dice",
+            "external_n_patients", "external_train_patients", "external_predict_seconds"]
+    return {k: "not measured" for k in keys}

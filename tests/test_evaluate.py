@@ -141,3 +141,21 @@ def test_external_study_writes_one_tidy_table(masked, standin, tmp_path):
     shown = external_table(table).set_index("lesion from")
     dice = table[(table.lesion_source == "predicted") & (table.metric == "dice")]["value"].iloc[0]
     assert shown.loc["predicted", "dice"].startswith(f"{dice:.3f} (")
+
+
+def test_chapter_reads_the_external_results_or_says_how_to_get_them(tmp_path, masked, standin):
+    from mmlib.external import EXTERNAL_COMMAND, external_glue_placeholders, external_results, external_study
+
+    assert external_results(tmp_path / "absent") is None and "bench_external.py" in EXTERNAL_COMMAND
+    import yaml
+
+    profile = tmp_path / "p.yaml"
+    profile.write_text(yaml.safe_dump(TINY))
+    out = external_study(masked, masked, tmp_path / "ext", profile=profile, sources=("none",), n_boot=50,
+                         progress=False)
+    res = external_results(out)
+    assert set(res["glue"]) == set(external_glue_placeholders())
+    auc = pd.read_csv(out / "external.csv").query("metric == 'auc'")["value"].iloc[0]
+    assert res["glue"]["external_auc_none"].startswith(f"{auc:.3f} (")
+    assert res["glue"]["external_auc_predicted"] == "not measured" and res["glue"]["external_n_patients"] == "36"
+    assert list(res["table"]["lesion from"]) == ["none"]
