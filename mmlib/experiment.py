@@ -77,12 +77,12 @@ class Config:
 
 def experiment_configs(params: dict) -> list[Config]:
     """The trained variants of a run: models and baselines (ablation ``none``), then the ablations."""
-    from .models import ABLATIONS
+    from .models import model_class
 
     configs = [Config(m) for m in params["models"]] + [Config(b) for b in params["baselines"]]
     if params["ablations"]:
         for m in params["models"]:
-            for name, kw in ABLATIONS.get(m, {}).items():
+            for name, kw in model_class(m).ablations.items():
                 configs.append(Config(m, name, tuple(sorted(kw.items()))))
             configs.append(Config(m, "no_clinical", use_clinical=False))
             if params["modality_dropout"] > 0:
@@ -327,16 +327,16 @@ def fit_config(study: Study, config: Config, train_rows: np.ndarray, seed: int, 
     """Train ``config`` on ``train_rows`` (inner split for early stopping). Returns ``(predict, model, spec)``
     where ``predict(rows, keep) -> probabilities``."""
     from .learner import multimodal_learner, predict_proba, set_seed
+    from .models import create_model, model_class
 
     p = study.params
     spec = _spec(study, train_rows, config.use_clinical)
-    if config.model == "age_only":
-        return _fit_age_only(study, spec, train_rows)
+    if model_class(config.model).tabular:
+        return _fit_tabular(study, spec, train_rows, create_model(config.model, **config.kwargs))
     fit_rows, val_rows = _inner_split(study, train_rows, seed)
     if len(val_rows) == 0:
         val_rows = fit_rows[: max(1, len(fit_rows) // 10)]
     from .data import make_dataloaders
-    from .models import create_model
     from .morphometry import OUTLINE_FEATURES
 
     frozen = p["train_mode"] == "frozen"
@@ -432,21 +432,18 @@ def _load_frozen_encoder(model, study: Study):
             prm.requires_grad_(False)
 
 
-def _fit_age_only(study: Study, spec, train_rows):
-    """Age-only logistic regression (scikit-learn): the clinical floor every model must beat."""
-    from sklearn.linear_model import LogisticRegression
-
+def _fit_tabular(study: Study, spec, train_rows, model):
+    """Fit a tabular model (``fit(X, y)``, ``predict_proba(X)``, e.g. scikit-learn) on the clinical vectors."""
     pats = study.cohort.patients
-    X = spec.clinical.transform(pats.iloc[train_rows])
-    clf = LogisticRegression(C=1.0, max_iter=1000).fit(X, pats["label"].to_numpy()[train_rows])
+    model.fit(spec.clinical.transform(pats.iloc[train_rows]), pats["label"].to_numpy()[train_rows])
 
     def predict(rows, keep):
-        Xr = spec.clinical.transform(pats.iloc[rows])
+        table = pats.iloc[rows]
         if "clinical" not in keep:  # the clinical input removed: every value recorded as missing
-            Xr[:, 0::2], Xr[:, 1::2] = 0.0, 1.0
-        return clf.predict_proba(Xr)[:, 1]
+            table = table.assign(**{c: np.nan for c in spec.clinical.columns})
+        return model.predict_proba(spec.clinical.transform(table))
 
-    return predict, clf, spec
+    return predict, model, spec
 
 
 # ----------------------------------------------------------------------------------------------- run
@@ -644,6 +641,7 @@ def train_and_predict(study: Study) -> pd.DataFrame:
 def _run_unit(study: Study, config: Config, seed: int, h: str) -> tuple[pd.DataFrame, float]:
     """One config and seed: every fold, the test predictions, the refit and saved model. Returns its rows."""
     from .learner import save_model
+    from .models import model_class
     from .splits import iter_folds
 
     p = study.params
@@ -677,7 +675,7 @@ def _run_unit(study: Study, config: Config, seed: int, h: str) -> tuple[pd.DataF
         if p["test_model"] == "refit" and len(test_rows):
             for keep in scenarios:
                 rows.append(_rows(pats, test_rows, predict(test_rows, keep), config, scenario_name(keep), "test", -1, seed))
-        if p["save_models"] and config.ablation == "none" and config.model != "age_only":
+        if p["save_models"] and config.ablation == "none" and not model_class(config.model).tabular:
             oof = pd.concat([r for r in rows if r["split"].iloc[0] == "cv" and r["scenario"].iloc[0] == "all"])
             from .metrics import youden_threshold
 
@@ -1007,9 +1005,11 @@ def train_model(manifest, model: str, out_dir, params: dict | str | None = None,
     from .metrics import youden_threshold
     from .splits import make_splits
 
-    if model == "age_only":
-        raise ParamsError("age_only is a scikit-learn baseline of the study, not a savable network; choose one of "
-                          "mmlib.models.list_models()")
+    from .models import list_models, model_class
+
+    if model_class(model).tabular:
+        raise ParamsError(f"{model} is fitted by scikit-learn inside the study, not a savable network; choose one of "
+                          f"{[m for m in list_models() if not model_class(m).tabular]}")
     p = load_params(params, **{"cohort": str(manifest), **overrides})
     source = p["lesion_source"]
     if source == "none":

@@ -93,11 +93,10 @@ class RunParams(BaseModel):
     """Share of training patients used for early stopping and the best epoch."""
     early_stopping: StrictInt = Field(8, ge=0)
     """Patience in epochs (0 = off)."""
-    models: list[str] = Field(default_factory=lambda: ["cuf_mt", "amw_cnn", "mm_abmil", "cnn_lstm"])
-    """The multimodal models of the study (registered names, ``mmlib.models.list_models()``)."""
-    baselines: list[str] = Field(default_factory=lambda: ["age_only", "ultrasound_only", "mammography_only",
-                                                         "late_fusion"])
-    """Comparison models (registered names or ``age_only``)."""
+    models: list[str] = Field(default_factory=lambda: _default_models("multimodal"))
+    """The multimodal models of the study (registered names); default: every registered multimodal model."""
+    baselines: list[str] = Field(default_factory=lambda: _default_models("baseline"))
+    """Comparison models (registered names); default: the registered baselines of the default run."""
     ablations: StrictBool = True
     """The models' ablation switches, no clinical data, modality dropout."""
     modality_dropout: StrictFloat = Field(0.3, ge=0.0, lt=1.0)
@@ -146,10 +145,9 @@ class RunParams(BaseModel):
     def _registered(cls, value, info):
         from .models import list_models
 
-        known = set(list_models()) | {"age_only"}
-        bad = [m for m in value if m not in known]
+        bad = [m for m in value if m not in list_models()]
         if bad:
-            raise ValueError(f"unknown models {bad}; expected registered names {sorted(known)}")
+            raise ValueError(f"unknown models {bad}; expected registered names {list_models()}")
         return value
 
     @field_validator("encoder_levels")
@@ -164,6 +162,12 @@ class RunParams(BaseModel):
                 raise ValueError(f"expected empty (the encoder's last feature map) or encoder block indices such "
                                  f"as [3, 4, 5]: {err}") from None
         return value
+
+
+def _default_models(kind: str) -> list[str]:
+    from .models import default_models
+
+    return default_models(kind)
 
 
 def result_keys() -> list[str]:

@@ -13,17 +13,22 @@ import pandas as pd
 
 from .schema import all_scenarios, scenario_name
 
-#: Display names in the paper's words.
-MODEL_NAMES = {
-    "cuf_mt": "CUF-MT", "amw_cnn": "AMW-CNN", "mm_abmil": "MM-ABMIL", "cnn_lstm": "CNN-LSTM",
-    "age_only": "Age only (logistic regression)", "ultrasound_only": "Ultrasound only", "mammography_only": "Mammography only",
-    "late_fusion": "Late fusion (average)", "clinical_only": "Clinical only",
-}
 MAIN_METRICS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "mcc", "brier", "ece")
 
 
 def display_name(model: str) -> str:
-    return MODEL_NAMES.get(model, model)
+    """The model's name in the paper's words (its registry metadata); a name no longer registered stays as is."""
+    from .models import list_models, model_class
+
+    return model_class(model).display_name if model in list_models() else model
+
+
+def clinical_floor(res) -> str | None:
+    """The run's baseline that reads clinical data only (the age-only model on the paper's cohorts), if any."""
+    from .models import list_models, model_class
+
+    return next((m for m in res.run["params"]["baselines"]
+                 if m in list_models() and model_class(m).inputs == ("clinical",)), None)
 
 
 def model_order(res) -> list[str]:
@@ -126,6 +131,8 @@ def importance_table(res, *, ablation: str = "modality_dropout") -> pd.DataFrame
 
     abl = ablation if (res.missing["ablation"] == ablation).any() else "none"
     imp = modality_importance(res.missing, ablation=abl)
+    if imp.empty:  # a run without the input-subset scenarios
+        return pd.DataFrame()
     imp = imp[imp["model"].isin(res.run["params"]["models"])]
     if imp.empty:
         return pd.DataFrame()
@@ -230,7 +237,7 @@ def abstract_numbers(res) -> tuple[str, dict]:
         "n_dev": int((splits["split"] == "dev").sum()), "n_test": int((splits["split"] == "test").sum()),
         "best_cv_auc": float(cv.loc[best, "value"]), "best_cv_auc_low": float(cv.loc[best, "ci_low"]),
         "best_cv_auc_high": float(cv.loc[best, "ci_high"]), "best_test_auc": metric(best, "test"),
-        "age_cv_auc": metric("age_only"),
+        "age_cv_auc": metric(clinical_floor(res)) if clinical_floor(res) else nan,
         "oracle_auc": float(res.run.get("oracle_auc_dev", res.run.get("oracle_auc", nan))),
     }
     imp = importance_table(res) if not res.missing.empty else pd.DataFrame()

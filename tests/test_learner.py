@@ -12,7 +12,7 @@ from mmlib.data import (ClinicalScaler, FeatureCache, FeatureDataset, ImageSetti
 from mmlib.encoders import create_encoder
 from mmlib.learner import (UnsafeModelFolder, load_model, multimodal_learner, predict_manifest, predict_proba,
                            save_model)
-from mmlib.models import BASELINES, MULTIMODAL_MODELS
+from mmlib.models import MULTIMODAL_MODELS
 from mmlib.splits import make_splits
 
 SIZE = 64

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from mmlib.batch import with_presence
-from mmlib.models import ABLATIONS, BASELINES, MULTIMODAL_MODELS, create_model, list_models
+from mmlib.models import ABLATIONS, BASELINES, MULTIMODAL_MODELS, create_model, list_models, model_class, register_model
 from mmlib.models.parts import masked_softmax
 from mmlib.schema import IMAGE_MODALITIES, MODALITIES, all_scenarios
 
 B, V, PX, K = 3, 2, 64, 4
 TINY = {"encoder": "test_efficientnet", "encoder_weights": "none", "clinical_features": K, "dim": 32}
-NAMES = list_models()
+#: The networks (every registered model but the tabular ones, which read no batches).
+NAMES = [n for n in list_models() if not model_class(n).tabular]
 SINGLE_INPUT = {"ultrasound_only": "ultrasound", "mammography_only": "mammography", "clinical_only": "clinical"}
 
 
@@ -71,14 +72,48 @@ def to_features(model, x: dict) -> dict:
 
 
 def test_registry_lists_every_model():
-    assert NAMES == sorted(MULTIMODAL_MODELS + BASELINES)
-    assert set(ABLATIONS) == set(MULTIMODAL_MODELS)
+    assert MULTIMODAL_MODELS == ("cuf_mt", "amw_cnn", "mm_abmil", "cnn_lstm")  # the paper's order
+    assert set(BASELINES) == {"age_only", "ultrasound_only", "mammography_only", "late_fusion", "clinical_only"}
+    assert list_models() == [*MULTIMODAL_MODELS, *BASELINES]
+    assert set(ABLATIONS) == set(MULTIMODAL_MODELS) and all(ABLATIONS.values())
+    assert [n for n in list_models() if model_class(n).tabular] == ["age_only"]
+    for name in list_models():
+        cls = model_class(name)
+        assert cls.model_name == name and cls.display_name and cls.display_name != name
+        assert set(cls.inputs) <= set(MODALITIES)
+    assert model_class("ultrasound_only").inputs == ("ultrasound",)
+    assert model_class("age_only").inputs == ("clinical",)
+    assert model_class("cuf_mt").display_name == "CUF-MT"
     with pytest.raises(ValueError, match="cuf_mt"):
         create_model("resnet_fusion", **TINY)
     with pytest.raises(TypeError, match="fusion_kind"):
         create_model("amw_cnn", fusion_kind="adaptive", **TINY)
     with pytest.raises(TypeError, match="modalities"):
         create_model("ultrasound_only", modalities=("ultrasound",), **TINY)
+    with pytest.raises(ValueError, match="kind"):
+        list_models("fancy")
+
+
+def test_registration_checks_the_metadata():
+    from mmlib.models import _REGISTRY
+    from mmlib.models.parts import MultimodalModel
+
+    before = dict(_REGISTRY)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_model("amw_cnn")(type("Other", (MultimodalModel,), {}))
+        with pytest.raises(ValueError, match="kind"):
+            register_model("bad_kind")(type("BadKind", (MultimodalModel,), {"kind": "fusion"}))
+        with pytest.raises(ValueError, match="inputs"):
+            register_model("bad_inputs")(type("BadInputs", (MultimodalModel,), {"inputs": ("mri",)}))
+        with pytest.raises(ValueError, match="ablation 'wide'"):
+            register_model("bad_ablation")(type("BadAblation", (MultimodalModel,), {"ablations": {"wide": {"width": 2}}}))
+        with pytest.raises(ValueError, match="ablation 'none'"):
+            register_model("bad_name")(type("BadName", (MultimodalModel,), {"ablations": {"none": {"dim": 8}}}))
+        assert _REGISTRY == before  # nothing half-registered
+    finally:
+        _REGISTRY.clear()
+        _REGISTRY.update(before)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -34,6 +34,10 @@ class AMWCNN(MultimodalModel):
         absent ones; absent for ``fusion="concat"``, which has no weights.
     """
 
+    display_name = "AMW-CNN"
+    table_order = 2
+    ablations = {"equal_weights": {"fusion": "equal"}, "concat": {"fusion": "concat"}}
+
     def __init__(self, *, fusion: str = "adaptive", **kwargs):
         check_choice("fusion", fusion, FUSIONS)
         super().__init__(**kwargs)

@@ -1,22 +1,59 @@
-"""Baselines: one input alone, and late fusion of per-input predictions.
+"""Baselines: age-only logistic regression, one input alone, and late fusion of per-input predictions.
 
-A baseline reads only its own inputs; everything else in the batch is ignored. A patient who has none
-of a baseline's inputs gets logit 0 (probability 0.5): the model abstains rather than guessing from
+A baseline reads only its own inputs; everything else in the batch is ignored. A network baseline gives a
+patient who has none of its inputs logit 0 (probability 0.5): the model abstains rather than guessing from
 padding.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..batch import CLINICAL, PRESENT, effective_views, modality_index
-from . import register_model
+from . import ModelInfo, register_model
 from .parts import MultimodalModel, create_head, masked_mean
+
+
+@register_model("age_only")
+class AgeOnly(ModelInfo):
+    """Logistic regression (scikit-learn) on the clinical vector: age and its missing-value flag on the paper's
+    cohorts. The clinical floor every multimodal model must beat.
+
+    Args:
+        C: inverse regularisation strength.
+        max_iter: solver iterations.
+
+    Shapes: ``fit(X (N, K), y (N,))``; ``predict_proba(X)`` -> ``(N,)`` probability of malignancy, with
+    ``X`` the :class:`~mmlib.data.ClinicalScaler` vectors (a patient without clinical input has every value
+    recorded as missing).
+    """
+
+    display_name = "Age only (logistic regression)"
+    kind = "baseline"
+    inputs = (CLINICAL,)
+    table_order = 10
+    tabular = True
+
+    def __init__(self, *, C: float = 1.0, max_iter: int = 1000):
+        from sklearn.linear_model import LogisticRegression
+
+        if isinstance(C, bool) or not isinstance(C, (int, float)) or C <= 0:
+            raise ValueError(f"C must be a number > 0, got {C!r}")
+        self.classifier = LogisticRegression(C=float(C), max_iter=int(max_iter))
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "AgeOnly":
+        self.classifier.fit(X, y)
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self.classifier.predict_proba(X)[:, 1]
 
 
 class _ImagingOnly(MultimodalModel):
     modality = ""
+    kind = "baseline"
     fixed_kwargs = ("modalities",)
 
     def __init__(self, **kwargs):
@@ -40,6 +77,9 @@ class UltrasoundOnly(_ImagingOnly):
     """
 
     modality = "ultrasound"
+    display_name = "Ultrasound only"
+    inputs = ("ultrasound",)
+    table_order = 11
 
 
 @register_model("mammography_only")
@@ -51,6 +91,9 @@ class MammographyOnly(_ImagingOnly):
     """
 
     modality = "mammography"
+    display_name = "Mammography only"
+    inputs = ("mammography",)
+    table_order = 12
 
 
 @register_model("clinical_only")
@@ -62,6 +105,11 @@ class ClinicalOnly(MultimodalModel):
     Shapes: ``forward(x)`` -> ``(B,)``; logit 0 where clinical input is absent. No internals.
     """
 
+    display_name = "Clinical only"
+    kind = "baseline"
+    inputs = (CLINICAL,)
+    table_order = 14
+    in_default_run = False  # the age-only logistic regression plays its part in the default run
     clinical_mlp = False
     fixed_kwargs = ("modalities",)
 
@@ -95,6 +143,10 @@ class LateFusion(MultimodalModel):
     Shapes: ``forward(x)`` -> ``(B,)``. Internals: ``input_logits`` ``(B, M)`` (columns in
         ``self.modalities`` order), ``input_mask`` ``(B, M)`` bool.
     """
+
+    display_name = "Late fusion (average)"
+    kind = "baseline"
+    table_order = 13
 
     def __init__(self, *, aux_weight: float = 1.0, **kwargs):
         if isinstance(aux_weight, bool) or not isinstance(aux_weight, (int, float)) or aux_weight < 0:

@@ -36,6 +36,10 @@ class CNNLSTM(MultimodalModel):
         patient); ``item_index``: N tuples ``(modality, view)`` in reading order; ``item_mask`` ``(B, N)``.
     """
 
+    display_name = "CNN-LSTM"
+    table_order = 4
+    ablations = {"mean_reader": {"reader": "mean"}, "permuted_order": {"order": "permuted"}}
+
     def __init__(self, *, reader: str = "lstm", order: str = "default", bidirectional: bool = True,
                  hidden: int | None = None, **kwargs):
         check_choice("reader", reader, READERS)

@@ -80,6 +80,10 @@ class CUFMT(MultimodalModel):
         row-major order of the ``grid``); ``token_mask`` ``(B, T)`` bool; ``grid``: ``{modality: (h, w)}``.
     """
 
+    display_name = "CUF-MT"
+    table_order = 1
+    ablations = {"no_cross_modal": {"cross_modal": False}, "no_aux": {"aux_weight": 0.0}}
+
     def __init__(
         self,
         *,

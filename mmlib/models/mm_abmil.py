@@ -57,6 +57,10 @@ class MMABMIL(MultimodalModel):
         row-major order; ``instance_mask`` ``(B, N)`` bool.
     """
 
+    display_name = "MM-ABMIL"
+    table_order = 3
+    ablations = {"mean_pooling": {"pooling": "mean"}}
+
     def __init__(self, *, tiles: int = 1, pooling: str = "gated_attention", attention_dim: int | None = None,
                  **kwargs):
         side = perfect_square_side("tiles", tiles)

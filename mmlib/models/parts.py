@@ -26,6 +26,7 @@ from torch import nn
 from ..batch import CLINICAL, PRESENT, effective_views, modality_index, outline_key, views_key
 from ..encoders import DEFAULT_ENCODER, WEIGHT_CHOICES, WEIGHT_SUFFIXES, create_encoder
 from ..schema import IMAGE_MODALITIES, MODALITIES
+from . import ModelInfo
 
 __all__ = [
     "INPUT_KINDS",
@@ -116,7 +117,7 @@ def perfect_square_side(name: str, value) -> int:
     return side
 
 
-class MultimodalModel(nn.Module):
+class MultimodalModel(ModelInfo, nn.Module):
     """Base of every model: encoders, projections, clinical encoder, masking.
 
     Args:
@@ -149,8 +150,6 @@ class MultimodalModel(nn.Module):
 
     #: whether the base builds the clinical MLP (the logistic-regression baseline does not).
     clinical_mlp: bool = True
-    #: registry name, set by :func:`mmlib.models.register_model`.
-    model_name: str = ""
     #: base-class kwargs a subclass fixes itself (not accepted by ``create_model``).
     fixed_kwargs: tuple[str, ...] = ()
 
