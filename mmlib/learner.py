@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fastai.callback.core import Callback
+from fastai.callback.tracker import SaveModelCallback
 from torch import nn
 
 from . import __version__
@@ -76,120 +78,96 @@ def binary_metrics():
 
 
 # ----------------------------------------------------------------------------------------------- callbacks
-def _callback_base():
-    from fastai.callback.core import Callback
-
-    return Callback
-
-
-
-def ModalityDropout(p: float = 0.2, seed: int = 0):
-    """Training-only callback: each present input of a patient is dropped with probability ``p``, never all.
+class ModalityDropout(Callback):
+    """Training-only: each present input of a patient is dropped with probability ``p``, never all of them.
 
     Teaches a model to predict from any subset of inputs (missing modalities as a first-class input).
+
+    Args:
+        p: probability of dropping each present input, in [0, 1).
+        seed: seed of the draws (the callback owns its generator, so training stays repeatable).
     """
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"modality dropout p must be in [0, 1), got {p}")
-    Callback = _callback_base()
 
-    class _ModalityDropout(Callback):
-        order = 5
+    order = 5
 
-        def __init__(self):
-            self.p, self.gen = float(p), torch.Generator().manual_seed(seed)
+    def __init__(self, p: float = 0.2, seed: int = 0):
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ValueError(f"modality dropout p must be a number in [0, 1), got {p!r}")
+        self.p, self.seed = float(p), int(seed)
+        self.gen = torch.Generator().manual_seed(self.seed)
 
-        def before_batch(self):
-            if not self.training or self.p == 0:
-                return
-            x = self.learn.xb[0]
-            present = x[PRESENT]
-            keep = present & (torch.rand(present.shape, generator=self.gen) >= self.p).to(present.device)
-            empty = ~keep.any(dim=1)
-            if empty.any():
-                # restore one of the originally present inputs, chosen at random
-                scores = torch.rand(present.shape, generator=self.gen).to(present.device) * present
-                pick = scores.argmax(dim=1)
-                keep[empty, pick[empty]] = True
-            x = dict(x)
-            x[PRESENT] = keep
-            self.learn.xb = (x, *self.learn.xb[1:])
+    def drop(self, present: torch.Tensor) -> torch.Tensor:
+        """The presence mask ``(B, M)`` after dropout: a subset of ``present``, non-empty where it was."""
+        keep = present & (torch.rand(present.shape, generator=self.gen) >= self.p).to(present.device)
+        empty = ~keep.any(dim=1) & present.any(dim=1)
+        if empty.any():
+            # restore one of the originally present inputs, chosen at random
+            scores = torch.rand(present.shape, generator=self.gen).to(present.device) * present
+            pick = scores.argmax(dim=1)
+            keep[empty, pick[empty]] = True
+        return keep
 
-    return _ModalityDropout()
+    def before_batch(self):
+        if not self.training or self.p == 0:
+            return
+        x = dict(self.learn.xb[0])
+        x[PRESENT] = self.drop(x[PRESENT])
+        self.learn.xb = (x, *self.learn.xb[1:])
 
 
-def AuxiliaryLoss():
-    """Adds ``model.aux_weight`` x the mean BCE of the model's auxiliary per-modality logits (multi-task)."""
-    Callback = _callback_base()
+class AuxiliaryLoss(Callback):
+    """Training-only: adds the model's auxiliary per-modality losses (:func:`aux_loss`, multi-task) to the loss."""
 
-    class _AuxiliaryLoss(Callback):
-        order = 50
+    order = 50
 
-        def after_loss(self):
-            if not self.training:
-                return
-            aux = aux_loss(self.learn.model, self.learn.yb[0])
-            if aux is not None:
-                self.learn.loss_grad = self.learn.loss_grad + aux
-                self.learn.loss = self.learn.loss_grad.detach().clone()
-
-    return _AuxiliaryLoss()
+    def after_loss(self):
+        if not self.training:
+            return
+        aux = aux_loss(self.learn.model, self.learn.yb[0])
+        if aux is not None:
+            self.learn.loss_grad = self.learn.loss_grad + aux
+            self.learn.loss = self.learn.loss_grad.detach().clone()
 
 
 def aux_loss(model: nn.Module, y: torch.Tensor):
-    """Weighted BCE of the auxiliary logits a model set during its last forward (None when it has none)."""
+    """``model.aux_weight`` x the mean over modalities of the BCE of the auxiliary logits the model set during its
+    last forward, each over the patients who have that modality (``model.aux_mask``); None when there are none."""
     logits = getattr(model, "aux_logits", None)
     weight = float(getattr(model, "aux_weight", 1.0))
     if not logits or weight == 0:
         return None
     mask = getattr(model, "aux_mask", None)
-    if mask is None and isinstance(logits, dict) and "mask" in logits:
-        mask = logits["mask"]
-    names = [k for k in logits if k != "mask"]
     total, count = 0.0, 0
-    for j, name in enumerate(names):
+    for j, name in enumerate(logits):
         lg = logits[name].reshape(-1)
-        m = torch.ones_like(lg, dtype=torch.bool) if mask is None else _aux_column(mask, name, j).reshape(-1).bool()
+        m = torch.ones_like(lg, dtype=torch.bool) if mask is None else mask[:, j].reshape(-1).bool()
         if m.any():
             total = total + nn.functional.binary_cross_entropy_with_logits(lg[m], y.reshape(-1).float()[m])
             count += 1
     return weight * total / count if count else None
 
 
-def _aux_column(mask, name, j):
-    if isinstance(mask, dict):
-        return mask[name]
-    from .schema import MODALITIES
-
-    return mask[:, MODALITIES.index(name)] if name in MODALITIES and mask.shape[1] == len(MODALITIES) else mask[:, j]
-
-
-def FrozenEncoders():
+class FrozenEncoders(Callback):
     """Keeps frozen encoders in eval mode (BatchNorm statistics fixed), so features equal the cached ones."""
-    Callback = _callback_base()
 
-    class _FrozenEncoders(Callback):
-        order = 1
+    order = 1
 
-        def before_train(self):
-            model = self.learn.model
-            for enc in _unique_encoders(model):
-                if not any(p.requires_grad for p in enc.parameters()):
-                    enc.eval()
-
-    return _FrozenEncoders()
+    def before_train(self):
+        for enc in _unique_encoders(self.learn.model):
+            if not any(p.requires_grad for p in enc.parameters()):
+                enc.eval()
 
 
-def SaveBest():
-    """fastai's SaveModelCallback on ``valid_loss`` that reloads the best epoch only when one was saved
-    (a zero-epoch phase, e.g. ``fine_tune(freeze_epochs=0)``, saves nothing)."""
-    from fastai.callback.tracker import SaveModelCallback
+class SaveBest(SaveModelCallback):
+    """fastai's SaveModelCallback on ``valid_loss`` (file ``best.pth``) that reloads the best epoch only when one
+    was saved (a zero-epoch phase, e.g. ``fine_tune(freeze_epochs=0)``, saves nothing)."""
 
-    class _SaveBest(SaveModelCallback):
-        def after_fit(self, **kwargs):
-            if (Path(self.learn.path) / self.learn.model_dir / f"{self.fname}.pth").exists():
-                super().after_fit(**kwargs)
+    def __init__(self, monitor: str = "valid_loss", fname: str = "best"):
+        super().__init__(monitor=monitor, fname=fname, with_opt=False)
 
-    return _SaveBest(monitor="valid_loss", fname="best", with_opt=False)
+    def after_fit(self, **kwargs):
+        if (Path(self.learn.path) / self.learn.model_dir / f"{self.fname}.pth").exists():
+            super().after_fit(**kwargs)
 
 
 def _unique_encoders(model):
