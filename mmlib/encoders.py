@@ -10,6 +10,7 @@ timm's parameters), so nothing is downloaded.
 from __future__ import annotations
 
 import functools
+import inspect
 import numbers
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,16 +46,18 @@ class ImageEncoder(nn.Module):
     Args:
         model: a timm model built with ``num_classes=0, global_pool=""``.
         name: the timm name of ``model``.
-        levels: None for the model's last feature map (``forward_features``), or indices of the model's
-            ``blocks`` (timm EfficientNet / MobileNet family) whose outputs are average-pooled to the deepest
-            chosen block's grid and concatenated along channels. Mid-level blocks describe texture and edges;
+        levels: None for the model's last feature map (``forward_features``), or indices of mid-level feature
+            maps, read through timm's ``forward_intermediates``, average-pooled to the deepest chosen map's grid
+            and concatenated along channels. A level is one of the model's ``blocks`` for the EfficientNet /
+            MobileNet family (every block, not only timm's ``feature_info`` stages), and one entry of
+            ``feature_info`` for other timm CNNs (ResNet, ConvNeXt, ...). Mid-level blocks describe texture and edges;
             on small medical cohorts their features transfer better than ImageNet's last, class-specific layer
             (on BrEaST-Lesions_USG lesion crops, a linear probe reaches AUC 0.85 with blocks 3-5 against 0.83
             with the last map; ``benchmarks/probe_features.py``).
 
     Attributes:
         name: timm model name.
-        levels: the block indices read (tuple), or None.
+        levels: the level indices read (tuple), or None.
         num_features: channels ``C`` of the feature map.
         mean, std: per-channel normalisation the weights expect (timm's data config).
         reduction: input pixels per feature-map cell along one side (32 for EfficientNet).
@@ -77,8 +80,11 @@ class ImageEncoder(nn.Module):
         if self.levels is None:
             self.num_features = int(model.num_features)
         else:
-            self.num_features = sum(_block_channels(model.blocks[i]) for i in self.levels)
-            self.reduction = _block_reduction(model, max(self.levels))
+            per_block, channels, reductions = _levels(model)
+            self._timm_indices = [i + 1 for i in self.levels] if per_block else list(self.levels)
+            self._extra = {"extra_blocks": True} if per_block else {}
+            self.num_features = sum(channels[i] for i in self.levels)
+            self.reduction = reductions[max(self.levels)]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4:
@@ -94,36 +100,48 @@ class ImageEncoder(nn.Module):
         return maps
 
     def _forward_levels(self, images: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        x = m.bn1(m.conv_stem(images))
-        outs = []
-        for i, block in enumerate(m.blocks[: max(self.levels) + 1]):
-            x = block(x)
-            if i in self.levels:
-                outs.append(x)
+        outs = self.model.forward_intermediates(images, indices=self._timm_indices, intermediates_only=True,
+                                                stop_early=True, **self._extra)
         size = outs[-1].shape[-2:]
         return torch.cat([o if o.shape[-2:] == size else nn.functional.adaptive_avg_pool2d(o, size) for o in outs], 1)
 
 
+def _levels(model: nn.Module) -> tuple[bool, list[int], list[int]]:
+    """How ``model``'s levels are numbered: ``(per_block, channels, reductions)``, one entry per level.
+
+    The EfficientNet / MobileNet family reads every one of its ``blocks`` (timm's ``extra_blocks``, whose index 0
+    is the stem, so block ``i`` is timm's ``i + 1``); other models their ``feature_info`` entries.
+    """
+    reader = getattr(model, "forward_intermediates", None)
+    if reader is None:
+        raise ValueError("has no forward_intermediates (timm >= 1.0 CNNs have one)")
+    if "extra_blocks" in inspect.signature(reader).parameters and hasattr(model, "blocks"):
+        blocks = list(model.blocks)
+        return True, [_block_channels(b) for b in blocks], [_block_reduction(model, i) for i in range(len(blocks))]
+    info = getattr(model, "feature_info", None) or []
+    return False, [int(f["num_chs"]) for f in info], [int(f["reduction"]) for f in info]
+
+
 def check_levels(model: nn.Module, name: str, levels) -> tuple[int, ...] | None:
-    """Normalise ``levels`` (None, an int or a sequence of block indices) for ``model``; ValueError otherwise."""
+    """Normalise ``levels`` (None, an int or a sequence of level indices) for ``model``; ValueError otherwise."""
     if levels is None or (isinstance(levels, str) and levels in ("", "last")):
         return None
     if isinstance(levels, numbers.Integral) and not isinstance(levels, bool):
         levels = [levels]
-    blocks = getattr(model, "blocks", None)
-    if blocks is None or not hasattr(model, "conv_stem"):
-        raise ValueError(f"encoder_levels needs a timm EfficientNet/MobileNet-family encoder (with conv_stem and "
-                         f"blocks); {name!r} has none: leave encoder_levels empty to read its last feature map")
+    try:
+        n = len(_levels(model)[1])
+    except ValueError as err:
+        raise ValueError(f"encoder_levels: encoder {name!r} {err}; leave encoder_levels empty to read its last "
+                         "feature map") from None
     try:
         items = list(levels)
     except TypeError:
         items = [levels]
     if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in items):
-        raise ValueError(f"encoder_levels must be block indices of {name!r} (0..{len(blocks) - 1}), got {levels!r}")
+        raise ValueError(f"encoder_levels must be level indices of {name!r} (0..{n - 1}), got {levels!r}")
     out = tuple(sorted({int(v) for v in items}))
-    if not out or any(not 0 <= v < len(blocks) for v in out) or len(out) != len(items):
-        raise ValueError(f"encoder_levels must be distinct block indices of {name!r} (0..{len(blocks) - 1}), got {levels!r}")
+    if not out or any(not 0 <= v < n for v in out) or len(out) != len(items):
+        raise ValueError(f"encoder_levels must be distinct level indices of {name!r} (0..{n - 1}), got {levels!r}")
     return out
 
 

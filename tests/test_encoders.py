@@ -10,6 +10,7 @@ from PIL import Image
 
 from mmlib.encoders import (
     WeightMappingError,
+    check_encoder_levels,
     create_encoder,
     efficientnet_lite0_weights_path,
     encoder_spec,
@@ -171,12 +172,41 @@ def test_mid_level_features_concatenate_the_chosen_blocks(lite0):
     assert create_encoder("efficientnet_lite0", levels=2).num_features == 40
 
 
-@pytest.mark.parametrize("levels,match", [([9], "0..6"), ([3, 3], "distinct"), (["x"], "block indices"), (["3"], "block indices"), ([], "block"), (2.5, "block indices")])
+@pytest.mark.parametrize("levels,match", [([9], "0..6"), ([3, 3], "distinct"), (["x"], "level indices"), (["3"], "level indices"), ([], "level"), (2.5, "level indices")])
 def test_bad_encoder_levels(levels, match):
     with pytest.raises(ValueError, match=match):
         create_encoder("efficientnet_lite0", weights="none", levels=levels)
 
 
-def test_encoder_levels_need_an_efficientnet_family_encoder():
-    with pytest.raises(ValueError, match="resnet10t.*last feature map"):
-        create_encoder("resnet10t", weights="none", levels=[2])
+@pytest.mark.parametrize("name,levels,channels,reduction,grid", [
+    # EfficientNet / MobileNet family: every block is a level (not only timm's feature_info stages)
+    ("efficientnet_lite0", (3, 4, 5), 80 + 112 + 192, 32, 2),
+    ("efficientnet_lite0", (0,), 16, 2, 32),
+    ("mobilenetv3_small_050", (2, 4), 24 + 48, 32, 2),
+    # other timm CNNs: their feature_info levels, as forward_intermediates numbers them
+    ("resnet18", (2, 3), 128 + 256, 16, 4),
+    ("resnet18", (4,), 512, 32, 2),
+    ("convnext_atto", (1, 3), 80 + 320, 32, 2),
+])
+def test_mid_level_features_of_any_timm_cnn(name, levels, channels, reduction, grid):
+    """Levels of several timm families, built without weights (no download): channels, reduction and grid agree
+    with what the encoder returns, and each level's maps are those timm's forward_intermediates gives."""
+    torch.manual_seed(0)
+    enc = create_encoder(name, weights="none", levels=list(levels)).eval()
+    assert enc.levels == levels and enc.num_features == channels and enc.reduction == reduction
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = enc(x)
+        extra = {"extra_blocks": True} if hasattr(enc.model, "blocks") else {}
+        offset = 1 if extra else 0
+        maps = enc.model.forward_intermediates(x, indices=[i + offset for i in levels], intermediates_only=True, **extra)
+    assert out.shape == (2, channels, grid, grid) == (2, channels, 64 // reduction, 64 // reduction)
+    expected = torch.cat([torch.nn.functional.adaptive_avg_pool2d(m, grid) for m in maps], 1)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert encoder_spec(name)["num_features"] == create_encoder(name, weights="none").num_features
+
+
+def test_encoder_levels_of_other_families_are_checked():
+    with pytest.raises(ValueError, match=r"resnet10t.*0\.\.4"):
+        create_encoder("resnet10t", weights="none", levels=[5])
+    assert check_encoder_levels("resnet10t", [1, 4]) == (1, 4)
