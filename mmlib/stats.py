@@ -1,5 +1,5 @@
 """Statistics of the paper (McNemar between models, Cohen's d for age) and those it should have reported
-(bootstrap and DeLong confidence intervals, paired DeLong tests, Holm correction, calibration, decision
+(bootstrap and DeLong confidence intervals, paired DeLong tests, calibration, decision
 curves).
 
 Inputs follow :mod:`mmlib.metrics`: ``y`` holds 0/1 labels, ``p`` probabilities of malignancy, and a
@@ -9,7 +9,6 @@ prediction is positive when ``p >= threshold``. Bad inputs raise ``ValueError`` 
 from __future__ import annotations
 
 import warnings
-from itertools import combinations
 
 import numpy as np
 import pandas as pd
@@ -17,7 +16,6 @@ import statsmodels.api as sm
 from scipy import optimize, special
 from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar
-from statsmodels.stats.multitest import multipletests
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
 
 from .metrics import (
@@ -465,56 +463,6 @@ def mcnemar_exact(y, pred1, pred2) -> dict[str, float]:
         "statistic": float(res.statistic),
         "p_value": float(res.pvalue),
     }
-
-
-def pairwise_comparisons(y, probs: dict, thresholds: dict | float = 0.5) -> pd.DataFrame:
-    """McNemar and DeLong tests for every pair of models, Holm-corrected across the pairs.
-
-    Args:
-        y: ``(n,)`` 0/1 labels.
-        probs: ``{model name: (n,) probabilities}``, at least two models; pairs follow this order.
-        thresholds: one cut-off for all models or ``{model name: cut-off}`` (e.g. each model's Youden
-            threshold from its development data).
-
-    Returns:
-        One row per pair: ``model_a``, ``model_b``, ``b``, ``c``, ``mcnemar_p``, ``mcnemar_p_holm``,
-        ``auc_a``, ``auc_b``, ``delong_z``, ``delong_p``, ``delong_p_holm``. Holm's step-down adjustment
-        (statsmodels ``multipletests``) is applied separately to the McNemar and to the DeLong p-values.
-    """
-    y = check_labels(y)
-    if not isinstance(probs, dict) or len(probs) < 2:
-        raise ValueError(f"probs must be a dict of at least two models' probabilities, got {type(probs).__name__}")
-    checked = {name: check_binary_inputs(y, p, p_name=f"probs[{name!r}]")[1] for name, p in probs.items()}
-    if isinstance(thresholds, dict):
-        missing = [name for name in probs if name not in thresholds]
-        if missing:
-            raise ValueError(f"thresholds lacks models {missing}")
-        cut = {name: check_threshold(thresholds[name], name=f"thresholds[{name!r}]") for name in probs}
-    else:
-        t = check_threshold(thresholds, name="thresholds")
-        cut = {name: t for name in probs}
-    rows = []
-    for a, b in combinations(probs, 2):
-        mc = mcnemar_exact(y, checked[a] >= cut[a], checked[b] >= cut[b])
-        dl = delong_test(y, checked[a], checked[b])
-        rows.append(
-            {
-                "model_a": a,
-                "model_b": b,
-                "b": mc["b"],
-                "c": mc["c"],
-                "mcnemar_p": mc["p_value"],
-                "auc_a": dl["auc1"],
-                "auc_b": dl["auc2"],
-                "delong_z": dl["z"],
-                "delong_p": dl["p_value"],
-            }
-        )
-    df = pd.DataFrame(rows)
-    df["mcnemar_p_holm"] = multipletests(df["mcnemar_p"].to_numpy(), method="holm")[1]
-    df["delong_p_holm"] = multipletests(df["delong_p"].to_numpy(), method="holm")[1]
-    cols = ["model_a", "model_b", "b", "c", "mcnemar_p", "mcnemar_p_holm", "auc_a", "auc_b"]
-    return df[cols + ["delong_z", "delong_p", "delong_p_holm"]]
 
 
 def _check_sample(x, name: str, *, allow_nan: bool) -> np.ndarray:

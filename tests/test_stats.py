@@ -24,7 +24,6 @@ from mmlib.stats import (
     delong_roc_variance,
     delong_test,
     mcnemar_exact,
-    pairwise_comparisons,
     reliability_curve,
     replicate_metrics,
     weighted_auc,
@@ -37,19 +36,6 @@ def synthetic(n: int, seed: int = 0, shift: float = 1.0):
     y = (rng.uniform(size=n) < 0.4).astype(int)
     p = np.round(special.expit(shift * (2 * y - 1) + rng.normal(size=n)), 2)
     return y, p
-
-
-def holm_by_hand(pvals):
-    """Holm's step-down adjustment, written out: max over k <= i of (m - k) p_(k), capped at 1."""
-    pvals = np.asarray(pvals, dtype=float)
-    order = np.argsort(pvals)
-    m = len(pvals)
-    adjusted = np.empty(m)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, (m - rank) * pvals[i])
-        adjusted[i] = min(1.0, running)
-    return adjusted
 
 
 def test_mcnemar_textbook_b1_c8():
@@ -81,47 +67,6 @@ def test_mcnemar_bad_inputs():
         mcnemar_exact([0, 1], [0, 1], [0, 1, 1])
     with pytest.raises(ValueError, match="pred1"):
         mcnemar_exact([0, 1], [0, 0.5], [0, 1])
-
-
-def test_holm_helper_hand_values():
-    np.testing.assert_allclose(holm_by_hand([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
-    np.testing.assert_allclose(holm_by_hand([0.5, 0.01, 0.04]), [0.5, 0.03, 0.08])
-
-
-def test_pairwise_comparisons():
-    y, p = synthetic(150, seed=4)
-    rng = np.random.default_rng(5)
-    probs = {
-        "good": p,
-        "noisy": np.clip(p + rng.normal(0, 0.2, p.size), 0, 1),
-        "noise": rng.uniform(size=p.size),
-        "flipped": 1 - p,
-    }
-    thresholds = {"good": 0.5, "noisy": 0.4, "noise": 0.6, "flipped": 0.5}
-    df = pairwise_comparisons(y, probs, thresholds)
-    assert len(df) == 6
-    assert list(df.columns) == [
-        "model_a", "model_b", "b", "c", "mcnemar_p", "mcnemar_p_holm",
-        "auc_a", "auc_b", "delong_z", "delong_p", "delong_p_holm",
-    ]  # fmt: skip
-    row = df[(df.model_a == "noisy") & (df.model_b == "noise")].iloc[0]
-    mc = mcnemar_exact(y, probs["noisy"] >= 0.4, probs["noise"] >= 0.6)
-    dl = delong_test(y, probs["noisy"], probs["noise"])
-    assert (row.b, row.c, row.mcnemar_p) == (mc["b"], mc["c"], pytest.approx(mc["p_value"]))
-    assert row.auc_a == pytest.approx(roc_auc_score(y, probs["noisy"]))
-    assert (row.delong_z, row.delong_p) == (pytest.approx(dl["z"]), pytest.approx(dl["p_value"]))
-    np.testing.assert_allclose(df["mcnemar_p_holm"], holm_by_hand(df["mcnemar_p"]))
-    np.testing.assert_allclose(df["delong_p_holm"], holm_by_hand(df["delong_p"]))
-    assert (df["delong_p_holm"] >= df["delong_p"]).all()
-
-    single = pairwise_comparisons(y, {"a": probs["good"], "b": probs["noise"]}, 0.5)
-    assert single["mcnemar_p_holm"].iloc[0] == single["mcnemar_p"].iloc[0]
-    with pytest.raises(ValueError, match="thresholds lacks"):
-        pairwise_comparisons(y, probs, {"good": 0.5})
-    with pytest.raises(ValueError, match="at least two"):
-        pairwise_comparisons(y, {"good": p}, 0.5)
-    with pytest.raises(ValueError, match="probs\\['bad'\\]"):
-        pairwise_comparisons(y, {"good": p, "bad": p[:-1]}, 0.5)
 
 
 def psi(x, z):
