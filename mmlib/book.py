@@ -14,10 +14,6 @@ from __future__ import annotations
 import html
 import json
 import numbers
-import os
-import platform
-import subprocess
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -26,25 +22,10 @@ import pandas as pd
 from . import paths
 from .params import ParamsError
 from .params import load_params as _load_params
+from .provenance import device_info, git_state, package_versions
 
 #: Name of the plotly renderer :func:`setup_notebook` registers and selects.
 PLOTLY_RENDERER = "mmlib"
-#: Packages whose versions the colophon lists (distribution names).
-COLOPHON_PACKAGES: tuple[str, ...] = (
-    "mmlib",
-    "torch",
-    "timm",
-    "fastai",
-    "scikit-learn",
-    "statsmodels",
-    "pandas",
-    "numpy",
-    "plotly",
-    "pydicom",
-    "papermill",
-    "jupyter-book",
-    "myst-nb",
-)
 
 
 def _offline_renderer():
@@ -150,30 +131,6 @@ def load_params(profile: str) -> dict:
     return {**_load_params(profile), "results_dir": str(paths.results_dir(profile).resolve())}
 
 
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=paths.ROOT, capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def colophon(results_dir: Path | str, profile: str | None = None) -> pd.DataFrame:
     """What made this run: commit, parameters, package versions, device and wall time.
 
@@ -188,10 +145,9 @@ def colophon(results_dir: Path | str, profile: str | None = None) -> pd.DataFram
     """
     results_dir = Path(results_dir)
     rows: list[tuple[str, str, str]] = []
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    rows.append(("source", "git commit", commit or "unknown (not a git checkout)"))
-    rows.append(("source", "uncommitted changes", "unknown" if status is None else ("yes" if status else "no")))
+    git = git_state()
+    rows.append(("source", "git commit", git["commit"] or "unknown (not a git checkout)"))
+    rows.append(("source", "uncommitted changes", "unknown" if git["dirty"] is None else ("yes" if git["dirty"] else "no")))
 
     profile = profile or results_dir.name
     try:
@@ -201,18 +157,12 @@ def colophon(results_dir: Path | str, profile: str | None = None) -> pd.DataFram
     for key, value in params.items():
         rows.append(("parameters", key, json.dumps(value) if not isinstance(value, str) else value))
 
-    rows.append(("software", "python", platform.python_version()))
-    import torch
-
-    # torch's own version string carries its build (e.g. +cu130), which the wheel metadata drops.
-    versions = {dist: _version(dist) for dist in COLOPHON_PACKAGES} | {"torch": torch.__version__}
-    rows.extend(("software", dist, v) for dist, v in versions.items())
-    rows.append(("software", "torch CUDA build", torch.version.cuda or "none (CPU build)"))
-
-    rows.append(("device", "platform", platform.platform()))
-    rows.append(("device", "cpu", f"{_cpu_model()} ({os.cpu_count()} logical cores)"))
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU run)"
-    rows.append(("device", "cuda device", gpu))
+    rows.extend(("software", dist, v or "not installed") for dist, v in package_versions().items())
+    device = device_info()
+    rows.append(("software", "torch CUDA build", device["torch_cuda_build"] or "none (CPU build)"))
+    rows.append(("device", "platform", device["platform"]))
+    rows.append(("device", "cpu", f"{device['cpu']} ({device['cpu_count']} logical cores)"))
+    rows.append(("device", "cuda device", device["cuda_device"] or "none (CPU run)"))
 
     run_json = results_dir / "run.json"
     if run_json.is_file():

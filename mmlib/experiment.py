@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +45,7 @@ import pandas as pd
 from . import params as _params
 from .params import ParamsError, result_keys, validate_params  # noqa: F401  (callers import them from here)
 from .paths import COHORTS, ROOT, results_dir
-from .provenance import precision, source_fingerprint, stable_hash
+from .provenance import device_info, git_state, package_versions, precision, source_fingerprint, stable_hash
 from .schema import IMAGE_MODALITIES, MODALITIES, all_scenarios, bbox_column, mask_column, scenario_name
 
 def load_params(profile: str | Path | dict | None = None, **overrides) -> dict:
@@ -97,44 +95,6 @@ def _device(params) -> str:
     if params["device"] == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return params["device"]
-
-
-def git_commit() -> dict:
-    def run(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {"commit": run("rev-parse", "HEAD") or "unknown", "dirty": bool(run("status", "--porcelain"))}
-
-
-def package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("mmlib", "torch", "torchvision", "timm", "fastai", "scikit-learn", "statsmodels", "scipy", "numpy",
-                "pandas", "pydicom", "plotly", "papermill", "jupyter-book"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def device_info() -> dict:
-    import torch
-
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine()}
-    try:
-        import os
-
-        info["cpu_count"] = os.cpu_count()
-    except Exception:  # pragma: no cover
-        pass
-    if torch.cuda.is_available():
-        info["cuda_device"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def peak_memory_mb(children: bool = False) -> float:
@@ -551,7 +511,7 @@ def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | No
         "reuse_key": {"key": _hash(study.key_parts), **{k: (_hash(v) if k == "params" else v)
                                                           for k, v in study.key_parts.items()}},
         "units": study.units,
-        "git": git_commit(),
+        "git": git_state(),
         "versions": package_versions(),
         "device": device_info(),
         "timings": study.timings,

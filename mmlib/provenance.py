@@ -1,4 +1,5 @@
-"""What a result depends on, as hashes: the reuse key of finished work.
+"""What a result depends on, as hashes (the reuse key of finished work), and where it came from (the git commit,
+package versions and device that ``run.json`` and the book's colophon record).
 
 A unit of work (a model variant and seed, trained on every fold) is reused by a later run only when its key is
 the same: the parameters results depend on (:func:`mmlib.params.result_keys`), the source of the ``mmlib``
@@ -11,8 +12,14 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
+import platform
+import subprocess
 from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
+
+from .paths import ROOT
 
 #: The folder of the ``mmlib`` package this process imported (its source is what the fingerprint covers).
 PACKAGE = Path(__file__).resolve().parent
@@ -77,3 +84,61 @@ def source_fingerprint(roots: tuple[str, ...] | None = None, package: Path = PAC
 def precision(params: dict, device: str) -> str:
     """The numeric precision training runs in: mixed fp16 only on a GPU (``mixed_precision``), else fp32."""
     return "fp16-mixed" if params.get("mixed_precision") and device.startswith("cuda") else "fp32"
+
+
+#: Distributions whose versions a run records and the colophon lists.
+PACKAGES: tuple[str, ...] = (
+    "mmlib", "torch", "torchvision", "timm", "fastai", "scikit-learn", "statsmodels", "scipy", "numpy", "pandas",
+    "pydicom", "plotly", "papermill", "jupyter-book", "myst-nb",
+)
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_state() -> dict:
+    """``{"commit": sha or None, "dirty": bool or None}``; None where this is not a git checkout.
+
+    ``dirty`` counts changes to tracked files only: outputs the build writes are ignored or untracked.
+    """
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit or None, "dirty": None if status is None else bool(status)}
+
+
+def package_versions(packages=PACKAGES) -> dict[str, str | None]:
+    """Python and each distribution's version (None when not installed)."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in packages:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    if "torch" in out:
+        import torch
+
+        out["torch"] = torch.__version__  # carries its build (e.g. +cu130), which the wheel metadata drops
+    return out
+
+
+def _cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def device_info() -> dict:
+    """Platform, CPU model and logical cores, the CUDA device (None on a CPU run) and torch's CUDA build."""
+    import torch
+
+    return {"platform": platform.platform(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+            "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch_cuda_build": torch.version.cuda}
