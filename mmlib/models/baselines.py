@@ -52,9 +52,20 @@ class AgeOnly(ModelInfo):
 
 
 class _ImagingOnly(MultimodalModel):
+    """One imaging modality alone: projected maps, pooled per view and averaged over views, then the head.
+
+    Args: those of :class:`~mmlib.models.parts.MultimodalModel` except ``modalities``.
+    Shapes: ``forward(x)`` -> ``(B,)``; logit 0 where the patient has no view of the modality. No internals.
+    """
+
     modality = ""
     kind = "baseline"
     fixed_kwargs = ("modalities",)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.inputs = (cls.modality,)
+        cls.display_name = f"{cls.modality.capitalize()} only"
 
     def __init__(self, **kwargs):
         super().__init__(modalities=(self.modality,), **kwargs)
@@ -70,29 +81,17 @@ class _ImagingOnly(MultimodalModel):
 
 @register_model("ultrasound_only")
 class UltrasoundOnly(_ImagingOnly):
-    """Ultrasound alone: projected maps, pooled per view and averaged over views, then the head.
-
-    Args: those of :class:`~mmlib.models.parts.MultimodalModel` except ``modalities``.
-    Shapes: ``forward(x)`` -> ``(B,)``; logit 0 where the patient has no ultrasound. No internals.
-    """
+    """Ultrasound alone (see :class:`_ImagingOnly`)."""
 
     modality = "ultrasound"
-    display_name = "Ultrasound only"
-    inputs = ("ultrasound",)
     table_order = 11
 
 
 @register_model("mammography_only")
 class MammographyOnly(_ImagingOnly):
-    """Mammography alone: projected maps, pooled per view and averaged over views, then the head.
-
-    Args: those of :class:`~mmlib.models.parts.MultimodalModel` except ``modalities``.
-    Shapes: ``forward(x)`` -> ``(B,)``; logit 0 where the patient has no mammography. No internals.
-    """
+    """Mammography alone (see :class:`_ImagingOnly`)."""
 
     modality = "mammography"
-    display_name = "Mammography only"
-    inputs = ("mammography",)
     table_order = 12
 
 

@@ -6,7 +6,6 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from ..batch import CLINICAL, PRESENT, effective_views, modality_index
 from . import register_model
 from .parts import MultimodalModel, check_choice, create_head, masked_mean
 
@@ -65,20 +64,8 @@ class CNNLSTM(MultimodalModel):
         self.head = create_head(out, hidden=dim, dropout=dropout)
 
     def _items(self, x: dict):
-        maps = self.encode(x)
-        feats, keep, index = [], [], []
-        for i, m in enumerate(self.modalities):
-            if m == CLINICAL:
-                f = self.encode_clinical(x)[:, None]
-                k = x[PRESENT][:, modality_index(CLINICAL), None]
-                index.append((CLINICAL, 0))
-            else:
-                f = self.pooled_views(maps, m)
-                k = effective_views(x, m)
-                index.extend((m, v) for v in range(f.shape[1]))
-            feats.append(f + self.modality_embedding[i])
-            keep.append(k)
-        feats, keep = torch.cat(feats, dim=1), torch.cat(keep, dim=1)
+        feats, keep, index = self.instances(x, self.encode(x), self.modality_embedding)
+        index = [(m, v) for m, v, _ in index]
         if self.order == "permuted":
             feats, keep, index = feats.flip(1), keep.flip(1), index[::-1]
         return self.item_dropout(feats), keep, index

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..batch import CLINICAL, PRESENT, effective_views, modality_index
 from . import register_model
 from .parts import MultimodalModel, check_choice, create_head, masked_softmax, perfect_square_side
 
@@ -79,31 +77,8 @@ class MMABMIL(MultimodalModel):
         self.attention = GatedAttention(dim=dim, hidden=attention_dim or dim) if pooling == "gated_attention" else None
         self.head = create_head(dim, hidden=dim, dropout=dropout)
 
-    def _instances(self, x: dict):
-        maps = self.encode(x)
-        feats, keep, index = [], [], []
-        for i, m in enumerate(self.modalities):
-            if m == CLINICAL:
-                f = self.encode_clinical(x)[:, None]
-                k = x[PRESENT][:, modality_index(CLINICAL), None]
-                index.append((CLINICAL, 0, 0))
-            else:
-                p = maps[m]
-                batch, nviews = p.shape[:2]
-                if self.tiles == 1:
-                    f = p.mean(dim=(-2, -1))
-                else:
-                    p = F.adaptive_avg_pool2d(p.flatten(0, 1), self.tile_side).unflatten(0, (batch, nviews))
-                    f = p.flatten(-2).transpose(-1, -2).reshape(batch, nviews * self.tiles, self.dim)
-                views = effective_views(x, m)
-                k = views[:, :, None].expand(batch, nviews, self.tiles).reshape(batch, -1)
-                index.extend((m, v, t) for v in range(nviews) for t in range(self.tiles))
-            feats.append(f + self.modality_embedding[i])
-            keep.append(k)
-        return torch.cat(feats, dim=1), torch.cat(keep, dim=1), index
-
     def _forward(self, x: dict) -> tuple[torch.Tensor, dict]:
-        instances, keep, index = self._instances(x)
+        instances, keep, index = self.instances(x, self.encode(x), self.modality_embedding, tiles=self.tiles)
         instances = self.instance_mlp(instances)
         if self.attention is not None:
             scores = self.attention(instances)

@@ -396,6 +396,42 @@ class MultimodalModel(ModelInfo, nn.Module):
                 vecs.append(masked_mean(self.pooled_views(maps, m), effective_views(x, m)))
         return torch.stack(vecs, dim=1)
 
+    def instances(self, x: dict, maps: dict[str, torch.Tensor], embedding: torch.Tensor, *, tiles: int = 1):
+        """The patient's inputs as a bag (or sequence) of instances, each plus its modality's row of ``embedding``.
+
+        Instances, in ``self.modalities`` order: every view slot of each imaging modality (its projected map
+        pooled to one vector, or with ``tiles > 1`` to a square grid of ``tiles`` cells, row-major), and the
+        clinical embedding as one instance.
+
+        Args:
+            x: the batch; maps: :meth:`encode` of it; embedding: ``(len(self.modalities), dim)``.
+            tiles: instances per view, a perfect square.
+
+        Returns:
+            instances ``(B, N, dim)``, their mask ``(B, N)`` bool (effective views, clinical presence), and N
+            tuples ``(modality, view, tile)``.
+        """
+        side = perfect_square_side("tiles", tiles)
+        feats, keep, index = [], [], []
+        for i, m in enumerate(self.modalities):
+            if m == CLINICAL:
+                f = self.encode_clinical(x)[:, None]
+                k = x[PRESENT][:, modality_index(CLINICAL), None]
+                index.append((CLINICAL, 0, 0))
+            else:
+                p = maps[m]
+                batch, nviews = p.shape[:2]
+                if tiles == 1:
+                    f = p.mean(dim=(-2, -1))
+                else:
+                    p = F.adaptive_avg_pool2d(p.flatten(0, 1), side).unflatten(0, (batch, nviews))
+                    f = p.flatten(-2).transpose(-1, -2).reshape(batch, nviews * tiles, self.dim)
+                k = effective_views(x, m)[:, :, None].expand(batch, nviews, tiles).reshape(batch, -1)
+                index.extend((m, v, t) for v in range(nviews) for t in range(tiles))
+            feats.append(f + embedding[i])
+            keep.append(k)
+        return torch.cat(feats, dim=1), torch.cat(keep, dim=1), index
+
     # ------------------------------------------------------------------ forward
     def _forward(self, x: dict) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
