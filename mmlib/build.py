@@ -157,47 +157,6 @@ def select_chapters(notebooks: Sequence[Path], only: Sequence[str]) -> list[Path
 # Notebooks
 
 
-def new_notebook(path: Path, title: str, *, overwrite: bool = False) -> Path:
-    """Write a minimal output-free chapter: a title cell, a ``parameters`` cell and the setup call.
-
-    The lead fills in the content; this only makes the skeleton reproducible.
-
-    Args:
-        path: the ``.ipynb`` to write.
-        title: the chapter title (the markdown ``#`` heading Jupyter Book uses in the navigation).
-        overwrite: replace an existing file (otherwise an existing file is left as it is).
-
-    Returns:
-        ``path``.
-    """
-    import nbformat
-
-    path = Path(path)
-    if path.suffix != ".ipynb":
-        raise ValueError(f"path {path}: expected a .ipynb file")
-    if not title.strip():
-        raise ValueError("title: expected a non-empty chapter title")
-    if path.exists() and not overwrite:
-        return path
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    params = nbformat.v4.new_code_cell(
-        'profile = "smoke"  # run profile, params/<profile>.yaml\n'
-        'results_dir = "../results/smoke"  # outputs of this run'
-    )
-    params.metadata["tags"] = ["parameters"]
-    setup = nbformat.v4.new_code_cell("from mmlib.book import setup_notebook\n\nsetup_notebook(seed=0)")
-    nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}"), params, setup]
-    # Stable ids keep regenerated skeletons byte-identical.
-    for i, cell in enumerate(nb.cells):
-        cell["id"] = f"{path.stem.replace('_', '-')}-{i}"
-    nbformat.validate(nb)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, str(path))
-    return path
-
-
 def ensure_kernel(name: str = KERNEL_NAME) -> str:
     """Register a Jupyter kernel for this interpreter in its prefix (idempotent); returns its name.
 

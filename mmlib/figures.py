@@ -20,7 +20,9 @@ from plotly.subplots import make_subplots
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from .metrics import expected_calibration_error
 from .schema import LABELS, MODALITIES, all_scenarios, scenario_name
+from .stats import decision_curve
 
 PREDICTION_COLUMNS = ("patient_id", "model", "ablation", "scenario", "split", "fold", "seed", "prob_malignant", "label")
 METRIC_COLUMNS = ("model", "ablation", "scenario", "split", "metric", "value", "ci_low", "ci_high")
@@ -180,13 +182,6 @@ def metric_forest(metrics: pd.DataFrame, metric: str = "auc", *, split: str | No
     return fig
 
 
-def expected_calibration_error(y: np.ndarray, prob: np.ndarray, n_bins: int = 10) -> float:
-    """ECE with equal-width bins (:func:`mmlib.metrics.expected_calibration_error`, the one the tables use)."""
-    from .metrics import expected_calibration_error as ece
-
-    return ece(np.asarray(y), np.asarray(prob, dtype=float), n_bins=n_bins)
-
-
 def reliability_diagram(predictions: pd.DataFrame, *, split: str | None = "cv", scenario: str | None = "all",
                         ablation: str | None = "none", n_bins: int = 10) -> go.Figure:
     """Reliability diagram: observed malignancy rate against mean predicted probability, per model.
@@ -209,7 +204,7 @@ def reliability_diagram(predictions: pd.DataFrame, *, split: str | None = "cv", 
         y = _binary_labels(rows["label"], f"predictions (model {model})")
         p = rows["prob_malignant"].to_numpy(dtype=float)
         observed, predicted = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
-        ece = expected_calibration_error(y, p, n_bins)
+        ece = expected_calibration_error(y, p, n_bins=n_bins)
         fig.add_trace(go.Scatter(x=predicted, y=observed, mode="lines+markers", name=f"{model} (ECE {ece:.3f})",
                                  meta={"model": model, "ece": ece}))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
@@ -220,14 +215,6 @@ def reliability_diagram(predictions: pd.DataFrame, *, split: str | None = "cv", 
     fig.update_xaxes(range=[0, 1])
     fig.update_yaxes(range=[0, 1])
     return fig
-
-
-def net_benefit(y: np.ndarray, prob: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Net benefit of treating patients with ``prob >= t`` per threshold t (:func:`mmlib.stats.decision_curve`)."""
-    from .stats import decision_curve
-
-    return decision_curve(np.asarray(y), np.asarray(prob, dtype=float),
-                          thresholds=np.asarray(thresholds, dtype=float))["net_benefit"].to_numpy()
 
 
 def decision_curves(predictions: pd.DataFrame, *, split: str | None = "cv", scenario: str | None = "all",
@@ -251,7 +238,8 @@ def decision_curves(predictions: pd.DataFrame, *, split: str | None = "cv", scen
     for model in _models(sel):
         rows = sel[sel["model"].astype(str) == model]
         y = _binary_labels(rows["label"], f"predictions (model {model})")
-        fig.add_trace(go.Scatter(x=t, y=net_benefit(y, rows["prob_malignant"].to_numpy(), t), mode="lines", name=model))
+        benefit = decision_curve(y, rows["prob_malignant"].to_numpy(dtype=float), thresholds=t)["net_benefit"].to_numpy()
+        fig.add_trace(go.Scatter(x=t, y=benefit, mode="lines", name=model))
         prevalence = y.mean() if prevalence is None else prevalence
     treat_all = prevalence - (1 - prevalence) * t / (1 - t)
     fig.add_trace(go.Scatter(x=t, y=treat_all, mode="lines", name="treat all", line={"dash": "dot", "color": "grey"}))

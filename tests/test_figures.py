@@ -120,15 +120,6 @@ def test_reliability_diagram_matches_sklearn_and_ece(predictions):
         assert trace.name.endswith(f"(ECE {ece:.3f})")
 
 
-def test_expected_calibration_error_known_answers():
-    # Each bin's mean prediction equals its observed rate: perfectly calibrated.
-    y = np.array([1, 0, 0, 0, 1, 1, 1, 0])
-    p = np.array([0.25, 0.25, 0.25, 0.25, 0.75, 0.75, 0.75, 0.75])
-    assert figures.expected_calibration_error(y, p, 10) == pytest.approx(0.0)
-    # Everything predicted 0.9, half malignant: |0.5 - 0.9| = 0.4.
-    assert figures.expected_calibration_error(np.array([1, 0, 1, 0]), np.full(4, 0.9), 10) == pytest.approx(0.4)
-
-
 def test_decision_curves_net_benefit_known_answer():
     df = pd.DataFrame({"model": "m", "ablation": "none", "scenario": "all", "split": "cv",
                        "prob_malignant": [0.9, 0.6, 0.4, 0.1], "label": [1, 1, 0, 0]})
