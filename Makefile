@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed-stamp
 # torch is pinned to the release on this machine's disk; requirements.lock pins everything else.
 TORCH   := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: deps test book strict publish lab lock benchmark clean
+.PHONY: deps test test-fast book strict publish lab lock benchmark clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ deps: $(STAMP)            ## create .venv and install mmlib with its book and te
 
 test: deps                ## run the test suite
 	$(BIN)/python -m pytest -q
+
+test-fast: deps           ## the tests that train nothing (no study, no book build): for development
+	$(BIN)/python -m pytest -q -m "not slow"
 
 book: deps                ## run the study with PROFILE (papermill) and render the HTML book
 	$(BIN)/python -m mmlib.build --profile $(PROFILE)

@@ -37,6 +37,34 @@ def tiny_cohort(tiny_cohort_dir):
     return load_manifest(tiny_cohort_dir / "manifest.csv")
 
 
+@pytest.fixture(scope="session")
+def study_workspace(tmp_path_factory) -> Path:
+    """One cohorts folder and one feature cache for every test that runs the study: the synthetic cohort is
+    generated, and its images encoded, once per test run (the engine reuses both when the key matches)."""
+    import mmlib.experiment as ex
+
+    root = tmp_path_factory.mktemp("study")
+    (root / "cache").mkdir()
+    old = ex.COHORTS
+    ex.COHORTS = root / "cohorts"
+    yield root
+    ex.COHORTS = old
+
+
+@pytest.fixture(scope="session")
+def study_results(study_workspace):
+    """``study_results(folder)`` -> a results folder (str) whose feature cache is the session's shared one."""
+
+    def make(folder) -> str:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "cache").exists():
+            (folder / "cache").symlink_to(study_workspace / "cache", target_is_directory=True)
+        return str(folder)
+
+    return make
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """Tests use small tensors: one thread is as fast and immune to other processes sharing the cores."""

@@ -39,20 +39,14 @@ def test_holm_by_hand_values():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("exp")
-    import mmlib.experiment
-
-    old = mmlib.experiment.COHORTS
-    mmlib.experiment.COHORTS = tmp / "cohorts"
-    try:
-        params = _params(tmp, workers=2)  # two processes, compared with one below
-        out = ex.run_experiment(params)
-        yield params, out, ex.load_results(out)
-    finally:
-        mmlib.experiment.COHORTS = old
+def run(tmp_path_factory, study_results):
+    params = _params(tmp_path_factory.mktemp("exp"), workers=2)  # two processes, compared with one below
+    params["results_dir"] = study_results(params["results_dir"])
+    out = ex.run_experiment(params)
+    return params, out, ex.load_results(out)
 
 
+@pytest.mark.slow
 def test_outputs_have_the_documented_schema(run):
     _, out, res = run
     assert list(res.predictions.columns)[:9] == ["patient_id", "model", "ablation", "scenario", "split", "fold",
@@ -69,6 +63,7 @@ def test_outputs_have_the_documented_schema(run):
     assert (out / "models" / "amw_cnn" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_cv_predictions_are_out_of_fold_once_per_patient(run):
     _, _, res = run
     p = res.predictions
@@ -82,6 +77,7 @@ def test_cv_predictions_are_out_of_fold_once_per_patient(run):
     assert set(test["patient_id"]) == set(res.splits.loc[res.splits["split"] == "test", "patient_id"])
 
 
+@pytest.mark.slow
 def test_thresholds_come_from_training_folds_only(run):
     from mmlib.metrics import youden_threshold
 
@@ -93,6 +89,7 @@ def test_thresholds_come_from_training_folds_only(run):
         assert gk["threshold"].iloc[0] == pytest.approx(youden_threshold(other["label"], other["prob_malignant"]))
 
 
+@pytest.mark.slow
 def test_metrics_match_recomputation(run):
     from sklearn.metrics import roc_auc_score
 
@@ -107,6 +104,7 @@ def test_metrics_match_recomputation(run):
     assert row["ci_low"] <= row["value"] <= row["ci_high"]
 
 
+@pytest.mark.slow
 def test_statistics_and_missing_table(run):
     _, _, res = run
     s = res.stats
@@ -125,35 +123,23 @@ def test_statistics_and_missing_table(run):
     assert len(m[(m["model"] == "amw_cnn") & (m["ablation"] == "none")]) == 7
 
 
+@pytest.mark.slow
 def test_rerun_reuses_finished_work(run, capsys):
     params, out, res = run
-    import mmlib.experiment
-
-    old = mmlib.experiment.COHORTS
-    mmlib.experiment.COHORTS = out.parent / "cohorts"
-    try:
-        ex.run_experiment(dict(params, progress=True))
-    finally:
-        mmlib.experiment.COHORTS = old
+    ex.run_experiment(dict(params, progress=True))
     printed = capsys.readouterr().out
     assert printed.count("reused finished work") == len(ex.experiment_configs(params))
     again = ex.load_results(out)
     pd.testing.assert_frame_equal(again.predictions, res.predictions)
 
 
-def test_results_do_not_depend_on_the_number_of_workers(run, tmp_path):
+@pytest.mark.slow
+def test_results_do_not_depend_on_the_number_of_workers(run, tmp_path, study_results):
     """The module's run trained in two worker processes (frozen CPU path); one process gives the same."""
     params, out, res = run
     assert ex.n_workers(params) == 2
-    import mmlib.experiment
-
-    old = mmlib.experiment.COHORTS
-    mmlib.experiment.COHORTS = out.parent / "cohorts"
-    try:
-        one = ex.load_results(ex.run_experiment(dict(params, workers=1, models=["amw_cnn"], baselines=["age_only"],
-                                                     ablations=False, results_dir=str(tmp_path / "one"))))
-    finally:
-        mmlib.experiment.COHORTS = old
+    one = ex.load_results(ex.run_experiment(dict(params, workers=1, models=["amw_cnn"], baselines=["age_only"],
+                                                 ablations=False, results_dir=study_results(tmp_path / "one"))))
     key = ["model", "ablation", "scenario", "split", "fold", "patient_id"]
     for model in ("amw_cnn", "age_only"):
         a = res.predictions.query("model == @model and ablation == 'none'").sort_values(key).reset_index(drop=True)
@@ -189,6 +175,7 @@ def test_profiles_in_params_folder_are_valid():
         assert p["profile"] == f.stem
 
 
+@pytest.mark.slow
 def test_report_tables(run):
     from mmlib import report
 
@@ -212,18 +199,12 @@ def test_report_tables(run):
     assert len(report.checklist()) > 10
 
 
-def test_finetune_mode_runs_end_to_end_on_cpu(tmp_path):
+@pytest.mark.slow
+def test_finetune_mode_runs_end_to_end_on_cpu(tmp_path, study_workspace):
     """The GPU profile's mode (encoders unfrozen, images in) through the whole engine, at tiny sizes."""
-    import mmlib.experiment
-
-    old = mmlib.experiment.COHORTS
-    mmlib.experiment.COHORTS = tmp_path / "cohorts"
-    try:
-        params = _params(tmp_path, train_mode="finetune", encoder_weights="none", image_size=32, epochs=1, n_folds=2,
-                         models=["amw_cnn"], baselines=[], ablations=False, scenarios=False, save_models=False, bs=8)
-        res = ex.load_results(ex.run_experiment(params))
-    finally:
-        mmlib.experiment.COHORTS = old
+    params = _params(tmp_path, train_mode="finetune", encoder_weights="none", image_size=32, epochs=1, n_folds=2,
+                     models=["amw_cnn"], baselines=[], ablations=False, scenarios=False, save_models=False, bs=8)
+    res = ex.load_results(ex.run_experiment(params))
     assert set(res.predictions["split"]) == {"cv", "test"}
     assert np.isfinite(res.metric("amw_cnn", "auc"))
 

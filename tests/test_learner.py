@@ -51,6 +51,7 @@ def _learner(small, name, **kw):
     return learn
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [*MULTIMODAL_MODELS, "late_fusion", "ultrasound_only"])
 def test_short_training_beats_chance(small, name):
     learn = _learner(small, name, seed=0)
@@ -63,6 +64,7 @@ def test_short_training_beats_chance(small, name):
     assert auc > 0.75
 
 
+@pytest.mark.slow
 def test_seeded_training_is_repeatable(small):
     probs = []
     for _ in range(2):
@@ -73,6 +75,7 @@ def test_seeded_training_is_repeatable(small):
     np.testing.assert_allclose(probs[0], probs[1], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_feature_path_equals_image_path(small):
     """The cached-feature fast path and the end-to-end path give the same logits for the same weights."""
     learn = _learner(small, "cuf_mt", seed=0)
@@ -90,6 +93,7 @@ def test_feature_path_equals_image_path(small):
     torch.testing.assert_close(lf, li, atol=2e-2, rtol=1e-2)
 
 
+@pytest.mark.slow
 def test_save_load_roundtrip_and_predict(small, tmp_path):
     learn = _learner(small, "mm_abmil", seed=0)
     with learn.no_bar(), learn.no_logging():
@@ -114,6 +118,7 @@ def test_save_load_roundtrip_and_predict(small, tmp_path):
     np.testing.assert_allclose(df.set_index("patient_id").loc[ds.patient_ids, "prob_malignant"].to_numpy(), b, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_model_folder_with_a_pickle_is_refused(small, tmp_path):
     learn = _learner(small, "amw_cnn", seed=0)
     folder = save_model(learn.model, tmp_path / "m", name="amw_cnn", spec=small["spec"])
@@ -122,6 +127,7 @@ def test_model_folder_with_a_pickle_is_refused(small, tmp_path):
         load_model(folder)
 
 
+@pytest.mark.slow
 def test_modality_dropout_and_aux_loss_train(small):
     learn = _learner(small, "cuf_mt", seed=0, modality_dropout=0.5)
     with learn.no_bar(), learn.no_logging():
@@ -129,6 +135,7 @@ def test_modality_dropout_and_aux_loss_train(small):
     assert np.isfinite(learn.recorder.values[-1][0])
 
 
+@pytest.mark.slow
 def test_end_to_end_finetune_on_cpu_tiny(small):
     """The GPU profile's path (encoders unfrozen, images in) runs on the CPU at tiny sizes."""
     c, spec = small["cohort"], small["spec"]

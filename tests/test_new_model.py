@@ -53,7 +53,8 @@ def toy_model(tmp_path):
     _REGISTRY.update(before)
 
 
-def test_a_new_model_file_is_all_a_new_model_needs(toy_model, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_a_new_model_file_is_all_a_new_model_needs(toy_model, tmp_path, study_results):
     import mmlib.experiment as ex
     from mmlib import report
     from mmlib.models import create_model, list_models, model_class
@@ -63,11 +64,11 @@ def test_a_new_model_file_is_all_a_new_model_needs(toy_model, tmp_path, monkeypa
     model = create_model(toy_model, encoder="test_efficientnet", encoder_weights="none", clinical_features=2, dim=16)
     assert model.config()["dim"] == 16
 
-    monkeypatch.setattr(ex, "COHORTS", tmp_path / "cohorts")
     params = ex.load_params(dict(
         profile="toy", cohort="synthetic", synthetic_patients=60, synthetic_seed=3, n_folds=2, image_size=64,
-        n_augment=0, epochs=2, early_stopping=0, bs=16, dim=16, models=[toy_model], baselines=["age_only"],
-        ablations=True, scenarios=False, n_boot=20, progress=False, workers=1, results_dir=str(tmp_path / "results")))
+        n_augment=1, epochs=2, early_stopping=0, bs=16, dim=16, models=[toy_model], baselines=["age_only"],
+        ablations=True, scenarios=False, n_boot=20, progress=False, workers=1,
+        results_dir=study_results(tmp_path / "results")))
     res = ex.load_results(ex.run_experiment(params))
 
     assert set(res.predictions["model"]) == {toy_model, "age_only"}
