@@ -314,7 +314,7 @@ def predict_cohort(model, meta: dict, cohort: Cohort, *, model_dir=None, bs: int
         slots = {m: max(spec.views[m], v) for m, v in max_views(patients).items()}
         spec = SampleSpec(spec.clinical, spec.images, slots, spec.use_clinical, spec.outline)
         ds = MultimodalDataset(used, np.arange(len(patients)), spec, train=False)
-        prob = predict_proba(model, ds, bs=bs, device=device)
+        prob = predict_proba(model, ds, bs=bs, device=device, progress=progress)
     out = pd.DataFrame({"patient_id": ds.patient_ids, "prob_malignant": prob})
     threshold = meta.get("threshold")
     if threshold is not None:

@@ -238,14 +238,22 @@ def multimodal_learner(dls, name: str, *, model=None, lr: float = 3e-3, wd: floa
 
 # ----------------------------------------------------------------------------------------------- predict
 @torch.no_grad()
-def predict_proba(model: nn.Module, dataset, *, keep=None, bs: int = 64, device=None) -> np.ndarray:
-    """Probability of malignancy for every sample of ``dataset``; ``keep`` restricts the present inputs."""
+def predict_proba(model: nn.Module, dataset, *, keep=None, bs: int = 64, device=None,
+                  progress: bool = False) -> np.ndarray:
+    """Probability of malignancy for every sample of ``dataset``; ``keep`` restricts the present inputs;
+    ``progress`` shows a bar over the batches."""
     from torch.utils.data import DataLoader
 
     device = torch.device(device or "cpu")
     model.eval().to(device)
     out = []
-    for x, _ in DataLoader(dataset, batch_size=bs, shuffle=False, collate_fn=collate):
+    batches = DataLoader(dataset, batch_size=bs, shuffle=False, collate_fn=collate)
+    if progress:
+        from fastprogress.fastprogress import progress_bar
+
+        batches = progress_bar(batches)
+        batches.comment = f"predicting {len(dataset)} patients"
+    for x, _ in batches:
         if keep is not None:
             x = with_presence(x, keep)
         x = {k: v.to(device) for k, v in x.items()}
