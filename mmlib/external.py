@@ -257,7 +257,7 @@ EXTERNAL_RECORD = "external.json"
 
 def external_study(train_manifest, test_manifest, out, *, model: str = "amw_cnn", profile="breast-lesions-usg",
                    sources=("expert", "predicted", "none"), n_boot: int = 2000, seed: int = 0,
-                   progress: bool = True) -> Path:
+                   progress: bool = True, overrides: dict | None = None) -> Path:
     """Train ``model`` on one cohort's development patients once per lesion source and validate it on another.
 
     For each source in ``sources`` (see :mod:`mmlib.deploy`): :func:`mmlib.experiment.train_model` with the
@@ -265,7 +265,9 @@ def external_study(train_manifest, test_manifest, out, *, model: str = "amw_cnn"
     the external cohort.
 
     Writes into ``out``: ``models/<source>/``, ``<source>/`` (each evaluation), ``external.csv`` (``lesion_source,
-    metric, value, ci_low, ci_high, n_valid``) and ``external.json`` (cohorts, training patients, wall times).
+    metric, value, ci_low, ci_high, n_valid``) and ``external.json`` (cohorts, training patients, wall times). Rows
+    of other sources already there are kept when they come from the same cohorts, model and profile (one source
+    can be rerun alone; each source records its own ``overrides``).
 
     Returns:
         ``out``.
@@ -275,12 +277,13 @@ def external_study(train_manifest, test_manifest, out, *, model: str = "amw_cnn"
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tables, record = [], {"train_manifest": str(train_manifest), "test_manifest": str(test_manifest),
-                          "model": model, "profile": str(profile), "sources": {}}
+    overrides = dict(overrides or {})
+    record = {"train_manifest": str(train_manifest), "test_manifest": str(test_manifest), "model": model,
+              "profile": str(profile), "sources": {}}
     for source in sources:
         t0 = time.perf_counter()
-        model_dir = train_model(train_manifest, model, out / "models" / source, profile, lesion_source=source,
-                                progress=progress)
+        model_dir = train_model(train_manifest, model, out / "models" / source, profile,
+                                **{**overrides, "lesion_source": source, "progress": progress})
         train_seconds = time.perf_counter() - t0
         folder = external_validation(model_dir, test_manifest, out / source, n_boot=n_boot, seed=seed,
                                      progress=progress)
@@ -288,14 +291,24 @@ def external_study(train_manifest, test_manifest, out, *, model: str = "amw_cnn"
         meta = json.loads((model_dir / "model.json").read_text())
         table = pd.read_csv(folder / "metrics.csv")
         table.insert(0, "lesion_source", source)
-        tables.append(table)
+        # Read again just before writing: other sources' rows, possibly written meanwhile by another run, stay.
+        tables = [table]
+        if (out / EXTERNAL_TABLE).is_file() and (out / EXTERNAL_RECORD).is_file():
+            old_table, old = load_external(out)
+            if all(old.get(k) == v for k, v in record.items() if k != "sources"):
+                record["sources"] = {s: r for s, r in old["sources"].items() if s != source}
+                tables.insert(0, old_table[old_table.lesion_source != source])
         record["sources"][source] = {
-            "train_seconds": round(train_seconds, 1), "predict_seconds": summary["predict_seconds"],
-            "evaluate_seconds": summary["wall_seconds"], "trained_on_patients": meta["info"]["trained_on_patients"],
+            "overrides": overrides, "train_seconds": round(train_seconds, 1),
+            "predict_seconds": summary["predict_seconds"], "evaluate_seconds": summary["wall_seconds"], "trained_on_patients": meta["info"]["trained_on_patients"],
             "threshold": summary["threshold"], "lesion_not_found": summary["lesion_not_found"],
             "crossfit_segmentation": meta["info"].get("crossfit_segmentation"),
             "n_patients": summary["n_patients"], "labels": summary["labels"]}
-        write_csv_atomic(pd.concat(tables, ignore_index=True), out / EXTERNAL_TABLE)
+        order = {s: i for i, s in enumerate(("expert", "predicted", "none"))}
+        merged = pd.concat(tables, ignore_index=True)
+        merged = merged.sort_values("lesion_source", key=lambda c: c.map(order).fillna(9), kind="stable")
+        record["sources"] = dict(sorted(record["sources"].items(), key=lambda kv: order.get(kv[0], 9)))
+        write_csv_atomic(merged, out / EXTERNAL_TABLE)
         (out / EXTERNAL_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return out
 

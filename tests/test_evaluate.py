@@ -144,7 +144,8 @@ def test_external_study_writes_one_tidy_table(masked, standin, tmp_path):
 
 
 def test_chapter_reads_the_external_results_or_says_how_to_get_them(tmp_path, masked, standin):
-    from mmlib.external import EXTERNAL_COMMAND, external_glue_placeholders, external_results, external_study
+    from mmlib.external import (EXTERNAL_COMMAND, external_glue_placeholders, external_results, external_study,
+                                load_external)
 
     assert external_results(tmp_path / "absent") is None and "bench_external.py" in EXTERNAL_COMMAND
     import yaml
@@ -159,3 +160,10 @@ def test_chapter_reads_the_external_results_or_says_how_to_get_them(tmp_path, ma
     assert res["glue"]["external_auc_none"].startswith(f"{auc:.3f} (")
     assert res["glue"]["external_auc_predicted"] == "not measured" and res["glue"]["external_n_patients"] == "36"
     assert list(res["table"]["lesion from"]) == ["none"]
+    # Another source run alone joins the table; the first source's rows stay, in the order expert, predicted, none.
+    external_study(masked, masked, out, profile=profile, sources=("expert",), n_boot=50, progress=False,
+                   overrides={"epochs": 1})
+    table, record = load_external(out)
+    assert list(table["lesion_source"].unique()) == ["expert", "none"] and list(record["sources"]) == ["expert", "none"]
+    assert record["sources"]["expert"]["overrides"] == {"epochs": 1} and record["sources"]["none"]["overrides"] == {}
+    assert table.query("lesion_source == 'none' and metric == 'auc'")["value"].iloc[0] == auc
