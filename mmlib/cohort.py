@@ -453,8 +453,8 @@ def load_manifest(path: str | Path, *, decode_images: bool = True, small_image_p
                                          strict=strict_masks)
             out[bbox_column(m)] = _bboxes(get(bbox_column(m)), images, shapes, row, m, p, issue)
 
-        if (all(has(c) or c not in required for c in ("mammography", "ultrasound", "age")) and n_listed == 0 and age_ok and clinical_ok
-                and math.isnan(out["age"]) and all(math.isnan(out[c]) for c in clinical_cols)):
+        if (all(has(c) or c not in required for c in ("mammography", "ultrasound", "age")) and n_listed == 0
+                and age_ok and clinical_ok and math.isnan(out["age"]) and all(math.isnan(out[c]) for c in clinical_cols)):
             issue(row, None, "no input at all: no mammography or ultrasound image, no age and no clinical value", p)
 
         split = get("split").strip().lower()

@@ -300,7 +300,8 @@ def external_study(train_manifest, test_manifest, out, *, model: str = "amw_cnn"
                 tables.insert(0, old_table[old_table.lesion_source != source])
         record["sources"][source] = {
             "overrides": overrides, "train_seconds": round(train_seconds, 1),
-            "predict_seconds": summary["predict_seconds"], "evaluate_seconds": summary["wall_seconds"], "trained_on_patients": meta["info"]["trained_on_patients"],
+            "predict_seconds": summary["predict_seconds"], "evaluate_seconds": summary["wall_seconds"],
+            "trained_on_patients": meta["info"]["trained_on_patients"],
             "threshold": summary["threshold"], "lesion_not_found": summary["lesion_not_found"],
             "crossfit_segmentation": meta["info"].get("crossfit_segmentation"),
             "n_patients": summary["n_patients"], "labels": summary["labels"]}

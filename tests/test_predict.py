@@ -99,7 +99,8 @@ def test_predicted_model_folder_carries_its_segmenter(predicted_model, standin):
     files = sorted(p.relative_to(predicted_model).as_posix() for p in predicted_model.rglob("*") if p.is_file())
     assert files == ["model.json", "model.safetensors", "segmenter/segmenter.json", "segmenter/segmenter.safetensors"]
     meta = json.loads((predicted_model / "model.json").read_text())
-    assert meta["lesion"] == {"source": "predicted", "modalities": ["ultrasound"], "segmenters": {"ultrasound": "segmenter"}}
+    assert meta["lesion"] == {"source": "predicted", "modalities": ["ultrasound"],
+                              "segmenters": {"ultrasound": "segmenter"}}
     # Cross-fitting: one segmenter per fold on the other folds' masks, then one on all development masks.
     fits = standin.Segmenter.fits
     assert len(fits) == TINY["n_folds"] + 1 and max(fits[:-1]) < fits[-1] == meta["info"]["trained_on_patients"]
