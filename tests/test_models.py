@@ -420,3 +420,23 @@ def test_mid_level_encoder_features_round_trip_through_the_config(name):
          "clinical": torch.randn(2, 2), "present": torch.ones(2, 3, dtype=torch.bool)}
     with torch.no_grad():
         torch.testing.assert_close(m(x), again(x))
+
+
+def test_age_only_is_a_tabular_baseline():
+    import numpy as np
+
+    from mmlib.experiment import ParamsError, train_model
+
+    rng = np.random.default_rng(0)
+    y = (rng.uniform(size=200) < 0.4).astype(int)
+    X = np.stack([y + rng.normal(0, 1, 200), np.zeros(200)], 1)  # (age z-score, missing flag)
+    model = create_model("age_only").fit(X, y)
+    p = model.predict_proba(X)
+    assert p.shape == (200,) and ((0 < p) & (p < 1)).all()
+    assert p[y == 1].mean() > p[y == 0].mean()
+    with pytest.raises(ValueError, match="C must be"):
+        create_model("age_only", C=0)
+    with pytest.raises(TypeError, match="encoder"):
+        create_model("age_only", encoder="resnet18")
+    with pytest.raises(ParamsError, match="not a savable network.*amw_cnn"):
+        train_model("unused.csv", "age_only", "unused")
