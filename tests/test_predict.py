@@ -271,3 +271,26 @@ def test_csv_and_folders_are_written_whole(tmp_path):
     with output_folder(tmp_path / "f", marker="done.json") as tmp:
         (tmp / "done.json").write_text("{}")
     assert [p.name for p in (tmp_path / "f").iterdir()] == ["done.json"]
+
+
+def test_real_segmenter_round_trip(masked, tmp_path, monkeypatch):
+    """The model folder, `mmlib predict` and `mmlib segment` with the real segmenter (a tiny one)."""
+    from mmlib import segmentation
+
+    small = segmentation.SegmenterSettings(image_size=32, epochs=1, n_augment=0, bs=8, min_area=0.0)
+    real_fit = segmentation.fit_segmenter
+
+    def tiny_fit(images, masks, *, settings=None, **kw):
+        return real_fit(images, masks, settings=small, **kw)
+
+    monkeypatch.setattr(segmentation, "fit_segmenter", tiny_fit)
+    model = train_model(masked, "amw_cnn", tmp_path / "m", {**TINY, "roi": True, "lesion_source": "predicted",
+                                                             "n_folds": 2})
+    assert segmentation.Segmenter.load(model / "segmenter").settings.image_size == 32
+    pred = predict_manifest(model, _strip(masked, tmp_path / "bare.csv"))
+    assert len(pred) == 36 and pred["prob_malignant"].between(0, 1).all()
+    assert pred["lesion_found"].dtype == bool and (pred["note"] != "").sum() == (~pred["lesion_found"]).sum()
+    assert main(["segment", str(model), str(masked), "--out", str(tmp_path / "seg")]) == 0
+    first = pd.read_csv(masked)["ultrasound"][0]
+    mask = Image.open(tmp_path / "seg" / (Path(first).stem + "_mask.png"))
+    assert mask.size == Image.open(masked.parent / first).size
