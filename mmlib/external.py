@@ -7,7 +7,7 @@
                       precision, MCC, F1 at the threshold carried from training, Brier, ECE, calibration slope and
                       intercept, and the segmenter's ``dice`` and ``iou`` where the manifest has expert masks;
                       percentile bootstrap CIs resampling patients (the ``group`` column, e.g. a patient's two
-                      breasts, else ``patient_id``), stratified by label
+                      breasts, else ``patient_id``), stratified by label (calibration: not stratified)
 ``segmentation.csv``  one row per segmented image: ``lesion_found``, ``score``, ``dice``, ``iou``
 ``roc.csv``, ``reliability.csv``  the curves' data
 ``figures/``          ``roc`` and ``reliability`` as plotly JSON and HTML
@@ -116,12 +116,15 @@ def mean_bootstrap(values, groups, *, n_boot: int, seed: int, alpha: float = 0.0
 
 
 def classifier_metrics(y, p, groups, *, threshold: float, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """:data:`EXTERNAL_METRICS` with bootstrap CIs that resample ``groups``, stratified by label."""
+    """:data:`EXTERNAL_METRICS` with bootstrap CIs that resample ``groups``: stratified by label, except calibration
+    slope and intercept (whose replicates must let the prevalence vary)."""
     from .stats import bootstrap_ci
 
     y, p = np.asarray(y, dtype=int), np.asarray(p, dtype=float)
     table = bootstrap_ci(y, p, threshold=threshold, n_boot=n_boot, seed=seed, groups=groups, metrics=METRICS)
-    counts = _bootstrap_counts(y, groups, n_boot, seed)
+    # Not stratified: a replicate that keeps the class counts keeps the prevalence, and with it most of the
+    # variation of calibration-in-the-large.
+    counts = _bootstrap_counts(y, groups, n_boot, seed, stratified=False)
     table = pd.concat([table, calibration_bootstrap(y, p, counts)], ignore_index=True)
     return table.set_index("metric").loc[list(EXTERNAL_METRICS)].reset_index()
 
@@ -257,7 +260,7 @@ EXTERNAL_RECORD = "external.json"
 
 def external_study(train_manifest, test_manifest, out, *, model: str = "amw_cnn", profile="breast-lesions-usg",
                    sources=("expert", "predicted", "none"), n_boot: int = 2000, seed: int = 0,
-                   progress: bool = True, overrides: dict | None = None) -> Path:
+                   progress: bool = True, overrides: dict | None = None, retrain: bool = True) -> Path:
     """Train ``model`` on one cohort's development patients once per lesion source and validate it on another.
 
     For each source in ``sources`` (see :mod:`mmlib.deploy`): :func:`mmlib.experiment.train_model` with the
@@ -267,7 +270,8 @@ def external_study(train_manifest, test_manifest, out, *, model: str = "amw_cnn"
     Writes into ``out``: ``models/<source>/``, ``<source>/`` (each evaluation), ``external.csv`` (``lesion_source,
     metric, value, ci_low, ci_high, n_valid``) and ``external.json`` (cohorts, training patients, wall times). Rows
     of other sources already there are kept when they come from the same cohorts, model and profile (one source
-    can be rerun alone; each source records its own ``overrides``).
+    can be rerun alone; each source records its own ``overrides``). With ``retrain=False`` a model already in
+    ``models/<source>/`` is evaluated again without training (e.g. after a change of the statistics).
 
     Returns:
         ``out``.
@@ -280,11 +284,17 @@ def external_study(train_manifest, test_manifest, out, *, model: str = "amw_cnn"
     overrides = dict(overrides or {})
     record = {"train_manifest": str(train_manifest), "test_manifest": str(test_manifest), "model": model,
               "profile": str(profile), "sources": {}}
+    earlier = json.loads((out / EXTERNAL_RECORD).read_text())["sources"] if (out / EXTERNAL_RECORD).is_file() else {}
     for source in sources:
         t0 = time.perf_counter()
-        model_dir = train_model(train_manifest, model, out / "models" / source, profile,
-                                **{**overrides, "lesion_source": source, "progress": progress})
-        train_seconds = time.perf_counter() - t0
+        model_dir, used = out / "models" / source, overrides
+        if retrain or not (model_dir / "model.json").is_file():
+            train_model(train_manifest, model, model_dir, profile,
+                        **{**overrides, "lesion_source": source, "progress": progress})
+            train_seconds = time.perf_counter() - t0
+        else:
+            train_seconds = earlier.get(source, {}).get("train_seconds", float("nan"))
+            used = earlier.get(source, {}).get("overrides", overrides)
         folder = external_validation(model_dir, test_manifest, out / source, n_boot=n_boot, seed=seed,
                                      progress=progress)
         summary = json.loads((folder / SUMMARY).read_text())
@@ -299,7 +309,7 @@ def external_study(train_manifest, test_manifest, out, *, model: str = "amw_cnn"
                 record["sources"] = {s: r for s, r in old["sources"].items() if s != source}
                 tables.insert(0, old_table[old_table.lesion_source != source])
         record["sources"][source] = {
-            "overrides": overrides, "train_seconds": round(train_seconds, 1),
+            "overrides": used, "train_seconds": round(train_seconds, 1),
             "predict_seconds": summary["predict_seconds"], "evaluate_seconds": summary["wall_seconds"],
             "trained_on_patients": meta["info"]["trained_on_patients"],
             "threshold": summary["threshold"], "lesion_not_found": summary["lesion_not_found"],
@@ -372,11 +382,12 @@ def external_results(folder=None) -> dict | None:
     glue["external_train_patients"] = str(first["trained_on_patients"])
     if record.get("predict_100_seconds") is not None:
         glue["external_predict_seconds"] = f"{record['predict_100_seconds']:.0f}"
+        glue["external_predict_source"] = record.get("predict_100_lesion_source") or "not measured"
     return {"table": external_table(table), "glue": glue, "record": record}
 
 
 def external_glue_placeholders() -> dict:
     """The chapter's glue keys, each "not measured" (the text reads where the benchmark has not run)."""
     keys = ["external_auc_expert", "external_auc_predicted", "external_auc_none", "external_dice",
-            "external_n_patients", "external_train_patients", "external_predict_seconds"]
+            "external_n_patients", "external_train_patients", "external_predict_seconds", "external_predict_source"]
     return {k: "not measured" for k in keys}

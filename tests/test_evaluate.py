@@ -167,3 +167,24 @@ def test_chapter_reads_the_external_results_or_says_how_to_get_them(tmp_path, ma
     assert list(table["lesion_source"].unique()) == ["expert", "none"] and list(record["sources"]) == ["expert", "none"]
     assert record["sources"]["expert"]["overrides"] == {"epochs": 1} and record["sources"]["none"]["overrides"] == {}
     assert table.query("lesion_source == 'none' and metric == 'auc'")["value"].iloc[0] == auc
+
+
+def test_external_study_can_evaluate_again_without_training(masked, standin, tmp_path, monkeypatch):
+    import yaml
+
+    from mmlib import experiment
+    from mmlib.external import external_study, load_external
+
+    profile = tmp_path / "p.yaml"
+    profile.write_text(yaml.safe_dump(TINY))
+    out = external_study(masked, masked, tmp_path / "ext", profile=profile, sources=("none",), n_boot=50,
+                         progress=False, overrides={"epochs": 1})
+    before, record = load_external(out)
+    monkeypatch.setattr(experiment, "train_model", lambda *a, **k: pytest.fail("trained again"))
+    external_study(masked, masked, out, profile=profile, sources=("none",), n_boot=80, progress=False,
+                   retrain=False)
+    after, again = load_external(out)
+    n_valid = lambda t: t.query("metric == 'auc'")["n_valid"].iloc[0]  # noqa: E731
+    assert (n_valid(before), n_valid(after)) == (50, 80)  # evaluated again, with the new bootstrap
+    assert again["sources"]["none"]["train_seconds"] == record["sources"]["none"]["train_seconds"]
+    assert again["sources"]["none"]["overrides"] == {"epochs": 1}
