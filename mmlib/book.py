@@ -14,6 +14,9 @@ from __future__ import annotations
 import html
 import json
 import numbers
+import re
+import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +77,10 @@ def setup_notebook(seed: int = 0) -> None:
     pio.renderers.default = PLOTLY_RENDERER
     pio.templates.default = "plotly_white"
 
+    # tqdm.auto (imported by timm's hub code) warns at import when ipywidgets is absent; the book shows no
+    # progress bars, so the warning is noise on the page (stderr). Other warnings stay visible to the build.
+    warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
+
     pd.set_option("display.precision", 3)
     pd.set_option("display.max_columns", 30)
     pd.set_option("display.max_rows", 60)
@@ -131,6 +138,15 @@ def load_params(profile: str) -> dict:
     return {**_load_params(profile), "results_dir": str(paths.results_dir(profile).resolve())}
 
 
+def _shown_path(path: Path | str) -> str:
+    """A path as a published page may show it: relative to the repository, never the building machine's."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(paths.ROOT).as_posix()
+    except ValueError:
+        return f"<outside the repository>/{path.name}"
+
+
 def colophon(results_dir: Path | str, profile: str | None = None) -> pd.DataFrame:
     """What made this run: commit, parameters, package versions, device and wall time.
 
@@ -148,12 +164,15 @@ def colophon(results_dir: Path | str, profile: str | None = None) -> pd.DataFram
     git = git_state()
     rows.append(("source", "git commit", git["commit"] or "unknown (not a git checkout)"))
     rows.append(("source", "uncommitted changes", "unknown" if git["dirty"] is None else ("yes" if git["dirty"] else "no")))
-
     profile = profile or results_dir.name
+    rows.append(("source", "profile", profile))
+    rows.append(("source", "build date", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")))
+
     try:
         params = load_params(profile)
     except ParamsError:
         params = {}
+    params.pop("results_dir", None)  # the building machine's path; the run section names the folder
     for key, value in params.items():
         rows.append(("parameters", key, json.dumps(value) if not isinstance(value, str) else value))
 
@@ -164,6 +183,7 @@ def colophon(results_dir: Path | str, profile: str | None = None) -> pd.DataFram
     rows.append(("device", "cpu", f"{device['cpu']} ({device['cpu_count']} logical cores)"))
     rows.append(("device", "cuda device", device["cuda_device"] or "none (CPU run)"))
 
+    rows.append(("run", "results folder", _shown_path(results_dir)))
     run_json = results_dir / "run.json"
     if run_json.is_file():
         try:
@@ -177,7 +197,7 @@ def colophon(results_dir: Path | str, profile: str | None = None) -> pd.DataFram
                 shown = f"{value:.1f}" if key.endswith("_s") and isinstance(value, float) else str(value)
                 rows.append(("run", key, shown))
     else:
-        rows.append(("run", "run.json", f"not found in {results_dir}"))
+        rows.append(("run", "run.json", f"not found in {_shown_path(results_dir)}"))
     return pd.DataFrame(rows, columns=["section", "item", "value"])
 
 
@@ -194,8 +214,36 @@ class _Table:
         return self._plain
 
 
+#: A cell that reads as a number: a signed decimal, "< 0.001", an estimate with its interval, or n/a.
+_NUMBER = re.compile(r"^\s*(?:[<>≤≥]\s*)?[−+-]?\d[\d,]*(?:\.\d+)?(?:\s*\(.*\))?(?:\s*±.*)?\s*$|^\s*(?:n/a|—)\s*$")
+
+
+def _reads_as_number(column: pd.Series) -> bool:
+    """Whether a column holds numbers, or text that reads as one (formatted estimates, p-values)."""
+    if pd.api.types.is_bool_dtype(column):
+        return False
+    if pd.api.types.is_numeric_dtype(column):
+        return True
+    values = column.dropna().astype(str)
+    return len(values) > 0 and bool(values.map(lambda v: bool(_NUMBER.match(v))).all())
+
+
+def _digits(column: pd.Series, precision: int) -> int:
+    """The fewest decimals, up to ``precision``, that show a float column as it was rounded (counts: none)."""
+    values = column.dropna().to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    for digits in range(precision):
+        if np.allclose(values, np.round(values, digits), rtol=0, atol=1e-9):
+            return digits
+    return precision
+
+
 def show_table(df: pd.DataFrame, caption: str, *, precision: int = 3, index: bool = False):
-    """A tidy table with a caption, as HTML (pandas Styler), floats rounded to ``precision`` digits.
+    """A tidy table under its caption, as HTML: floats rounded to ``precision`` digits (fewer when a column
+    was rounded to fewer, none for counts), numbers right-aligned.
+
+    The caption sits above the table, outside the box the table scrolls in, so a table wider than a phone
+    scrolls sideways while its caption stays in view (``book/_static/mmlib.css`` styles both).
 
     Args:
         df: the table; its column names are the headers.
@@ -210,8 +258,59 @@ def show_table(df: pd.DataFrame, caption: str, *, precision: int = 3, index: boo
         raise ValueError(f"df: expected a pandas DataFrame, got {type(df).__name__}")
     if not isinstance(caption, str) or not caption.strip():
         raise ValueError("caption: expected a non-empty caption")
-    styler = df.style.format(precision=precision, na_rep="—", escape="html").set_caption(html.escape(caption))
+    styler = df.style.format(precision=precision, thousands=",", na_rep="—", escape="html")
+    for i, column in enumerate(df.columns):
+        if pd.api.types.is_float_dtype(df.iloc[:, i]):
+            digits = _digits(df.iloc[:, i], precision)
+            styler = styler.format(lambda v, d=digits: "—" if pd.isna(v) else f"{v:,.{d}f}", subset=[column])
+    numbers = [i for i, column in enumerate(df.columns) if _reads_as_number(df.iloc[:, i])]
+    styler = styler.set_table_styles(
+        [{"selector": f"td.col{i}, th.col_heading.col{i}", "props": "text-align: right; white-space: nowrap;"}
+         for i in numbers])
     styler = styler.set_table_attributes('class="mmlib-table"')
     if not index:
         styler = styler.hide(axis="index")
-    return _Table(styler.to_html(), f"{caption}\n{df.to_string(index=index)}")
+    table = styler.to_html()
+    figure = (f'<figure class="mmlib-table"><figcaption>{html.escape(caption)}</figcaption>'
+              f'<div class="mmlib-scroll">{table}</div></figure>')
+    return _Table(figure, f"{caption}\n{df.to_string(index=index)}")
+
+
+class _Figure:
+    """A plotly figure with its caption: offline HTML for the book, plotly's JSON for JupyterLab."""
+
+    def __init__(self, fig, caption: str):
+        self.fig, self.caption = fig, caption
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        bundle = _offline_renderer().to_mimebundle(self.fig.to_plotly_json())
+        bundle["text/html"] = (f'<figure class="mmlib-figure">{bundle["text/html"]}'
+                               f'<figcaption>{html.escape(self.caption)}</figcaption></figure>')
+        bundle["text/plain"] = self.caption
+        return bundle
+
+    def __repr__(self) -> str:
+        return self.caption
+
+
+def show_figure(fig, caption: str):
+    """A plotly figure under a caption; the caption replaces the figure's own title.
+
+    Args:
+        fig: a ``plotly.graph_objects.Figure`` (from :mod:`mmlib.figures`).
+        caption: one or two sentences saying what the figure shows.
+
+    Returns:
+        an object that displays as the captioned figure (the notebook cell's output).
+    """
+    import plotly.graph_objects as go
+
+    if not isinstance(fig, go.Figure):
+        raise ValueError(f"fig: expected a plotly Figure, got {type(fig).__name__}")
+    if not isinstance(caption, str) or not caption.strip():
+        raise ValueError("caption: expected a non-empty caption")
+    shown = go.Figure(fig)
+    # the legend takes the title's place above the plot, so on a phone it wraps instead of squeezing the axes
+    shown.update_layout(title=None, margin={"t": 30}, legend={"orientation": "h", "x": 0, "xanchor": "left",
+                                                              "y": 1.02, "yanchor": "bottom"})
+    return _Figure(shown, caption)

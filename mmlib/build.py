@@ -29,15 +29,10 @@ into the built site, so figures render offline without a CDN.
 from __future__ import annotations
 
 import argparse
-import base64
-import json
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,17 +45,6 @@ from . import paths
 KERNEL_NAME = "mmlib"
 #: File name of plotly.js inside the built site's ``_static`` folder.
 PLOTLY_JS = "plotly.min.js"
-#: Chromium flags this machine needs (no sandbox as root, no GPU, no network chatter).
-CHROMIUM_FLAGS: tuple[str, ...] = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
 
 
 class NotebookExecutionError(RuntimeError):
@@ -80,6 +64,10 @@ class NotebookExecutionError(RuntimeError):
 
 class RenderError(RuntimeError):
     """Rendering exited non-zero (with ``strict``, any Sphinx warning)."""
+
+
+class StrayOutputError(RenderError):
+    """A strict build's notebook wrote to stderr or drew a progress bar, which no page may show."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -249,17 +237,35 @@ def execute_notebook(
 
 
 def _tag_parameter_cells(path: Path) -> None:
-    """In the book, drop the default parameters (they were overridden) and fold the injected ones."""
+    """In the book, drop the parameter cells: the defaults were overridden, and the colophon lists the values."""
     import nbformat
 
     nb = nbformat.read(str(path), as_version=4)
     for cell in nb.cells:
         tags = cell.metadata.setdefault("tags", [])
-        if "parameters" in tags and "remove-cell" not in tags:
+        if ("parameters" in tags or "injected-parameters" in tags) and "remove-cell" not in tags:
             tags.append("remove-cell")
-        if "injected-parameters" in tags and "hide-input" not in tags:
-            tags.append("hide-input")
     nbformat.write(nb, str(path))
+
+
+def stray_outputs(path: Path) -> list[str]:
+    """What an executed notebook wrote that is no part of a page: stderr streams and progress bars.
+
+    Returns:
+        one line per output, ``cell <index>: <first line>``; empty when the notebook is clean.
+    """
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    found = []
+    for index, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                text = _strip_ansi(out.get("text", "")).strip().splitlines() or [""]
+                found.append(f"cell {index}: stderr: {text[0][:200]}")
+            elif "<progress" in str(out.get("data", {}).get("text/html", "")):
+                found.append(f"cell {index}: a progress bar")
+    return found
 
 
 def _strip_ansi(text: str) -> str:
@@ -365,7 +371,7 @@ def build(
         profile: name of ``params/<profile>.yaml``.
         root: repository root (``_config.yml``, ``_toc.yml``, ``book/``, ``params/``).
         results_root: parent of ``results_dir``; default :data:`mmlib.paths.RESULTS`.
-        strict: render with Sphinx warnings as errors.
+        strict: render with Sphinx warnings as errors, and stop at a notebook that wrote to stderr.
         only: re-execute these chapters only (stems or number prefixes); the others keep the outputs
             of the last full run, which must exist when rendering.
         render_html: render after executing.
@@ -377,6 +383,7 @@ def build(
 
     Raises:
         NotebookExecutionError: a notebook failed; nothing was rendered.
+        StrayOutputError: with ``strict``, a notebook wrote to stderr or drew a progress bar.
     """
     root = Path(root).resolve()
     read_profile(profile, root / "params")  # fail early on a missing profile, an unknown key or a bad value
@@ -400,6 +407,12 @@ def build(
         log(f"[mmlib.build] executing {nb.relative_to(root)} ...")
         t0 = time.perf_counter()
         execute_notebook(nb, dst, params, kernel_name=kernel, cwd=root)
+        stray = stray_outputs(dst)
+        if stray:
+            message = f"{nb.relative_to(root)} wrote outputs no page shows:\n  " + "\n  ".join(stray)
+            if strict:
+                raise StrayOutputError(message)
+            log(f"[mmlib.build] WARNING: {message}")
         timings[nb.stem] = time.perf_counter() - t0
         log(f"[mmlib.build] {nb.stem}: {timings[nb.stem]:.1f} s")
         executed.append(dst)
@@ -463,244 +476,6 @@ def setup(app) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Browser check of the built HTML
-
-
-@dataclass
-class PageReport:
-    """What an offline headless Chromium saw on one page.
-
-    ``errors``: uncaught exceptions, ``console.error`` calls and failed loads (any http(s) request is
-    blocked, so a CDN dependency shows up here). ``figures``: plotly figure divs on the page;
-    ``figures_drawn``: those holding plotly's ``svg.main-svg``.
-    """
-
-    page: Path
-    errors: list[str]
-    figures: int
-    figures_drawn: int
-    screenshot: Path | None = None
-    text: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors and self.figures_drawn == self.figures
-
-
-def find_chromium() -> str | None:
-    """Path of a Chromium/Chrome binary, or None."""
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return "/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None
-
-
-class _DevTools:
-    """A minimal Chrome DevTools Protocol client over one page's websocket."""
-
-    def __init__(self, ws_url: str, timeout: float):
-        import websocket  # websocket-client, a jupyter_server dependency
-
-        self.ws = websocket.create_connection(ws_url, timeout=timeout, suppress_origin=True)
-        self.timeout = timeout
-        self.next_id = 0
-        self.events: list[dict] = []
-
-    def call(self, method: str, **params) -> dict:
-        self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        # wait_event shortens the socket's timeout to its own deadline; a command (a full-page screenshot of a
-        # chapter with many figures) gets the full timeout back
-        self.ws.settimeout(self.timeout)
-        while True:
-            msg = json.loads(self.ws.recv())
-            if msg.get("id") == self.next_id:
-                if "error" in msg:
-                    raise RuntimeError(f"DevTools {method}: {msg['error']}")
-                return msg.get("result", {})
-            self.events.append(msg)
-
-    def wait_event(self, method: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        if any(e.get("method") == method for e in self.events):
-            return True
-        while time.monotonic() < deadline:
-            self.ws.settimeout(max(0.05, deadline - time.monotonic()))
-            try:
-                msg = json.loads(self.ws.recv())
-            except Exception:
-                return False
-            self.events.append(msg)
-            if msg.get("method") == method:
-                return True
-        return False
-
-    def close(self) -> None:
-        self.ws.close()
-
-
-_FIGURE_STATE_JS = (
-    "JSON.stringify({figures: document.querySelectorAll('.plotly-graph-div').length,"
-    " drawn: Array.from(document.querySelectorAll('.plotly-graph-div'))"
-    ".filter(d => d.querySelector('svg.main-svg')).length,"
-    " text: document.body ? document.body.innerText : ''})"
-)
-
-
-def _page_errors(events: list[dict]) -> list[str]:
-    errors = []
-    for e in events:
-        method, p = e.get("method"), e.get("params", {})
-        if method == "Runtime.exceptionThrown":
-            d = p.get("exceptionDetails", {})
-            desc = d.get("exception", {}).get("description") or d.get("text", "")
-            errors.append(f"uncaught exception: {desc} ({d.get('url', '')}:{d.get('lineNumber', '')})")
-        elif method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-            args = " ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", []))
-            errors.append(f"console.{p['type']}: {args}")
-        elif method == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
-            entry = p["entry"]
-            errors.append(f"{entry.get('source', 'log')}: {entry.get('text', '')} {entry.get('url', '')}".strip())
-        elif method == "Network.loadingFailed":
-            errors.append(f"failed load: {p.get('errorText', '')} (request {p.get('requestId', '')})")
-    # Log.entryAdded and Network.loadingFailed report one failed load twice; keep each message once.
-    return list(dict.fromkeys(errors))
-
-
-def check_html(
-    html_dir: Path,
-    *,
-    pages: Sequence[Path | str] | None = None,
-    screenshot_dir: Path | None = None,
-    settle_s: float = 10.0,
-    chromium: str | None = None,
-) -> list[PageReport]:
-    """Open built HTML pages in an offline headless Chromium and report what went wrong on each.
-
-    Every http(s) request is blocked, so the pages must work from the site's own files. A page passes
-    (``report.ok``) when it raised no error, logged no ``console.error``, loaded everything it asked
-    for, and every plotly figure on it was drawn.
-
-    Args:
-        html_dir: the site (``.../_build/html``).
-        pages: pages to open, relative to ``html_dir``; default every ``*.html`` outside
-            ``_static``/``_sources`` except ``genindex``/``search``.
-        screenshot_dir: where to save one PNG per page (``<page path with / as __>.png``).
-        settle_s: how long to wait, per page, for the figures to be drawn.
-        chromium: the browser binary; default :func:`find_chromium`.
-
-    Returns:
-        one :class:`PageReport` per page, in order.
-
-    Raises:
-        FileNotFoundError: no Chromium, or ``html_dir`` has no such page.
-    """
-    html_dir = Path(html_dir).resolve()
-    browser = chromium or find_chromium()
-    if browser is None:
-        raise FileNotFoundError("no chromium binary found (apt-get install chromium)")
-    if pages is None:
-        skip = {"genindex.html", "search.html"}
-        pages = sorted(
-            p.relative_to(html_dir)
-            for p in html_dir.rglob("*.html")
-            if p.name not in skip and not {"_static", "_sources", "_images"} & set(p.relative_to(html_dir).parts)
-        )
-    page_paths = [html_dir / p for p in pages]
-    for p in page_paths:
-        if not p.is_file():
-            raise FileNotFoundError(f"page {p} does not exist")
-    if screenshot_dir is not None:
-        Path(screenshot_dir).mkdir(parents=True, exist_ok=True)
-
-    reports = []
-    with tempfile.TemporaryDirectory(prefix="mmlib-chromium-") as profile_dir:
-        port_file = Path(profile_dir) / "DevToolsActivePort"
-        proc = subprocess.Popen(
-            [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", "--remote-debugging-port=0",
-             "--window-size=1280,900", "about:blank"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            port = _devtools_port(port_file, proc)
-            for page in page_paths:
-                reports.append(_check_page(port, page, html_dir, screenshot_dir, settle_s))
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    return reports
-
-
-def _devtools_port(port_file: Path, proc: subprocess.Popen, timeout: float = 30.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"chromium exited with code {proc.returncode} before DevTools started")
-        if port_file.is_file():
-            lines = port_file.read_text().splitlines()
-            if lines and lines[0].strip().isdigit():
-                return int(lines[0])
-        time.sleep(0.05)
-    raise TimeoutError(f"chromium's DevTools did not start within {timeout:.0f} s")
-
-
-def _local_json(port: int, path: str, method: str = "GET") -> object:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
-    with urllib.request.urlopen(req, timeout=10) as resp:  # loopback only: the browser we started
-        return json.loads(resp.read().decode())
-
-
-def _check_page(port: int, page: Path, html_dir: Path, screenshot_dir: Path | None, settle_s: float) -> PageReport:
-    target = _local_json(port, "/json/new?about:blank", method="PUT")
-    dt = _DevTools(target["webSocketDebuggerUrl"], timeout=30)
-    try:
-        for domain in ("Runtime", "Log", "Page", "Network"):
-            dt.call(f"{domain}.enable")
-        dt.call("Network.setBlockedURLs", urls=["http://*", "https://*", "ws://*", "wss://*"])
-        dt.call("Page.navigate", url=page.as_uri())
-        dt.wait_event("Page.loadEventFired", timeout=30)
-        state: dict = {}
-        deadline = time.monotonic() + settle_s
-        while True:
-            value = dt.call("Runtime.evaluate", expression=_FIGURE_STATE_JS, returnByValue=True)
-            state = json.loads(value.get("result", {}).get("value", "{}"))
-            if state.get("drawn", 0) >= state.get("figures", 0) or time.monotonic() > deadline:
-                break
-            dt.wait_event("__never__", timeout=0.2)  # keeps collecting console events while waiting
-        shot = None
-        if screenshot_dir is not None:
-            shot = Path(screenshot_dir) / (str(page.relative_to(html_dir)).replace(os.sep, "__") + ".png")
-            # The whole page (figures sit below the fold): grow the viewport to the content, capped so
-            # a long chapter stays a sane PNG, and let plotly's resize handlers redraw before capturing.
-            height = dt.call("Page.getLayoutMetrics").get("cssContentSize", {}).get("height", 900)
-            dt.call("Emulation.setDeviceMetricsOverride", width=1280, height=max(900, min(int(height), 8000)),
-                    deviceScaleFactor=1, mobile=False)
-            dt.wait_event("__never__", timeout=1.0)
-            data = dt.call("Page.captureScreenshot", format="png")["data"]
-            shot.write_bytes(base64.b64decode(data))
-        errors = _page_errors(dt.events)
-    finally:
-        dt.close()
-        try:
-            _local_json(port, f"/json/close/{target['id']}")
-        except Exception:  # closing a tab is best effort; the browser is torn down anyway
-            pass
-    return PageReport(
-        page=page,
-        errors=errors,
-        figures=int(state.get("figures", 0)),
-        figures_drawn=int(state.get("drawn", 0)),
-        screenshot=shot,
-        text=str(state.get("text", "")),
-    )
-
-
-# ---------------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -710,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Execute the book's notebooks with papermill for one run profile, then render it.",
     )
     parser.add_argument("--profile", required=True, help="run profile: params/<PROFILE>.yaml")
-    parser.add_argument("--strict", action="store_true", help="Sphinx warnings are errors")
+    parser.add_argument("--strict", action="store_true", help="Sphinx warnings and stderr output are errors")
     parser.add_argument("--only", nargs="+", metavar="CHAPTER", help="re-execute these chapters only (e.g. 06)")
     parser.add_argument("--no-render", action="store_true", help="execute only, do not render")
     args = parser.parse_args(argv)

@@ -93,6 +93,13 @@ def _models(df: pd.DataFrame, column: str = "model") -> list[str]:
     return list(dict.fromkeys(df[column].astype(str)))
 
 
+def _display(model: str) -> str:
+    """A model's name as the tables print it (CUF-MT, Age only, ...); unknown names are shown as they are."""
+    from .report import display_name
+
+    return display_name(str(model))
+
+
 def _filter_label(split, scenario, ablation) -> str:
     parts = [f"split {split}" if split else None, f"scenario {scenario}" if scenario else None,
              f"ablation {ablation}" if ablation and ablation != "none" else None]
@@ -108,7 +115,7 @@ def roc_curves(predictions: pd.DataFrame, *, split: str | None = "cv", scenario:
         split, scenario, ablation: which rows to plot (None = no filter).
 
     Returns:
-        a figure with one ``Scatter`` per model named ``"<model> (AUC 0.912)"`` (sklearn's
+        a figure with one ``Scatter`` per model named ``"<display name> (AUC 0.912)"`` (sklearn's
         ``roc_auc_score``), then the chance diagonal.
     """
     sel = _predictions(predictions, split, scenario, ablation)
@@ -121,9 +128,9 @@ def roc_curves(predictions: pd.DataFrame, *, split: str | None = "cv", scenario:
         fpr, tpr, thr = roc_curve(y, rows["prob_malignant"].to_numpy())
         auc = roc_auc_score(y, rows["prob_malignant"].to_numpy())
         fig.add_trace(go.Scatter(
-            x=fpr, y=tpr, mode="lines", name=f"{model} (AUC {auc:.3f})",
+            x=fpr, y=tpr, mode="lines", name=f"{_display(model)} (AUC {auc:.3f})",
             customdata=np.minimum(thr, 1.0), meta={"model": model, "auc": float(auc)},
-            hovertemplate="FPR %{x:.3f}<br>TPR %{y:.3f}<br>threshold %{customdata:.3f}<extra>" + model + "</extra>",
+            hovertemplate="FPR %{x:.3f}<br>TPR %{y:.3f}<br>threshold %{customdata:.3f}<extra>" + _display(model) + "</extra>",
         ))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance",
                              line={"dash": "dash", "color": "grey"}, hoverinfo="skip"))
@@ -151,7 +158,7 @@ def metric_forest(metrics: pd.DataFrame, metric: str = "auc", *, split: str | No
 
     Returns:
         a figure with a ``Scatter`` named ``proposed`` and one named ``baseline`` (when there are
-        any), x = value with asymmetric error bars to ``ci_low``/``ci_high``, y = model.
+        any), x = value with asymmetric error bars to ``ci_low``/``ci_high``, y = model (display name).
     """
     _require(metrics, METRIC_COLUMNS, "metrics")
     sel = _select(metrics, "metrics", metric=metric, split=split, scenario=scenario, ablation=ablation)
@@ -168,7 +175,7 @@ def metric_forest(metrics: pd.DataFrame, metric: str = "auc", *, split: str | No
             continue
         value = rows["value"].to_numpy(dtype=float)
         fig.add_trace(go.Scatter(
-            x=value, y=rows["model"].astype(str), mode="markers", name=group, marker=style,
+            x=value, y=rows["model"].astype(str).map(_display), mode="markers", name=group, marker=style,
             error_x={"type": "data", "symmetric": False,
                      "array": rows["ci_high"].to_numpy(dtype=float) - value,
                      "arrayminus": value - rows["ci_low"].to_numpy(dtype=float)},
@@ -178,7 +185,7 @@ def metric_forest(metrics: pd.DataFrame, metric: str = "auc", *, split: str | No
     name = METRIC_NAMES.get(metric, metric)
     fig.update_layout(title=f"{name} with 95% confidence intervals ({_filter_label(split, scenario, ablation)})",
                       template=TEMPLATE, xaxis_title=name, yaxis_title="Model", legend_title_text="")
-    fig.update_yaxes(categoryorder="array", categoryarray=list(reversed(_models(sel))))
+    fig.update_yaxes(categoryorder="array", categoryarray=[_display(m) for m in reversed(_models(sel))])
     return fig
 
 
@@ -192,7 +199,7 @@ def reliability_diagram(predictions: pd.DataFrame, *, split: str | None = "cv", 
         n_bins: equal-width probability bins (``sklearn.calibration.calibration_curve``).
 
     Returns:
-        one ``Scatter`` per model named ``"<model> (ECE 0.041)"`` (x = mean predicted, y = observed,
+        one ``Scatter`` per model named ``"<display name> (ECE 0.041)"`` (x = mean predicted, y = observed,
         non-empty bins only), then the diagonal ``perfect calibration``.
     """
     if not isinstance(n_bins, int) or n_bins < 2:
@@ -205,7 +212,7 @@ def reliability_diagram(predictions: pd.DataFrame, *, split: str | None = "cv", 
         p = rows["prob_malignant"].to_numpy(dtype=float)
         observed, predicted = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
         ece = expected_calibration_error(y, p, n_bins=n_bins)
-        fig.add_trace(go.Scatter(x=predicted, y=observed, mode="lines+markers", name=f"{model} (ECE {ece:.3f})",
+        fig.add_trace(go.Scatter(x=predicted, y=observed, mode="lines+markers", name=f"{_display(model)} (ECE {ece:.3f})",
                                  meta={"model": model, "ece": ece}))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
                              line={"dash": "dash", "color": "grey"}, hoverinfo="skip"))
@@ -239,7 +246,7 @@ def decision_curves(predictions: pd.DataFrame, *, split: str | None = "cv", scen
         rows = sel[sel["model"].astype(str) == model]
         y = _binary_labels(rows["label"], f"predictions (model {model})")
         benefit = decision_curve(y, rows["prob_malignant"].to_numpy(dtype=float), thresholds=t)["net_benefit"].to_numpy()
-        fig.add_trace(go.Scatter(x=t, y=benefit, mode="lines", name=model))
+        fig.add_trace(go.Scatter(x=t, y=benefit, mode="lines", name=_display(model)))
         prevalence = y.mean() if prevalence is None else prevalence
     treat_all = prevalence - (1 - prevalence) * t / (1 - t)
     fig.add_trace(go.Scatter(x=t, y=treat_all, mode="lines", name="treat all", line={"dash": "dot", "color": "grey"}))
@@ -275,7 +282,8 @@ def pairwise_matrix(stats: pd.DataFrame, test: str = "mcnemar") -> go.Figure:
         z[index[a], index[b]] = z[index[b], index[a]] = p
     text = [["" if np.isnan(v) else f"{v:.3g}" for v in row] for row in z]
     fig = go.Figure(go.Heatmap(
-        z=z, x=models, y=models, text=text, texttemplate="%{text}", zmin=0, zmax=1,
+        z=z, x=[_display(m) for m in models], y=[_display(m) for m in models], text=text, texttemplate="%{text}",
+        zmin=0, zmax=1,
         colorscale="RdBu", colorbar={"title": "Holm p"},
         hovertemplate="%{y} vs %{x}: p (Holm) = %{z:.4f}<extra></extra>",
     ))
@@ -302,7 +310,7 @@ def missing_modality_heatmap(metrics: pd.DataFrame, metric: str = "auc", *, spli
     z = table.to_numpy(dtype=float)
     name = METRIC_NAMES.get(metric, metric)
     fig = go.Figure(go.Heatmap(
-        z=z, x=list(SCENARIOS), y=list(table.index), colorscale="Viridis", colorbar={"title": name},
+        z=z, x=list(SCENARIOS), y=[_display(m) for m in table.index], colorscale="Viridis", colorbar={"title": name},
         text=[["" if np.isnan(v) else f"{v:.3f}" for v in row] for row in z], texttemplate="%{text}",
         hovertemplate="%{y}, inputs %{x}: %{z:.3f}<extra></extra>",
     ))

@@ -142,18 +142,53 @@ def importance_table(res, *, ablation: str = "modality_dropout") -> pd.DataFrame
     return out
 
 
+#: Readable column names for the entries of a pairwise test's ``detail`` in stats.csv that a table shows.
+DETAIL_NAMES = {"b": "A right, B wrong", "c": "A wrong, B right", "auc_a": "AUC A", "auc_b": "AUC B",
+                "accuracy_a": "accuracy A", "accuracy_b": "accuracy B"}
+#: What each pairwise test's ``statistic`` is, as a column name (None: the other columns say it all).
+TEST_STATISTICS = {"mcnemar_exact": None, "bootstrap_auc_diff": "AUC A − B (95% CI)",
+                   "bootstrap_accuracy_diff": "accuracy A − B (95% CI)"}
+
+
+def fmt_p(p, digits: int = 3) -> str:
+    """A p-value for reading: ``0.012``, ``< 0.001``, or ``n/a``."""
+    if p is None or not np.isfinite(p):
+        return "n/a"
+    floor = 10.0 ** -digits
+    return f"< {floor:.{digits}f}" if p < floor else f"{p:.{digits}f}"
+
+
 def pairwise_table(res, *, test: str = "mcnemar_exact", split: str = "cv") -> pd.DataFrame:
-    """Pairwise tests of one kind: models, statistic (a difference ``a - b`` for the bootstrap tests), its CI
-    where the test gives one, raw and Holm-adjusted p-values, and what the test treats as independent
-    (``unit``: ``patient`` or ``unit``) with the numbers of units and patients."""
+    """Pairwise tests of one kind, one readable row per pair of models.
+
+    Columns: the two models; what the test compared (from ``detail``: each model's AUC or accuracy, or the
+    discordant pairs of McNemar's test); the statistic with its 95% CI where the test gives one (for the
+    bootstrap and DeLong, the difference A − B); raw and Holm-adjusted p-values (``< 0.001`` below that);
+    what the test treats as independent (``patient`` or ``unit``) and the numbers of units and patients.
+    """
     s = _sel(res.stats, test=test, split=split)
-    cols = [c for c in ("a", "b", "statistic", "ci_low", "ci_high", "p_value", "p_holm", "unit", "n_units",
-                        "n_clusters", "detail") if c in s.columns]
-    out = s[cols].copy()
-    out["a"], out["b"] = out["a"].map(display_name), out["b"].map(display_name)
-    if out.get("ci_low") is not None and out["ci_low"].isna().all():
-        out = out.drop(columns=["ci_low", "ci_high"])
-    return out.reset_index(drop=True)
+    compared = TEST_STATISTICS.get(test, "statistic")
+    rows = []
+    for r in s.to_dict("records"):
+        row = {"model A": display_name(r["a"]), "model B": display_name(r["b"])}
+        detail = json.loads(r["detail"]) if isinstance(r.get("detail"), str) and r["detail"].strip() else {}
+        for key, value in detail.items():
+            if key in DETAIL_NAMES:
+                row[DETAIL_NAMES[key]] = round(value, 3) if isinstance(value, float) else value
+        low, high = r.get("ci_low", np.nan), r.get("ci_high", np.nan)
+        if test == "delong":
+            row["AUC A − B (95% CI)"] = fmt_ci(detail.get("diff", np.nan), low, high)
+            row["z"] = round(float(r["statistic"]), 3)
+        elif compared:
+            row[compared] = fmt_ci(float(r["statistic"]), low, high)
+        row["p"], row["p (Holm)"] = fmt_p(r["p_value"]), fmt_p(r["p_holm"])
+        if "unit" in r and isinstance(r["unit"], str):
+            row["independent"] = f"{r['unit']}s"
+        for key, name in (("n_units", "units"), ("n_clusters", "patients")):
+            if key in r and pd.notna(r[key]):
+                row[name] = int(r[key])
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def clustered(res) -> bool:
@@ -175,7 +210,7 @@ def age_table(res) -> pd.DataFrame:
         "patients malignant": d["n_a"], "patients benign": d["n_b"], "missing (malignant/benign)": f"{d['missing_a']}/{d['missing_b']}",
         "mean ± SD malignant": f"{d['mean_a']:.1f} ± {d['sd_a']:.1f}", "mean ± SD benign": f"{d['mean_b']:.1f} ± {d['sd_b']:.1f}",
         "Cohen's d (95% CI)": fmt_ci(d["d"], d["d_ci_low"], d["d_ci_high"], 2),
-        "Welch t p": d["welch_p"], "Mann-Whitney p": d["mannwhitney_p"]}])
+        "Welch t p": fmt_p(d["welch_p"]), "Mann-Whitney p": fmt_p(d["mannwhitney_p"])}])
 
 
 def availability_table(cohort) -> pd.DataFrame:
@@ -284,7 +319,7 @@ def timings_table(run: dict) -> pd.DataFrame:
              "peak memory of a worker process (MB)": v.get("peak_child_memory_mb", float("nan"))}
             for k, v in run["timings"].items()]
     rows.append({"stage": "total", "seconds": run["wall_time_seconds"], "peak memory (MB)": max(r["peak memory (MB)"] for r in rows)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).round({"seconds": 1, "peak memory (MB)": 0, "peak memory of a worker process (MB)": 0})
 
 
 def training_log(res, model: str, *, ablation: str = "none") -> pd.DataFrame:
@@ -414,7 +449,7 @@ def real_cohort_summaries() -> pd.DataFrame:
     rows = []
     for kind in ("breast-lesions-usg", "cdd-cesm"):
         if not (SHARED_DATA / kind).is_dir():
-            rows.append({"collection": kind, "status": f"not found at {SHARED_DATA / kind}: see README to download"})
+            rows.append({"collection": kind, "status": "not found in ../shared/data: see README to download"})
             continue
         c = load_manifest(import_real_cohort(kind), decode_images=False)
         pres = c.presence()

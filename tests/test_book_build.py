@@ -13,6 +13,8 @@ from PIL import Image
 from mmlib import book, build
 from mmlib.paths import ROOT
 
+import pagecheck
+
 
 def _notebook(path, *cells, params="x = 0"):
     """A tiny notebook: a title, a ``parameters`` cell, then ``cells`` (markdown when starting with '#' or '{')."""
@@ -36,6 +38,7 @@ def _tiny_repo(tmp_path, chapters: dict[str, list[str]], profile="tiny", params=
     (root / "params" / f"{profile}.yaml").write_text(params)
     shutil.copy(ROOT / "_config.yml", root / "_config.yml")
     shutil.copy(ROOT / "book" / "references.bib", root / "book" / "references.bib")
+    shutil.copytree(ROOT / "book" / "_static", root / "book" / "_static")
     names = list(chapters)
     toc = {"format": "jb-book", "root": f"book/{names[0]}",
            "parts": [{"caption": "Chapters", "chapters": [{"file": f"book/{n}"} for n in names[1:]]}]}
@@ -95,8 +98,8 @@ def test_execute_notebook_injects_parameters(tmp_path):
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and 'profile = "tiny"' in injected[0].source
     assert nb.cells[-1].outputs[0]["text"] == "tiny:42\n"
-    # The book shows the injected values (folded), not the overridden defaults.
-    assert "remove-cell" in nb.cells[1].metadata["tags"] and "hide-input" in injected[0].metadata["tags"]
+    # The page shows neither the overridden defaults nor the injected values (the colophon lists them).
+    assert "remove-cell" in nb.cells[1].metadata["tags"] and "remove-cell" in injected[0].metadata["tags"]
     # The kernel runs on this interpreter.
     spec = json.loads((build.ensure_kernel() and _kernel_json()).read_text())
     assert spec["argv"][0] == __import__("sys").executable
@@ -166,36 +169,66 @@ def test_colophon_lists_commit_versions_and_run_json(tmp_path):
     assert get["python"] == platform.python_version() and get["torch"] == torch.__version__
     assert get["wall_time_s"] == "12.3" and get["device"] == "cpu" and "folds" not in get
     assert len(get["git commit"]) == 40 or get["git commit"].startswith("unknown")
+    assert get["profile"] == tmp_path.name and re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", get["build date"])
+    # no absolute path of the building machine: a folder outside the repository is named, not located
+    assert get["results folder"] == f"<outside the repository>/{tmp_path.name}"
+    assert not any(str(tmp_path) in v for v in table["value"])
     assert set(table["section"]) == {"source", "software", "device", "run"}
 
 
 def test_show_table_html_has_caption_and_rounded_numbers():
     import pandas as pd
 
-    out = book.show_table(pd.DataFrame({"model": ["a<b"], "auc": [0.912345]}), "AUC per model & fold")
+    df = pd.DataFrame({"model": ["a<b", "c"], "auc": [0.912345, 0.5], "AUC (95% CI)": ["0.912 (0.85–0.96)", "n/a"],
+                       "p": ["< 0.001", "0.020"], "parameters": [3371008, 12]})
+    out = book.show_table(df, "AUC per model & fold")
     html = out._repr_html_()
-    assert "<caption>AUC per model &amp; fold</caption>" in html
-    assert ">0.912</td>" in html and "0.9123" not in html and ">a&lt;b</td>" in html
+    # the caption sits outside the box the table scrolls in, so it stays in view on a phone
+    assert re.search(r'<figure class="mmlib-table"><figcaption>AUC per model &amp; fold</figcaption>'
+                     r'<div class="mmlib-scroll">.*<table [^>]*class="mmlib-table"', html, re.S)
+    assert ">0.912</td>" in html and "0.9123" not in html and ">a&lt;b</td>" in html and ">3,371,008</td>" in html
+    # numbers, formatted estimates and p-values are right-aligned; text is not
+    right = set(re.findall(r"td\.col(\d) \{\s*text-align: right", html))
+    assert right == {"1", "2", "3", "4"}
     with pytest.raises(ValueError, match="caption"):
         book.show_table(pd.DataFrame({"a": [1]}), "")
 
 
+def test_show_figure_puts_the_caption_under_an_offline_figure():
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1]), layout={"title": "ROC curves (split cv)"})
+    bundle = book.show_figure(fig, "ROC curves of <the> models.")._repr_mimebundle_()
+    html = bundle["text/html"]
+    assert html.startswith('<figure class="mmlib-figure">') and html.endswith(
+        "<figcaption>ROC curves of &lt;the&gt; models.</figcaption></figure>")
+    assert "plotly-graph-div" in html and "cdn" not in html.lower()
+    # the caption replaces the title; the figure passed in is left as it was
+    assert "ROC curves (split cv)" not in html and fig.layout.title.text == "ROC curves (split cv)"
+    assert "application/vnd.plotly.v1+json" in bundle
+    with pytest.raises(ValueError, match="caption"):
+        book.show_figure(fig, " ")
+    with pytest.raises(ValueError, match="plotly Figure"):
+        book.show_figure({"data": []}, "caption")
+
+
 @pytest.mark.slow
 def test_tiny_book_builds_and_renders_offline_in_chromium(tmp_path):
-    chromium = build.find_chromium()
+    chromium = pagecheck.find_chromium()
     if chromium is None:
         pytest.skip("chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
     figure_cell = (
         "import numpy as np, pandas as pd\n"
         "from mmlib.figures import roc_curves\n"
-        "from mmlib.book import glue\n"
+        "from mmlib.book import glue, show_figure\n"
         "rng = np.random.default_rng(0)\n"
         "y = rng.integers(0, 2, 40)\n"
         "df = pd.DataFrame({'model': 'm', 'ablation': 'none', 'scenario': 'all', 'split': 'cv',\n"
         "                   'prob_malignant': np.clip(y * 0.5 + rng.uniform(0, 0.6, 40), 0, 1), 'label': y})\n"
         "fig = roc_curves(df)\n"
         "glue('auc_tiny', fig.data[0].meta['auc'])\n"
-        "fig"
+        "show_figure(fig, 'ROC curve of a tiny book')"
     )
     root = _tiny_repo(tmp_path, {
         "index": ["import time; print('nonce', time.time_ns())"],
@@ -222,17 +255,20 @@ def test_tiny_book_builds_and_renders_offline_in_chromium(tmp_path):
     assert not [s for s in sources if "://" in s or "mathjax" in s.lower()], sources
     assert "_static/plotly.min.js" not in (html_dir / "book" / "index.html").read_text()
 
-    reports = build.check_html(html_dir, pages=["book/index.html", "book/01_fig.html"],
-                               screenshot_dir=tmp_path / "shots", chromium=chromium)
+    with sync_api.sync_playwright() as p:
+        browser = pagecheck.launch(p, chromium)
+        reports = [pagecheck.check_page(browser, html_dir, page, width=1280, screenshot_dir=tmp_path / "shots")
+                   for page in ("book/index.html", "book/01_fig.html")]
+        browser.close()
     for r in reports:
-        assert r.ok, (r.page, r.errors, r.figures, r.figures_drawn)
+        assert r.ok, (r.page, r.errors, r.layout, r.uncaptioned, r.figures, r.figures_drawn)
     fig_page = reports[1]
     assert fig_page.figures == 1 and fig_page.figures_drawn == 1
     # the build injects the profile's name (the chapters read its other parameters themselves)
     assert f"Value: {auc_value:.3f} for profile tiny." in fig_page.text
     for r in reports:
         with Image.open(r.screenshot) as shot:
-            assert shot.format == "PNG" and shot.size[0] >= 800
+            assert shot.format == "PNG" and shot.size[0] == 1280
     with Image.open(reports[1].screenshot) as shot:
         assert shot.size[1] > 900  # the whole page, figure included, not just the first screen
 
@@ -245,6 +281,7 @@ def test_render_fails_by_exit_status_and_names_the_warning(tmp_path):
     (src / "book").mkdir(parents=True)
     shutil.copy(ROOT / "_config.yml", src / "_config.yml")
     shutil.copy(ROOT / "book" / "references.bib", src / "book" / "references.bib")
+    shutil.copytree(ROOT / "book" / "_static", src / "book" / "_static")
     (src / "_toc.yml").write_text("format: jb-book\nroot: book/index\n")
     (src / "book" / "index.md").write_text("# Title\n\nAs shown by {cite:p}`no_such_key`.\n")
     with pytest.raises(build.RenderError, match=r"(?s)sphinx-build .*exit 1.*no_such_key"):
@@ -254,3 +291,40 @@ def test_render_fails_by_exit_status_and_names_the_warning(tmp_path):
     (src / "_toc.yml").write_text("format: jb-book\nroot: book/absent\n")
     with pytest.raises(build.RenderError, match="exit"):
         build.render(src, tmp_path / "broken", strict=False)
+
+
+def test_a_strict_build_stops_at_a_notebook_that_wrote_to_stderr(tmp_path):
+    root = _tiny_repo(tmp_path, {"index": ["print('front')"],
+                                 "01_noisy": ["import sys\nprint('RuntimeWarning: careful', file=sys.stderr)"]})
+    with pytest.raises(build.StrayOutputError, match=r"(?s)01_noisy.ipynb.*cell 3: stderr: RuntimeWarning: careful"):
+        build.build("tiny", root=root, results_root=tmp_path / "results", strict=True, render_html=False,
+                    log=lambda s: None)
+    logs = []
+    build.build("tiny", root=root, results_root=tmp_path / "results", render_html=False, log=logs.append)
+    assert any("WARNING" in line and "careful" in line for line in logs)
+    assert build.stray_outputs(root / "_build" / "tiny" / "source" / "book" / "index.ipynb") == []
+
+
+def test_every_table_and_figure_a_chapter_makes_is_shown():
+    """show_table / show_figure only display as a cell's last expression (or inside display()); one that is
+    followed by another statement draws nothing on the page."""
+    import ast
+
+    hidden = []
+    for nb_path in build.execution_order(ROOT):
+        nb = nbformat.read(str(nb_path), as_version=4)
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            tree = ast.parse(cell.source)
+            shown = set()
+            if tree.body and isinstance(tree.body[-1], ast.Expr):
+                shown.add(id(tree.body[-1].value))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "display":
+                    shown.update(id(a) for a in node.args)
+            for node in ast.walk(tree):
+                if (isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("show_table", "show_figure")
+                        and id(node) not in shown):
+                    hidden.append(f"{nb_path.name} cell {index}: {ast.get_source_segment(cell.source, node)[:60]}")
+    assert not hidden, hidden

@@ -10,6 +10,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score
 
 from mmlib import figures
+from mmlib.report import display_name
 from mmlib.schema import MODALITIES
 
 
@@ -50,12 +51,12 @@ def _cv(df):
 def test_roc_curves_one_curve_per_model_with_sklearn_auc(predictions):
     fig = figures.roc_curves(predictions)
     assert isinstance(fig, go.Figure)
-    assert [t.name.split(" (")[0] for t in fig.data] == ["cuf_mt", "baseline_clinical", "chance"]
+    assert [t.name.split(" (")[0] for t in fig.data] == ["CUF-MT", "baseline_clinical", "chance"]
     cv = _cv(predictions)
     for trace in fig.data[:2]:
         rows = cv[cv["model"] == trace.meta["model"]]
         auc = roc_auc_score(rows["label"] == "malignant", rows["prob_malignant"])
-        assert trace.name == f"{trace.meta['model']} (AUC {auc:.3f})"
+        assert trace.name == f"{display_name(trace.meta['model'])} (AUC {auc:.3f})"
         assert trace.meta["auc"] == pytest.approx(auc)
         assert (trace.x[0], trace.y[0]) == (0.0, 0.0)
         assert (trace.x[-1], trace.y[-1]) == (1.0, 1.0)
@@ -91,14 +92,14 @@ def test_metric_forest_points_intervals_and_baseline_style(metrics):
     fig = figures.metric_forest(metrics, "auc")
     assert [t.name for t in fig.data] == ["proposed", "baseline"]
     proposed, baseline = fig.data
-    assert list(proposed.y) == ["cuf_mt", "amw_cnn"] and list(baseline.y) == ["baseline_us"]
+    assert list(proposed.y) == ["CUF-MT", "AMW-CNN"] and list(baseline.y) == ["baseline_us"]
     np.testing.assert_allclose(proposed.x, [0.9, 0.85])
     np.testing.assert_allclose(proposed.error_x.array, [0.03, 0.03])
     np.testing.assert_allclose(proposed.error_x.arrayminus, [0.04, 0.04])
     assert proposed.marker.symbol != baseline.marker.symbol
     assert "AUC" in fig.layout.title.text and fig.layout.xaxis.title.text == "AUC"
     explicit = figures.metric_forest(metrics, "auc", baselines=["amw_cnn"])
-    assert list(explicit.data[1].y) == ["amw_cnn"]
+    assert list(explicit.data[1].y) == ["AMW-CNN"]
     with pytest.raises(ValueError, match="several auc rows"):
         figures.metric_forest(metrics, "auc", scenario=None)
 
@@ -145,6 +146,9 @@ def test_pairwise_matrix_symmetric_holm_p_values():
     np.testing.assert_allclose(z, z.T, equal_nan=True)
     assert z[0, 1] == 0.03 and z[0, 2] == 0.4 and z[2, 1] == 0.5
     assert "Holm" in fig.layout.title.text
+    # models are labelled as the tables name them
+    named = figures.pairwise_matrix(stats.replace({"x": "cuf_mt", "y": "age_only"}), "mcnemar")
+    assert list(named.data[0].x) == ["CUF-MT", "Age only (logistic regression)", "z"]
     with pytest.raises(ValueError, match=r"test='bootstrap'"):
         figures.pairwise_matrix(stats, "bootstrap")
 
@@ -153,7 +157,7 @@ def test_missing_modality_heatmap_models_by_seven_scenarios(metrics):
     fig = figures.missing_modality_heatmap(metrics)
     heat = fig.data[0]
     assert list(heat.x) == list(figures.SCENARIOS) and len(heat.x) == 7 and heat.x[0] == "all"
-    assert list(heat.y) == ["cuf_mt", "amw_cnn", "baseline_us"]
+    assert list(heat.y) == ["CUF-MT", "AMW-CNN", "baseline_us"]
     z = np.array(heat.z, dtype=float)
     assert z.shape == (3, 7)
     j = list(heat.x).index("clinical")
