@@ -80,6 +80,9 @@ def setup_notebook(seed: int = 0) -> None:
     # tqdm.auto (imported by timm's hub code) warns at import when ipywidgets is absent; the book shows no
     # progress bars, so the warning is noise on the page (stderr). Other warnings stay visible to the build.
     warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
+    # fastai (imported by mmlib.learner) decorates layers with torch.jit.script, which torch 2.14 deprecates:
+    # a note to fastai's authors, not to a reader of the book.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
     pd.set_option("display.precision", 3)
     pd.set_option("display.max_columns", 30)

@@ -3,7 +3,7 @@
 Usage::
 
     python -m mmlib.build --profile smoke              # execute every chapter, then render the HTML
-    python -m mmlib.build --profile smoke --strict     # Sphinx warnings are errors (CI)
+    python -m mmlib.build --profile smoke --strict     # Sphinx warnings and stderr output are errors (CI)
     python -m mmlib.build --profile smoke --only 06 10 # re-execute two chapters, keep the others' outputs
     python -m mmlib.build --profile smoke --no-render  # execute only
 
