@@ -123,6 +123,7 @@ def test_mean_bootstrap_leaves_out_missing_values():
     assert row["value"] == pytest.approx(0.7) and row["ci_low"] >= 0.5 and row["ci_high"] <= 0.9
 
 
+@pytest.mark.slow
 def test_external_study_writes_one_tidy_table(masked, standin, tmp_path):
     from mmlib.external import external_study, external_table, load_external
 

@@ -32,6 +32,7 @@ def _run(root, tmp_path, **kw):
     return json.loads((tmp_path / "results" / "run.json").read_text())
 
 
+@pytest.mark.slow
 def test_editing_a_model_source_retrains_and_unchanged_code_reuses(tmp_path):
     root = _copy_package(tmp_path)
     first = _run(root, tmp_path)
@@ -66,6 +67,7 @@ def test_feature_cache_key_covers_the_modules_that_compute_features(tmp_path):
     assert after[0] != before[0] and after[1] != before[1]
 
 
+@pytest.mark.slow
 def test_parameters_and_fresh_decide_what_is_retrained(tmp_path, monkeypatch):
     monkeypatch.setattr(ex, "COHORTS", tmp_path / "cohorts")
 

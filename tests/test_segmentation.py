@@ -50,6 +50,7 @@ def fitted(blobs):
     return fit_segmenter(images[:14], masks[:14], settings=TINY, seed=0, progress=False)
 
 
+@pytest.mark.slow
 def test_segmenter_learns_the_blob_at_the_image_size(fitted, blobs):
     images, masks = blobs
     predicted = fitted.predict(images[14:])
@@ -62,6 +63,7 @@ def test_segmenter_learns_the_blob_at_the_image_size(fitted, blobs):
     assert np.mean(dice) > 0.8, dice
 
 
+@pytest.mark.slow
 def test_blank_image_finds_no_lesion(fitted, tmp_path):
     blank = tmp_path / "blank.png"
     Image.fromarray(np.full((90, 120), 160, np.uint8)).save(blank)
@@ -69,6 +71,7 @@ def test_blank_image_finds_no_lesion(fitted, tmp_path):
     assert not pm.found and pm.mask.shape == (90, 120) and not pm.mask.any()
 
 
+@pytest.mark.slow
 def test_save_load_round_trip_and_pickle_refusal(fitted, blobs, tmp_path):
     images, _ = blobs
     fitted.save(tmp_path / "seg")
