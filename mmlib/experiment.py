@@ -9,7 +9,11 @@ per run profile under ``params/``) and writes tidy results under ``results/<prof
                      (bootstrap 95% CIs resampling patients: whole groups of units when a patient gives several,
                      stratified by label; metrics at the stated threshold, and ``<metric>@0.5`` at probability 0.5;
                      ``auc_delong`` with DeLong's CI, which treats units as independent)
+                     and the spread over training seeds (``n_seeds, seed_mean, seed_sd, seed_min, seed_max``)
+``seed_metrics.csv`` ``model, ablation, scenario, split, seed, metric, value``: each seed's own metrics
 ``fold_metrics.csv`` the same per cross-validation fold (no CI)
+``inner_predictions.csv``  each fold model's (and the refit's, ``fold`` -1) predictions on its inner validation
+                     patients, which set its decision threshold
 ``stats.csv``        :data:`STATS_COLUMNS`: paired patient-level bootstrap of AUC and accuracy differences + Holm,
                      DeLong + Holm and McNemar exact + Holm (units independent), Cohen's d / Welch / Mann-Whitney
                      for age (one row per patient); ``unit`` says what each test treats as independent
@@ -23,9 +27,10 @@ per run profile under ``params/``) and writes tidy results under ``results/<prof
 Protocol choices (the paper's abstract is silent on them; these are the field's best practice):
 splits by patient before anything touches the images; early stopping and best-epoch selection on an
 *inner* validation split of the training folds (never on the fold being predicted); the decision threshold
-is chosen on training data only (Youden's J on the out-of-fold predictions of the other folds; for the test
-set on all development out-of-fold predictions); the internal test set is predicted once, by the fold
-ensemble (mean probability) or a model refitted on all development patients (``test_model``).
+is chosen on training data only (Youden's J on each fold model's own inner validation predictions; the fold
+ensemble predicting the test set uses the mean of its members' thresholds, a refitted model its own inner
+validation; see :func:`assign_thresholds`); the internal test set is predicted once, by the fold ensemble (mean
+probability) or a model refitted on all development patients (``test_model``).
 A later run reuses finished work (per model, ablation and seed) only when its reuse key is the same: the
 parameters results depend on, the source of the ``mmlib`` package, the cohort on disk, the device and the
 precision (:func:`reuse_key_parts`, recorded in ``run.json``); ``fresh=True`` (``mmlib run --fresh``) redoes all.
@@ -240,6 +245,14 @@ def _inner_split(study: Study, rows: np.ndarray, seed: int) -> tuple[np.ndarray,
     return rows[fit_idx], rows[val_idx]
 
 
+def threshold_rows(study: Study, train_rows: np.ndarray, seed: int) -> np.ndarray:
+    """The training rows whose predictions choose a model's decision threshold: the inner validation split that
+    :func:`fit_config` holds out of fitting (the same rows it uses for early stopping), or, with
+    ``inner_valid: 0``, the same tenth of the training rows it then watches (in-sample, said in the docs)."""
+    fit_rows, val_rows = _inner_split(study, train_rows, seed)
+    return val_rows if len(val_rows) else fit_rows[: max(1, len(fit_rows) // 10)]
+
+
 def _spec(study: Study, rows: np.ndarray, use_clinical: bool):
     from .data import ClinicalScaler, ImageSettings, SampleSpec, max_views
 
@@ -291,8 +304,8 @@ def fit_config(study: Study, config: Config, train_rows: np.ndarray, seed: int, 
 
     p = study.params
     spec = _spec(study, train_rows, config.use_clinical)
-    if model_class(config.model).tabular:
-        return _fit_tabular(study, spec, train_rows, create_model(config.model, **config.kwargs))
+    if model_class(config.model).tabular:  # fitted without its inner validation rows, like every model: they set its threshold
+        return _fit_tabular(study, spec, _inner_split(study, train_rows, seed)[0], create_model(config.model, **config.kwargs))
     fit_rows, val_rows = _inner_split(study, train_rows, seed)
     if len(val_rows) == 0:
         val_rows = fit_rows[: max(1, len(fit_rows) // 10)]
@@ -518,6 +531,7 @@ def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | No
         "wall_time_seconds": round(time.perf_counter() - t0, 1),
         "cohort": {**study.cohort_info, "summary": _summary(study)},
         "thresholds": tables["thresholds"],
+        "threshold_fallbacks": tables["threshold_fallbacks"],
         "synthetic": bool(study.cohort_info.get("synthetic")),
     }
     if "oracle_auc" in study.cohort_info:
@@ -618,9 +632,11 @@ def _run_unit(study: Study, config: Config, seed: int, h: str) -> tuple[pd.DataF
         log = study.out / "logs" / config.id / f"seed{seed}_fold{fold.fold}.csv"
         log.parent.mkdir(parents=True, exist_ok=True)
         predict, _, _ = fit_config(study, config, fold.train, seed, log_path=log)
+        inner = threshold_rows(study, fold.train, seed)
         for keep in scenarios:
             sc = scenario_name(keep)
             rows.append(_rows(pats, fold.valid, predict(fold.valid, keep), config, sc, "cv", fold.fold, seed))
+            rows.append(_rows(pats, inner, predict(inner, keep), config, sc, "inner", fold.fold, seed))
             if len(test_rows) and p["test_model"] == "ensemble":
                 test_probs.append((sc, fold.fold, predict(test_rows, keep)))
     if len(test_rows) and p["test_model"] == "ensemble":
@@ -632,15 +648,19 @@ def _run_unit(study: Study, config: Config, seed: int, h: str) -> tuple[pd.DataF
     if refit:
         log = study.out / "logs" / config.id / f"seed{seed}_refit.csv"
         predict, model, spec = fit_config(study, config, dev_rows, seed, log_path=log)
+        inner = threshold_rows(study, dev_rows, seed)
+        for keep in scenarios:
+            rows.append(_rows(pats, inner, predict(inner, keep), config, scenario_name(keep), "inner", -1, seed))
         if p["test_model"] == "refit" and len(test_rows):
             for keep in scenarios:
                 rows.append(_rows(pats, test_rows, predict(test_rows, keep), config, scenario_name(keep), "test", -1, seed))
         if p["save_models"] and config.ablation == "none" and not model_class(config.model).tabular:
-            oof = pd.concat([r for r in rows if r["split"].iloc[0] == "cv" and r["scenario"].iloc[0] == "all"])
             from .metrics import youden_threshold
 
+            labels = pats["label"].to_numpy()[inner]
             save_model(model, study.out / "models" / config.model, name=config.model, spec=spec,
-                       threshold=youden_threshold(oof["label"].to_numpy(), oof["prob_malignant"].to_numpy()),
+                       threshold=(youden_threshold(labels, predict(inner, MODALITIES)) if len(np.unique(labels)) == 2
+                                  else None),
                        info={"cohort": study.cohort_info.get("manifest"), "trained_on_patients": int(len(dev_rows)),
                              "summary": _summary(study), "seed": seed,
                              "params": {k: p[k] for k in result_keys() if k not in UNIT_SELECTION}})
@@ -699,30 +719,66 @@ def _rows(pats, rows, prob, config: Config, scenario, split, fold, seed) -> pd.D
 GROUP = ["model", "ablation", "scenario"]
 
 
-def assign_thresholds(preds: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """Average over seeds, then add each row's decision threshold, chosen on training data only.
+def assign_thresholds(preds: pd.DataFrame, inner: pd.DataFrame | None = None, *,
+                      test_model: str = "ensemble") -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Each prediction's decision threshold, chosen on training data only, then the mean over seeds.
 
-    Fold ``k`` of cross-validation: Youden's J on the out-of-fold predictions of the other folds. Test: Youden on
-    all development out-of-fold predictions.
+    - Fold ``k`` of cross-validation: Youden's J on the *inner validation* predictions of fold ``k``'s own model
+      (training patients of fold ``k`` it did not fit on; see :func:`_inner_split`), never on predictions of
+      another fold's model, which was trained on fold ``k``.
+    - Internal test, fold ensemble: the mean of the fold models' thresholds. The ensemble's probability is the
+      mean of its members', so it predicts malignant when the members' mean margin ``p_k - t_k`` is positive;
+      no development prediction of the ensemble itself is free of its own training data.
+    - Internal test, refitted model: Youden on the refit's own inner validation predictions.
+    - A prediction averaged over seeds takes the mean of the seeds' thresholds (the same margin rule).
+    - An inner validation set with a single class gives no Youden threshold: 0.5 is used and counted in the
+      summary (``threshold_fallbacks``).
+
+    Args:
+        preds: ``cv`` and ``test`` predictions, one row per unit, model, ablation, scenario, fold and seed.
+        inner: the inner validation predictions (``split == "inner"``, ``fold`` -1 for the refit).
+        test_model: ``ensemble`` or ``refit`` (the run's parameter).
+
+    Returns:
+        ``(averaged, per_seed, summary)``: the predictions averaged over seeds with their ``threshold``; the
+        per-seed predictions with theirs; ``{"test": {model: threshold}, "threshold_fallbacks": n}``.
     """
     from .metrics import youden_threshold
 
-    keys = GROUP + ["split", "fold", "patient_id", "label"]
-    avg = preds.groupby(keys, as_index=False, sort=False)["prob_malignant"].mean()
-    avg["threshold"] = np.nan
-    summary = {}
-    for key, g in avg.groupby(GROUP, sort=False):
-        cv = g[g["split"] == "cv"]
-        if cv.empty:
-            continue
-        for k in cv["fold"].unique():
-            other = cv[cv["fold"] != k]
-            avg.loc[cv.index[cv["fold"] == k], "threshold"] = youden_threshold(other["label"].to_numpy(), other["prob_malignant"].to_numpy())
-        t_all = youden_threshold(cv["label"].to_numpy(), cv["prob_malignant"].to_numpy())
-        avg.loc[g.index[g["split"] == "test"], "threshold"] = t_all
-        if key[1] == "none" and key[2] == "all":
-            summary[key[0]] = round(float(t_all), 4)
-    return avg, summary
+    preds = preds[preds["split"] != "inner"].copy()
+    if inner is None or inner.empty:
+        raise ValueError("assign_thresholds needs the inner validation predictions (split 'inner')")
+    fallbacks = 0
+
+    def youden(g):
+        nonlocal fallbacks
+        if g["label"].nunique() < 2:
+            fallbacks += 1
+            return 0.5
+        return youden_threshold(g["label"].to_numpy(), g["prob_malignant"].to_numpy())
+
+    keys = GROUP + ["seed", "fold"]
+    fold_t = inner.groupby(keys, sort=False).apply(youden, include_groups=False).rename("threshold").reset_index()
+    cv_t = fold_t[fold_t["fold"] >= 0]
+    cv = preds[preds["split"] == "cv"].merge(cv_t, on=keys, how="left")
+    test = preds[preds["split"] == "test"]
+    if test_model == "refit":
+        test_t = fold_t[fold_t["fold"] == -1].drop(columns="fold")
+    else:
+        test_t = cv_t.groupby(GROUP + ["seed"], as_index=False, sort=False)["threshold"].mean()
+    test = test.merge(test_t, on=GROUP + ["seed"], how="left")
+    per_seed = pd.concat([cv, test], ignore_index=True)
+    if per_seed["threshold"].isna().any():
+        bad = per_seed[per_seed["threshold"].isna()].iloc[0]
+        raise ValueError(f"no inner validation predictions for {bad['model']}/{bad['ablation']}/{bad['scenario']} "
+                         f"split {bad['split']} fold {bad['fold']} seed {bad['seed']}")
+    avg = per_seed.groupby(GROUP + ["split", "fold", "patient_id", "label"], as_index=False, sort=False)[
+        ["prob_malignant", "threshold"]].mean()
+    summary = {"test": {}, "threshold_fallbacks": fallbacks}
+    t = avg[(avg["split"] == "test") & (avg["ablation"] == "none") & (avg["scenario"] == "all")]
+    for model, g in t.groupby("model", sort=False):
+        summary["test"][model] = round(float(g["threshold"].iloc[0]), 4)
+    return avg, per_seed, summary
 
 
 def unit_groups(study: Study | None, patient_ids) -> np.ndarray:
@@ -762,11 +818,14 @@ def _metric_rows(g: pd.DataFrame, n_boot: int, seed: int, ece_bins: int, groups=
 
 
 def summarise(study: Study, preds: pd.DataFrame) -> dict:
-    """Write predictions, metrics, fold metrics, statistics and the missing-modality table."""
+    """Write predictions, metrics (with the spread over seeds), fold metrics, statistics and the missing-modality
+    table."""
     from .metrics import binary_metrics
 
     p, out = study.params, study.out
-    preds, thresholds = assign_thresholds(preds)
+    inner = preds[preds["split"] == "inner"]
+    preds, per_seed, thresholds = assign_thresholds(preds, inner, test_model=p["test_model"])
+    inner.to_csv(out / "inner_predictions.csv", index=False)
     preds["seed"] = "mean" if len(p["seeds"]) > 1 else p["seeds"][0]
     preds = preds[["patient_id", "model", "ablation", "scenario", "split", "fold", "seed", "prob_malignant", "label", "threshold"]]
     preds.to_csv(out / "predictions.csv", index=False)
@@ -784,14 +843,60 @@ def summarise(study: Study, preds: pd.DataFrame) -> dict:
                                    threshold=float(gf["threshold"].iloc[0]), ece_bins=int(p["ece_bins"]))
                 fold_rows += [{"model": model, "ablation": ablation, "scenario": scenario, "fold": int(k),
                                "metric": n, "value": v} for n, v in m.items()]
-    metrics = pd.DataFrame(metric_rows)
+    seeds = seed_metrics(per_seed, ece_bins=int(p["ece_bins"]))
+    seeds.to_csv(out / "seed_metrics.csv", index=False)
+    metrics = with_seed_spread(pd.DataFrame(metric_rows), seeds)
     metrics.to_csv(out / "metrics.csv", index=False)
     pd.DataFrame(fold_rows).to_csv(out / "fold_metrics.csv", index=False)
     stats = comparison_stats(preds, study, n_boot=int(p["n_boot"]), seed=int(p["split_seed"]))
+    oracle = None
+    if study.cohort_info.get("synthetic"):
+        oracle, oracle_stats = oracle_comparisons(preds, study, n_boot=int(p["n_boot"]), seed=int(p["split_seed"]))
+        stats = pd.concat([stats, oracle_stats], ignore_index=True)
     stats.to_csv(out / "stats.csv", index=False)
-    missing = missing_modality_table(metrics)
+    missing = missing_modality_table(metrics, oracle=oracle)
     missing.to_csv(out / "missing_modalities.csv", index=False)
-    return {"thresholds": thresholds, "metrics": metrics, "stats": stats}
+    return {"thresholds": thresholds["test"], "threshold_fallbacks": thresholds["threshold_fallbacks"],
+            "metrics": metrics, "stats": stats}
+
+
+#: Metrics whose spread over training seeds ``metrics.csv`` carries.
+SEED_METRICS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "mcc", "f1", "brier", "ece")
+
+
+def seed_metrics(per_seed: pd.DataFrame, *, ece_bins: int = 10) -> pd.DataFrame:
+    """Each seed's metrics on its own predictions and thresholds (pooled out-of-fold for ``cv``).
+
+    Returns:
+        ``model, ablation, scenario, split, seed, metric, value``; threshold metrics at each row's threshold.
+    """
+    from .metrics import binary_metrics
+
+    rows = []
+    for (model, ablation, scenario, split, seed), g in per_seed.groupby(GROUP + ["split", "seed"], sort=False):
+        y = g["label"].to_numpy()
+        if len(np.unique(y)) < 2:
+            continue
+        p = g["prob_malignant"].to_numpy()
+        shifted = np.clip(p - g["threshold"].to_numpy() + 0.5, 0.0, 1.0)
+        at_t = binary_metrics(y, shifted, threshold=0.5, ece_bins=ece_bins)
+        raw = binary_metrics(y, p, threshold=0.5, ece_bins=ece_bins)
+        for m in SEED_METRICS:
+            rows.append({"model": model, "ablation": ablation, "scenario": scenario, "split": split, "seed": seed,
+                         "metric": m, "value": raw[m] if m in ("auc", "brier", "ece") else at_t[m]})
+    return pd.DataFrame(rows, columns=[*GROUP, "split", "seed", "metric", "value"])
+
+
+def with_seed_spread(metrics: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
+    """``metrics.csv`` rows with the spread of each metric over training seeds: ``n_seeds``, ``seed_mean``,
+    ``seed_sd`` (ddof 1; NaN for one seed), ``seed_min``, ``seed_max``. ``value`` and its CI stay those of the
+    seed-averaged predictions; the seed columns say how much a single training run moves."""
+    cols = ["n_seeds", "seed_mean", "seed_sd", "seed_min", "seed_max"]
+    if seeds.empty:
+        return metrics.assign(**{c: np.nan for c in cols})
+    spread = seeds.groupby([*GROUP, "split", "metric"], sort=False)["value"].agg(
+        n_seeds="count", seed_mean="mean", seed_sd="std", seed_min="min", seed_max="max").reset_index()
+    return metrics.merge(spread, on=[*GROUP, "split", "metric"], how="left")
 
 
 #: Columns of ``stats.csv``. ``unit`` says what a test treats as independent: ``patient`` (a cluster bootstrap or
@@ -876,21 +981,66 @@ def comparison_stats(preds: pd.DataFrame, study: Study | None = None, *, n_boot:
     return pd.DataFrame(rows, columns=STATS_COLUMNS)
 
 
-def missing_modality_table(metrics: pd.DataFrame, split: str = "cv") -> pd.DataFrame:
-    """AUC, Brier and ECE of every model on each input subset, with the drop/ratio against all inputs."""
+def oracle_comparisons(preds: pd.DataFrame, study: Study, *, n_boot: int = 2000,
+                       seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A synthetic cohort's ceilings: the oracle AUC of every input subset (:func:`mmlib.synth.scenario_oracle`) on
+    the patients each split predicts, and each model's AUC minus the oracle's (ablation ``none``, all inputs) by a
+    paired patient-level bootstrap (``test == "bootstrap_auc_vs_oracle"``, ``b == "oracle"``).
+
+    Returns:
+        ``(oracle, stats)``: ``scenario, split, oracle_auc``; rows of :data:`STATS_COLUMNS`.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from .stats import paired_bootstrap_diff
+    from .synth import scenario_oracle
+
+    folder = Path(study.cohort_info["manifest"]).parent
+    aucs, rows, prob = [], [], {}
+    for sc in preds["scenario"].unique():
+        keep = tuple(sc.split("+")) if sc != "all" else tuple(MODALITIES)
+        o = scenario_oracle(folder, keep).set_index("patient_id")["oracle_prob"]
+        prob[sc] = o
+        for split, g in preds[preds["scenario"] == sc].groupby("split", sort=False):
+            ids = g["patient_id"].drop_duplicates()
+            y = g.drop_duplicates("patient_id")["label"].to_numpy()
+            if len(np.unique(y)) == 2:
+                aucs.append({"scenario": sc, "split": split, "oracle_auc": float(roc_auc_score(y, o.loc[ids]))})
+    base = preds[(preds["ablation"] == "none") & (preds["scenario"] == "all")]
+    for (split, model), g in base.groupby(["split", "model"], sort=False):
+        if g["label"].nunique() < 2:
+            continue
+        groups = unit_groups(study, g["patient_id"])
+        r = paired_bootstrap_diff(g["label"].to_numpy(), g["prob_malignant"].to_numpy(),
+                                  prob["all"].loc[g["patient_id"]].to_numpy(), groups=groups, n_boot=n_boot, seed=seed)
+        rows.append({"test": "bootstrap_auc_vs_oracle", "split": split, "a": model, "b": "oracle",
+                     "statistic": r["diff"], "p_value": r["p_value"], "p_holm": np.nan, "ci_low": r["ci_low"],
+                     "ci_high": r["ci_high"], "unit": "patient", "n_units": r["n_units"], "n_clusters": r["n_clusters"],
+                     "detail": json.dumps({"auc_a": r["value_a"], "auc_oracle": r["value_b"], "n_boot": int(n_boot)})})
+    return pd.DataFrame(aucs, columns=["scenario", "split", "oracle_auc"]), pd.DataFrame(rows, columns=STATS_COLUMNS)
+
+
+def missing_modality_table(metrics: pd.DataFrame, split: str = "cv", oracle: pd.DataFrame | None = None) -> pd.DataFrame:
+    """AUC, Brier and ECE of every model on each input subset, with the drop/ratio against all inputs; with
+    ``oracle`` (synthetic cohorts, :func:`oracle_comparisons`) also the subset's oracle AUC and the gap to it."""
     m = metrics[(metrics["split"] == split) & metrics["metric"].isin(["auc", "brier", "ece"])]
     wide = m.pivot_table(index=["model", "ablation", "scenario"], columns="metric", values="value").reset_index()
     full = wide[wide["scenario"] == "all"].set_index(["model", "ablation"])
+    ceiling = {} if oracle is None else oracle[oracle["split"] == split].set_index("scenario")["oracle_auc"].to_dict()
     out = []
     for _, r in wide.iterrows():
         key = (r["model"], r["ablation"])
         if key not in full.index:
             continue
         f = full.loc[key]
-        out.append({"model": r["model"], "ablation": r["ablation"], "scenario": r["scenario"],
-                    "auc": r.get("auc"), "auc_drop": f["auc"] - r.get("auc"), "auc_ratio": r.get("auc") / f["auc"],
-                    "brier": r.get("brier"), "brier_change": r.get("brier") - f["brier"],
-                    "ece": r.get("ece"), "ece_change": r.get("ece") - f["ece"]})
+        row = {"model": r["model"], "ablation": r["ablation"], "scenario": r["scenario"],
+               "auc": r.get("auc"), "auc_drop": f["auc"] - r.get("auc"), "auc_ratio": r.get("auc") / f["auc"],
+               "brier": r.get("brier"), "brier_change": r.get("brier") - f["brier"],
+               "ece": r.get("ece"), "ece_change": r.get("ece") - f["ece"]}
+        if oracle is not None:
+            row["oracle_auc"] = ceiling.get(r["scenario"], np.nan)
+            row["gap_to_oracle"] = row["oracle_auc"] - row["auc"]
+        out.append(row)
     return pd.DataFrame(out)
 
 
@@ -921,6 +1071,8 @@ class Results:
     missing: pd.DataFrame
     run: dict
     splits: pd.DataFrame
+    seed_metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
+    inner: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def cohort(self):
         """The cohort of the run (regenerated deterministically when it is the synthetic one)."""
@@ -946,7 +1098,8 @@ def load_results(folder) -> Results:
         return pd.read_csv(f, dtype={"patient_id": str}) if f.is_file() and f.stat().st_size > 1 else pd.DataFrame()
 
     return Results(folder, csv("predictions.csv"), csv("metrics.csv"), csv("fold_metrics.csv"), csv("stats.csv"),
-                   csv("missing_modalities.csv"), json.loads((folder / "run.json").read_text()), csv("splits.csv"))
+                   csv("missing_modalities.csv"), json.loads((folder / "run.json").read_text()), csv("splits.csv"),
+                   csv("seed_metrics.csv"), csv("inner_predictions.csv"))
 
 
 # ----------------------------------------------------------------------------------------------- single model

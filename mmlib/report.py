@@ -279,8 +279,21 @@ def abstract_numbers(res) -> tuple[str, dict]:
     out["most_important_input"] = str(imp.index[0]) if len(imp) else "n/a"
     out["most_important_drop"] = float(imp["auc_drop"].iloc[0]) if len(imp) else nan
     out["oracle_text"] = f"{out['oracle_auc']:.3f}" if np.isfinite(out["oracle_auc"]) else "not known (real data)"
+    out["oracle_gap_text"] = oracle_gap_text(res, best)
     out = {k: (v if not isinstance(v, float) or np.isfinite(v) else -1.0) for k, v in out.items()}
     return best, out
+
+
+def oracle_gap_text(res, model: str, *, split: str = "cv") -> str:
+    """``model``'s AUC minus the oracle's given the inputs each patient has, with the paired patient-level
+    bootstrap CI (``stats.csv``, ``bootstrap_auc_vs_oracle``), as a sentence; says so where no oracle is known."""
+    s = res.stats
+    hit = s[(s["test"] == "bootstrap_auc_vs_oracle") & (s["a"] == model) & (s["split"] == split)] if "test" in s else s
+    if hit.empty:
+        return "No oracle is known for this cohort (real data), so no gap to it is computed."
+    r = hit.iloc[0]
+    return (f"Against the oracle given the inputs each patient actually has, {display_name(model)}'s AUC differs by "
+            f"{r['statistic']:+.3f} (paired patient-level bootstrap 95% CI {r['ci_low']:+.3f} to {r['ci_high']:+.3f}).")
 
 
 def cohort_truth_table(cohort_info: dict) -> pd.DataFrame:

@@ -788,3 +788,43 @@ def load_cohort_info(cohort_dir) -> dict:
     if not isinstance(info, dict) or "oracle_auc" not in info:
         raise ValueError(f"{path}: expected a JSON object with 'oracle_auc'")
     return info
+
+
+def scenario_oracle(cohort_dir, keep) -> pd.DataFrame:
+    """The oracle of one input subset: the Bayes risk given only the sources a model could see.
+
+    A source counts when its input is in ``keep`` (names of :data:`mmlib.schema.MODALITIES`) *and* the patient
+    has it (the designed missingness of the manifest); the others contribute nothing to the log-odds. With every
+    input kept this is the ceiling under the missingness (``oracle_auc_observed``); with one input it is that
+    source's own ceiling. The AUC of ``oracle_prob`` is what no model given those inputs can beat in expectation.
+
+    Args:
+        cohort_dir: a folder written by :func:`generate_cohort`.
+        keep: the inputs of the scenario, e.g. ``("ultrasound", "clinical")``.
+
+    Returns:
+        One row per patient: ``patient_id``, ``label`` (0/1), ``oracle_risk`` (log-odds), ``oracle_prob``.
+    """
+    from .schema import MODALITIES
+
+    keep = tuple(keep)
+    unknown = [k for k in keep if k not in MODALITIES]
+    if unknown or not keep:
+        raise ValueError(f"keep must be a non-empty subset of {MODALITIES}, got {keep!r}")
+    cohort_dir = Path(cohort_dir)
+    info, truth = load_cohort_info(cohort_dir), load_truth(cohort_dir)
+    manifest = pd.read_csv(cohort_dir / "manifest.csv", dtype={"patient_id": str, "mammography": str,
+                                                               "ultrasound": str})
+    present = {"age": manifest["age"].notna().to_numpy(),
+               "mammography": manifest["mammography"].fillna("").str.len().to_numpy() > 0,
+               "ultrasound": manifest["ultrasound"].fillna("").str.len().to_numpy() > 0}
+    truth = truth.set_index("patient_id").loc[manifest["patient_id"]]
+    d, prevalence = info["config"]["informativeness"], float(info["config"]["prevalence"])
+    risk = np.full(len(manifest), math.log(prevalence / (1 - prevalence)))
+    for s in SOURCES:
+        if SOURCE_MODALITY[s] in keep:
+            z = truth[f"z_{s}"].to_numpy()
+            risk = risk + np.where(present[s], d[s] * z - d[s] ** 2 / 2, 0.0)
+    return pd.DataFrame({"patient_id": manifest["patient_id"].to_numpy(),
+                         "label": (truth["label"].to_numpy() == LABELS[1]).astype(int),
+                         "oracle_risk": risk, "oracle_prob": expit(risk)})

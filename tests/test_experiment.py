@@ -82,11 +82,58 @@ def test_thresholds_come_from_training_folds_only(run):
     from mmlib.metrics import youden_threshold
 
     _, _, res = run
-    p = res.predictions
-    g = p[(p["split"] == "cv") & (p["model"] == "amw_cnn") & (p["ablation"] == "none") & (p["scenario"] == "all")]
+    p, inner = res.predictions, res.inner
+    sel = lambda d, split: d[(d["split"] == split) & (d["model"] == "amw_cnn") & (d["ablation"] == "none")  # noqa: E731
+                             & (d["scenario"] == "all")]
+    g, gi = sel(p, "cv"), sel(inner, "inner")
+    fold_t = {}
     for k, gk in g.groupby("fold"):
-        other = g[g["fold"] != k]
-        assert gk["threshold"].iloc[0] == pytest.approx(youden_threshold(other["label"], other["prob_malignant"]))
+        own = gi[gi["fold"] == k]
+        # the inner validation patients of fold k's model are its training patients, never fold k's
+        assert len(own) and not set(own["patient_id"]) & set(gk["patient_id"])
+        fold_t[k] = youden_threshold(own["label"], own["prob_malignant"])
+        assert gk["threshold"].iloc[0] == pytest.approx(fold_t[k])
+    # the fold ensemble predicting the test set uses the mean of its members' thresholds
+    assert sel(p, "test")["threshold"].iloc[0] == pytest.approx(np.mean(list(fold_t.values())))
+    assert res.run["thresholds"]["amw_cnn"] == pytest.approx(np.mean(list(fold_t.values())), abs=1e-4)
+
+
+def test_assign_thresholds_per_fold_seed_and_ensemble():
+    from mmlib.metrics import youden_threshold
+
+    rng = np.random.default_rng(0)
+    base = {"model": "m", "ablation": "none", "scenario": "all"}
+    preds, inner = [], []
+    for seed in (0, 1):
+        for fold in (0, 1):
+            y = rng.integers(0, 2, 30)
+            inner.append(pd.DataFrame({**base, "split": "inner", "fold": fold, "seed": seed, "label": y,
+                                       "patient_id": [f"i{fold}{j}" for j in range(30)],
+                                       "prob_malignant": np.clip(0.3 * y + rng.random(30) * 0.7, 0, 1)}))
+            preds.append(pd.DataFrame({**base, "split": "cv", "fold": fold, "seed": seed, "label": [0, 1],
+                                       "patient_id": [f"c{fold}0", f"c{fold}1"], "prob_malignant": [0.2, 0.8]}))
+        preds.append(pd.DataFrame({**base, "split": "test", "fold": -1, "seed": seed, "label": [0, 1],
+                                   "patient_id": ["t0", "t1"], "prob_malignant": [0.1 + seed / 10, 0.9]}))
+    preds, inner = pd.concat(preds, ignore_index=True), pd.concat(inner, ignore_index=True)
+    avg, per_seed, summary = ex.assign_thresholds(preds, inner)
+    t = {(s, k): youden_threshold(g["label"], g["prob_malignant"]) for (s, k), g in inner.groupby(["seed", "fold"])}
+    cv0 = per_seed[(per_seed["split"] == "cv") & (per_seed["fold"] == 0)].groupby("seed")["threshold"].first()
+    assert cv0.loc[0] == pytest.approx(t[0, 0]) and cv0.loc[1] == pytest.approx(t[1, 0])
+    # seed-averaged predictions: the mean of the seeds' thresholds (and probabilities)
+    a0 = avg[(avg["split"] == "cv") & (avg["fold"] == 0)]
+    assert a0["threshold"].iloc[0] == pytest.approx((t[0, 0] + t[1, 0]) / 2) and len(a0) == 2
+    test = avg[avg["split"] == "test"].set_index("patient_id")
+    assert test.loc["t0", "threshold"] == pytest.approx(np.mean(list(t.values())))
+    assert test.loc["t0", "prob_malignant"] == pytest.approx(0.15)
+    assert summary["test"]["m"] == pytest.approx(np.mean(list(t.values())), abs=1e-4)
+    assert summary["threshold_fallbacks"] == 0
+    # an inner set of a single class gives no Youden threshold: 0.5, counted
+    one_class = inner.assign(label=np.where(inner["fold"] == 1, 0, inner["label"]))
+    _, per_seed, summary = ex.assign_thresholds(preds, one_class)
+    assert summary["threshold_fallbacks"] == 2
+    assert (per_seed[(per_seed["split"] == "cv") & (per_seed["fold"] == 1)]["threshold"] == 0.5).all()
+    with pytest.raises(ValueError, match="inner validation"):
+        ex.assign_thresholds(preds, inner.iloc[:0])
 
 
 @pytest.mark.slow
@@ -121,6 +168,18 @@ def test_statistics_and_missing_table(run):
     full = m[(m["model"] == "amw_cnn") & (m["ablation"] == "none") & (m["scenario"] == "all")]
     assert float(full["auc_drop"].iloc[0]) == pytest.approx(0.0)
     assert len(m[(m["model"] == "amw_cnn") & (m["ablation"] == "none")]) == 7
+    # a synthetic cohort: every input subset has its own oracle, and each model its paired gap to the full one
+    assert m["oracle_auc"].between(0.5, 1).all()
+    assert m.groupby("scenario")["oracle_auc"].nunique().eq(1).all() and m["oracle_auc"].nunique() > 3
+    gap = s[(s["test"] == "bootstrap_auc_vs_oracle") & (s["a"] == "amw_cnn") & (s["split"] == "cv")].iloc[0]
+    auc = res.metric("amw_cnn")
+    assert gap["statistic"] == pytest.approx(auc - json.loads(gap["detail"])["auc_oracle"])
+    assert gap["ci_low"] <= gap["statistic"] <= gap["ci_high"]
+    # the seed spread sits beside every metric (one seed here: min = max = the seed's own value)
+    row = res.metrics[(res.metrics["model"] == "amw_cnn") & (res.metrics["metric"] == "auc")
+                      & (res.metrics["split"] == "cv") & (res.metrics["ablation"] == "none")
+                      & (res.metrics["scenario"] == "all")].iloc[0]
+    assert row["n_seeds"] == 1 and row["seed_min"] == row["seed_max"] == pytest.approx(row["value"])
 
 
 @pytest.mark.slow

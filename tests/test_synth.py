@@ -373,3 +373,20 @@ def test_renderers_return_the_documented_shapes_and_types(size):
     assert us.shape == mg.shape == (size, size)
     assert us.dtype == np.uint8 and mg.dtype == np.uint16 and mg.max() <= 4095
     assert us.std() > 10 and mg.std() > 100  # real images, not blanks
+
+
+def test_scenario_oracle_is_the_ceiling_of_each_input_subset(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from mmlib.synth import generate_cohort, load_cohort_info, scenario_oracle
+
+    generate_cohort(tmp_path, n_patients=60, seed=1, ultrasound_size=64, mammography_size=64)
+    info = load_cohort_info(tmp_path)
+    full = scenario_oracle(tmp_path, ("mammography", "ultrasound", "clinical"))
+    # all inputs: the risk given what each patient has, the documented observed oracle
+    assert roc_auc_score(full["label"], full["oracle_risk"]) == pytest.approx(info["oracle_auc_observed"])
+    us = scenario_oracle(tmp_path, ("ultrasound",))
+    assert us["oracle_prob"].between(0, 1).all() and (us["label"] == full["label"]).all()
+    assert roc_auc_score(us["label"], us["oracle_risk"]) < roc_auc_score(full["label"], full["oracle_risk"])
+    with pytest.raises(ValueError, match="subset"):
+        scenario_oracle(tmp_path, ("pet",))
