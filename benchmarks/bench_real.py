@@ -5,22 +5,21 @@
 
 ``--set`` overrides profile parameters (values are read as YAML: ``--set roi_margin=0.3 --set ablations=false``);
 an overridden run writes to its own folder ``results/<profile>-<hash of the overrides>/`` so that tuning runs
-never overwrite the profile's results. Prints the figures; asserts nothing (the targets are measured, not
+never overwrite the profile's results, and is compared with the profile's own run (``results/<profile>/``, run it
+first) on the same out-of-fold development patients: per model, the AUC gain of the profile over the variant by a
+paired patient-level bootstrap, with DeLong's p beside it, written to ``results/probes/gains.csv``
+(:func:`mmlib.probes.study_gains`), which the real-data chapter reads. Cross-validation covers the development
+patients only: a tuning run never reads the internal test's figures. Prints the figures; asserts nothing (the targets are measured, not
 tested). Skips with a message where the public collections are not at ``../shared/data``.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
 import time
 from pathlib import Path
 
-#: Targets of the real-data study (pooled out-of-fold AUC): best model, and the margin of every model over age.
-TARGETS = {"breast-lesions-usg": {"best_auc": 0.88, "margin_over_age": 0.08},
-           "cdd-cesm": {"best_auc": 0.80, "margin_over_age": None}}
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -42,12 +41,9 @@ def parse_overrides(items: list[str]) -> dict:
 
 def results_folder(profile: str, overrides: dict) -> Path:
     """``results/<profile>/`` without overrides, else ``results/<profile>-<8 hex of the overrides>/``."""
-    from mmlib.paths import results_dir
+    from mmlib.probes import variant_dir
 
-    if not overrides:
-        return Path(results_dir(profile))
-    h = hashlib.sha256(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return Path(results_dir(f"{profile}-{h}"))
+    return Path(variant_dir(profile, overrides))
 
 
 def cv_aucs(metrics) -> "pd.DataFrame":  # noqa: F821
@@ -94,6 +90,22 @@ def main(argv=None) -> int:
     for model, r in auc.sort_values("value", ascending=False).iterrows():
         gap = f"{r['value'] - age:+.3f}" if age is not None and model != "age_only" else ""
         print(f"  {model:18s} {r['value']:.3f}  [{r['ci_low']:.3f}, {r['ci_high']:.3f}]  {gap}")
+
+    base_dir = results_folder(params["profile"], {})
+    if overrides and (base_dir / "run.json").is_file():
+        from mmlib.probes import record, study_gains
+
+        label = " ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+        gains = study_gains(load_results(base_dir), res, label=f"profile vs {label}")
+        print(f"== gain of the profile over {label} (paired patient-level bootstrap, same out-of-fold patients)")
+        for _, g in gains.iterrows():
+            print(f"  {g['model']:18s} {g['gain']:+.3f}  [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]  p {g['p_value']:.3f}")
+        rows = [{"profile": params["profile"], **r} for r in gains.to_dict("records")]
+        print(f"written to {record('gains', rows, keys=['profile', 'comparison', 'model', 'split'])}")
+    elif overrides:
+        print(f"no paired gain: the profile's own run is not at {base_dir} (run without --set first)")
+
+    from mmlib.probes import TARGETS
 
     target = TARGETS.get(a.profile)
     models = [m for m in auc.index if m != "age_only"]

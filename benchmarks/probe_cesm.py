@@ -17,13 +17,15 @@ patient-grouped stratified 5-fold CV, mean over three split seeds, for three reg
 - ``auto-roi``: crops (``--window`` of the view's longer side) around the ``--candidates`` strongest enhancing blobs,
   frozen features of each, averaged over candidates; alone and with the whole-image features.
 
-The figures for these levers in the real-data chapter's CDD-CESM table come from this script. Prints figures;
-asserts nothing.
+Reads the profile's development patients only (split dev of the study's splitter). Prints the figures and writes
+them to ``results/probes/probe_cesm.csv`` (:mod:`mmlib.probes`), which the real-data chapter's CDD-CESM table
+reads. Asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -190,9 +192,16 @@ def main():
             rows["whole image+age"] = {C: stacked([(np.c_[W, A], C)], y, groups) for C in Cs}
             rows["whole+blob crops+age"] = {C: stacked([(np.c_[W, R, A], C)], y, groups) for C in Cs}
     print(f"{a.profile}: {len(y)} units, lever {a.lever}, {time.perf_counter() - t:.0f} s")
+    out = []
     for name, by_c in rows.items():
         for C, v in by_c.items():
             print(f"  {name:22s} C={C:<6} pooled out-of-fold AUC {v:.3f}")
+            out.append({"profile": a.profile, "setting": f"lever={a.lever} size={a.size} window={a.window:g} "
+                        f"candidates={a.candidates}", "variant": name, "C": C, "auc": v, "units": len(y),
+                        "patients": len(set(groups)), "command": "python benchmarks/probe_cesm.py " + " ".join(sys.argv[1:])})
+    from mmlib.probes import record
+
+    print(f"written to {record('probe_cesm', out, keys=['profile', 'setting', 'variant', 'C'])}")
 
 
 if __name__ == "__main__":

@@ -4,31 +4,36 @@
         [--levels 3,4,5 | --levels last] [--size 224] [--margin 0.0 | --whole-image] [--pooling mean|mean+std|max|grid3max]
         [--outline]
 
-Logistic regression (scikit-learn, standardised features plus age and its missing flag) on each unit's pooled
-features, the views of a unit averaged; pooled out-of-fold AUC of stratified 5-fold CV grouped by patient (the two
+Reads the profile's development patients only (split dev of the study's splitter; the internal test is never
+seen by a choice). Logistic regression (scikit-learn, standardised features plus age and its missing flag) on each
+unit's pooled features, the views of a unit averaged; pooled out-of-fold AUC of stratified 5-fold CV grouped by patient (the two
 breasts of a CDD-CESM patient never straddle a split), averaged over three split seeds, for three regularisation
 strengths. With ``--outline`` (cohorts with lesion masks), also the lesion-outline morphometry alone
 (:mod:`mmlib.morphometry`, its own logistic regression) and stacked with the image model (the two models'
-standardised logits averaged within each fold). The probe figures in the real-data chapter come from this script.
-Prints figures; asserts nothing.
+standardised logits averaged within each fold). Prints the figures and writes them to
+``results/probes/probe_features.csv`` (one row per setting, variant and C; :mod:`mmlib.probes`), which the
+real-data chapter reads. Asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
 
 
 def cohort_modality(profile: str):
-    """(the profile's parameters, its cohort's patients table, the cohort's image modality) -- the benchmarks' probes
-    read one image modality per cohort."""
+    """(the profile's parameters, its cohort's *development* patients, the cohort's image modality) -- the probes
+    choose settings, so they read only the patients the study develops on (split dev of its own splitter), never
+    the internal test; they read one image modality per cohort."""
     from mmlib import experiment as ex
+    from mmlib.probes import development_cohort
     from mmlib.schema import IMAGE_MODALITIES
 
     p = ex.load_params(profile, progress=False)
-    pats = ex.prepare_cohort(p)[0].patients
+    pats = development_cohort(p)[1]
     return p, pats, next(m for m in IMAGE_MODALITIES if pats[m].map(len).sum() > 0)
 
 
@@ -131,8 +136,30 @@ def main():
           f"extracted in {time.perf_counter() - t:.0f} s")
     if a.outline and not outline.any():
         raise SystemExit(f"--outline: cohort {a.profile!r} has no lesion masks")
+    from mmlib import experiment as ex
+
+    setting = setting_name(a, ex.load_params(a.profile, progress=False))
+    rows = []
     for (name, C), v in probe(X, age, y, groups, outline=outline if a.outline else None).items():
         print(f"  {name:12s} C={C:<6} pooled out-of-fold AUC {v:.3f}")
+        rows.append({"profile": a.profile, "setting": setting, "variant": name, "C": C, "auc": v, "units": len(y),
+                     "patients": len(set(groups)), "command": "python benchmarks/probe_features.py " + " ".join(
+                         sys.argv[1:])})
+    from mmlib.probes import record
+
+    print(f"written to {record('probe_features', rows, keys=['profile', 'setting', 'variant', 'C'])}")
+
+
+def setting_name(a, params: dict) -> str:
+    """The probe's options as one key, e.g. ``levels=3,4,5 size=224 margin=0 pooling=mean`` (``margin`` is the
+    crop's, resolved from the profile: ``none`` where the profile does not crop, ``whole-image`` for the option)."""
+    if a.whole_image:
+        margin = "whole-image"
+    elif not params["roi"]:
+        margin = "none"
+    else:
+        margin = f"{params['roi_margin'] if a.margin is None else a.margin:g}"
+    return f"levels={a.levels} size={a.size} margin={margin} pooling={a.pooling}"
 
 
 if __name__ == "__main__":

@@ -8,14 +8,16 @@ their maps are cached; blocks ``cut+1..top`` and a linear head on their average-
 fold (AdamW, one-cycle schedule, a random flip of each view per step), with patient-grouped stratified 5-fold CV on
 the cohort's units. A unit's score is the mean over its views and the four flips. Printed: each fold's AUC, the
 pooled out-of-fold AUC of the image alone and with age (a logistic regression on the out-of-fold score and age,
-cross-validated on other patient-grouped splits), and the time. The fine-tuning rows of the real-data chapter's
-CDD-CESM table come from this script. Prints figures; asserts nothing.
+cross-validated on other patient-grouped splits), and the time. Reads the profile's development patients only (split dev of the
+study's splitter). Prints the figures and writes them to ``results/probes/probe_finetune.csv`` (:mod:`mmlib.probes`),
+which the real-data chapter's CDD-CESM table reads. Asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import time
 
 import numpy as np
@@ -138,8 +140,17 @@ def main():
     age = pats["age"].to_numpy(float) if "age" in pats else np.full(len(pats), np.nan)
     auc, auc_age = run(maps, unit, pats["label"].to_numpy().astype(int), pats["group"].astype(str).to_numpy(), age, net,
                        cut=a.cut, top=a.top, epochs=a.epochs, lr=a.lr, seed=a.seed)
+    minutes = (time.perf_counter() - t - t_cache) / 60
     print(f"  pooled out-of-fold AUC: image {auc:.3f}, image+age {auc_age:.3f}; "
-          f"cache {t_cache:.0f} s, training {time.perf_counter() - t - t_cache:.0f} s")
+          f"cache {t_cache:.0f} s, training {minutes * 60:.0f} s")
+    from mmlib.probes import record
+
+    setting = f"cut={a.cut} top={a.top} epochs={a.epochs} size={a.size} lr={a.lr:g} seed={a.seed}"
+    rows = [{"profile": a.profile, "setting": setting, "variant": v, "C": "", "auc": x, "minutes": round(minutes, 1),
+             "units": len(pats), "patients": int(pats["group"].nunique()),
+             "command": "python benchmarks/probe_finetune.py " + " ".join(sys.argv[1:])}
+            for v, x in (("image", auc), ("image+age", auc_age))]
+    print(f"written to {record('probe_finetune', rows, keys=['profile', 'setting', 'variant'])}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,263 @@
+"""Tidy tables of the benchmarks that choose a setting, and the development patients they may read.
+
+A probe (``benchmarks/probe_*.py``) or a tuning run (``benchmarks/bench_real.py --set``) selects a profile's
+settings; it reads only the **development** patients of the study's own splitter (:func:`development_cohort`),
+never the internal test ones, and writes what it measured to ``results/probes/<name>.csv`` (git-ignored), one row
+per measured figure, so that the real-data chapter glues every figure from a file (:func:`figure`) and says which
+command fills it where the file or the row is absent.
+
+``gains.csv`` holds paired comparisons of two studies on the same out-of-fold patients (:func:`study_gains`): a
+claimed gain (outline features, a fusion choice) with its patient-level paired bootstrap CI and p-value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import paths
+
+#: What every probe row was chosen on (the chapter quotes it).
+CHOSEN_ON = "development patients (split dev of the study's splitter)"
+
+
+def probes_dir() -> Path:
+    """``results/probes/`` (follows ``MMLIB_RESULTS``)."""
+    return paths.RESULTS / "probes"
+
+
+def development_cohort(params: dict):
+    """The cohort of a run restricted to its development patients, split exactly as the study splits it.
+
+    Returns:
+        ``(cohort, dev_patients)``: the whole :class:`mmlib.cohort.Cohort` and its ``patients`` table cut to the
+        rows of ``split == "dev"`` (index reset), so that no choice ever sees an internal-test patient.
+    """
+    from .experiment import prepare_cohort
+    from .splits import make_splits
+
+    cohort = prepare_cohort(params)[0]
+    splits = make_splits(cohort, n_folds=int(params["n_folds"]), test_fraction=float(params["test_fraction"]),
+                         seed=int(params["split_seed"]))
+    dev = splits["split"].to_numpy() == "dev"
+    return cohort, cohort.patients[dev].reset_index(drop=True)
+
+
+def record(name: str, rows: list[dict], *, keys: list[str]) -> Path:
+    """Write ``rows`` into ``results/probes/<name>.csv``, replacing earlier rows with the same ``keys`` values.
+
+    Every row gets ``chosen_on`` (:data:`CHOSEN_ON`) unless it says otherwise.
+    """
+    if not rows:
+        raise ValueError(f"record({name!r}): no rows to write")
+    missing = [k for k in keys if any(k not in r for r in rows)]
+    if missing:
+        raise ValueError(f"record({name!r}): rows lack the key columns {missing}")
+    new = pd.DataFrame([{"chosen_on": CHOSEN_ON, **r} for r in rows])
+    path = probes_dir() / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        old = pd.read_csv(path, dtype=str)
+        new_keys = set(map(tuple, new[keys].astype(str).to_numpy()))
+        old = old[[tuple(r) not in new_keys for r in old[keys].astype(str).to_numpy()]]
+        new = pd.concat([old, new.astype({k: str for k in keys})], ignore_index=True)
+    new.to_csv(path, index=False)
+    return path
+
+
+def read(name: str) -> pd.DataFrame:
+    """``results/probes/<name>.csv`` (empty when no probe has written it)."""
+    path = probes_dir() / f"{name}.csv"
+    return pd.read_csv(path, dtype={"setting": str}) if path.is_file() else pd.DataFrame()
+
+
+def lookup(name: str, column: str = "auc", **where) -> float:
+    """One figure of a probe table: ``column`` of the row matching ``where`` (NaN when absent).
+
+    Raises:
+        ValueError: when several rows match (the selector is ambiguous).
+    """
+    t = read(name)
+    if t.empty or column not in t:
+        return float("nan")
+    for k, v in where.items():
+        if k not in t:
+            return float("nan")
+        t = t[t[k].astype(str) == str(v)]
+    if len(t) > 1:
+        raise ValueError(f"{name}.csv: {len(t)} rows match {where}; add a column to the selector")
+    return float(t[column].iloc[0]) if len(t) else float("nan")
+
+
+def figure(value: float, command: str, *, digits: int = 3, signed: bool = False) -> str:
+    """``value`` formatted for the prose, or where it was not measured, the command that measures it."""
+    if value is None or not np.isfinite(value):
+        return f"(not measured in this build: run `{command}`)"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def variant_dir(profile: str, overrides: dict | None = None) -> Path:
+    """``results/<profile>/`` without overrides, else ``results/<profile>-<8 hex of the overrides>/`` (a tuning
+    run never overwrites the profile's results)."""
+    if not overrides:
+        return paths.results_dir(profile)
+    h = hashlib.sha256(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return paths.results_dir(f"{profile}-{h}")
+
+
+def study_gains(base, variant, *, label: str, split: str = "cv", n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Paired comparison of two studies of the same cohort and splits: per model, the AUC of ``base`` minus that of
+    ``variant`` on the same out-of-fold patients, by a paired bootstrap resampling patients (whole groups of units),
+    with DeLong's paired test beside it (units independent).
+
+    Args:
+        base, variant: :class:`mmlib.experiment.Results` of the two studies (e.g. with and without outlines).
+        label: what the comparison claims, e.g. ``"outline_features: true vs false"``.
+
+    Returns:
+        ``comparison, model, split, auc_base, auc_variant, gain, ci_low, ci_high, p_value, delong_p, n_units,
+        n_clusters, n_seeds_base, n_seeds_variant``.
+    """
+    from .stats import delong_test, paired_bootstrap_diff
+
+    rows = []
+    sel = lambda r: r.predictions[(r.predictions["ablation"] == "none") & (r.predictions["scenario"] == "all")  # noqa: E731
+                                  & (r.predictions["split"] == split)]
+    a, b = sel(base), sel(variant)
+    group_of = base.splits.assign(patient_id=base.splits["patient_id"].astype(str)).set_index("patient_id")["group"]
+    for model in [m for m in a["model"].unique() if m in set(b["model"])]:
+        pa = a[a["model"] == model].set_index("patient_id")
+        pb = b[b["model"] == model].set_index("patient_id")
+        ids = pa.index.intersection(pb.index)
+        if len(ids) < len(pa) or len(ids) < len(pb):
+            raise ValueError(f"{label}: the two studies predicted different patients for {model} ({len(pa)} vs "
+                             f"{len(pb)}, {len(ids)} shared); compare studies with the same cohort and splits")
+        y = pa.loc[ids, "label"].to_numpy()
+        if (y != pb.loc[ids, "label"].to_numpy()).any():
+            raise ValueError(f"{label}: labels differ between the two studies for {model}")
+        r = paired_bootstrap_diff(y, pa.loc[ids, "prob_malignant"].to_numpy(), pb.loc[ids, "prob_malignant"].to_numpy(),
+                                  groups=group_of.loc[ids].astype(str).to_numpy(), n_boot=n_boot, seed=seed)
+        dl = delong_test(y, pa.loc[ids, "prob_malignant"].to_numpy(), pb.loc[ids, "prob_malignant"].to_numpy())
+        rows.append({"comparison": label, "model": model, "split": split, "auc_base": r["value_a"],
+                     "auc_variant": r["value_b"], "gain": r["diff"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                     "p_value": r["p_value"], "delong_p": dl["p_value"], "n_units": r["n_units"],
+                     "n_clusters": r["n_clusters"], "n_seeds_base": len(base.run["params"]["seeds"]),
+                     "n_seeds_variant": len(variant.run["params"]["seeds"])})
+    return pd.DataFrame(rows)
+
+
+#: Targets of the real-data studies (pooled out-of-fold AUC): the best model, and the margin of every model over
+#: age (``benchmarks/bench_real.py`` prints them; the real-data chapter quotes them).
+TARGETS = {"breast-lesions-usg": {"best_auc": 0.88, "margin_over_age": 0.08},
+           "cdd-cesm": {"best_auc": 0.80, "margin_over_age": None}}
+
+
+def best_auc(name: str, variant: str, **where) -> float:
+    """The highest ``auc`` of a probe table's rows of ``variant`` matching ``where`` (the probes try three
+    regularisation strengths ``C``, all on development patients); NaN when none was measured."""
+    t = read(name)
+    if t.empty:
+        return float("nan")
+    t = t[t["variant"].astype(str) == variant]
+    for k, v in where.items():
+        t = t[t[k].astype(str) == str(v)] if k in t else t.iloc[:0]
+    return float(pd.to_numeric(t["auc"]).max()) if len(t) else float("nan")
+
+
+def _study(profile: str):
+    from .experiment import load_results
+
+    folder = paths.results_dir(profile)
+    return load_results(folder) if (folder / "run.json").is_file() else None
+
+
+def chapter_figures() -> dict[str, str]:
+    """Every figure the real-data chapter's prose quotes, as text to glue: read from ``results/probes/*.csv`` and
+    the profiles' studies, or, where a file or row is absent, the command that fills it."""
+    from .report import abstract_numbers, display_name, fmt_seed_spread
+
+    out: dict[str, str] = {}
+    us = "python benchmarks/probe_features.py --profile breast-lesions-usg"
+    cesm = "python benchmarks/probe_features.py --profile cdd-cesm"
+
+    def pf(key, profile, cmd, variant="image+age", levels="3,4,5", size=224, margin="0", pooling="mean"):
+        setting = f"levels={levels} size={size} margin={margin} pooling={pooling}"
+        out[key] = figure(best_auc("probe_features", variant, profile=profile, setting=setting), cmd)
+
+    pf("us_margin0", "breast-lesions-usg", us)
+    pf("us_margin015", "breast-lesions-usg", f"{us} --margin 0.15", margin="0.15")
+    pf("us_margin05", "breast-lesions-usg", f"{us} --margin 0.5", margin="0.5")
+    pf("us_whole", "breast-lesions-usg", f"{us} --whole-image", margin="whole-image")
+    pf("us_last_margin0", "breast-lesions-usg", f"{us} --levels last", levels="last")
+    pf("us_last_whole", "breast-lesions-usg", f"{us} --levels last --whole-image", levels="last", margin="whole-image")
+    pf("us_size320", "breast-lesions-usg", f"{us} --size 320", size=320)
+    pf("us_size448", "breast-lesions-usg", f"{us} --size 448", size=448)
+    pf("us_outline_alone", "breast-lesions-usg", f"{us} --outline", variant="outline+age")
+    pf("us_outline_stacked", "breast-lesions-usg", f"{us} --outline", variant="stacked")
+
+    pf("cesm_probe", "cdd-cesm", cesm, margin="none")
+    for size in (320, 448, 512):
+        pf(f"cesm_size{size}", "cdd-cesm", f"{cesm} --size {size}", size=size, margin="none")
+    for key, pooling in (("meanstd", "mean+std"), ("max", "max"), ("grid3max", "grid3max")):
+        pf(f"cesm_pool_{key}", "cdd-cesm", f"{cesm} --pooling {pooling}", margin="none", pooling=pooling)
+    pf("cesm_levels456", "cdd-cesm", f"{cesm} --levels 4,5,6", levels="4,5,6", margin="none")
+    lever = "python benchmarks/probe_cesm.py --profile cdd-cesm --lever"
+    for key, lev, variant in (("cesm_breast_crop", "breast-crop", "breast crop+age"),
+                              ("cesm_enh_alone", "enhancement", "enhancement"),
+                              ("cesm_enh_age", "enhancement", "enhancement+age"),
+                              ("cesm_enh_stacked", "enhancement", "stacked"),
+                              ("cesm_blobs", "auto-roi", "blob crops+age"),
+                              ("cesm_blobs_whole", "auto-roi", "whole+blob crops+age")):
+        out[key] = figure(best_auc("probe_cesm", variant, profile="cdd-cesm",
+                                   setting=f"lever={lev} size=224 window=0.3 candidates=3"), f"{lever} {lev}")
+    ft = "python benchmarks/probe_finetune.py --profile cdd-cesm"
+    for key, cut, epochs in (("cesm_ft45", 3, 15), ("cesm_ft15", 0, 8)):
+        setting = f"cut={cut} top=5 epochs={epochs} size=224 lr=0.001 seed=0"
+        cmd = f"{ft} --cut {cut} --epochs {epochs}"
+        out[key] = figure(lookup("probe_finetune", profile="cdd-cesm", setting=setting, variant="image"), cmd)
+        out[key + "_minutes"] = figure(lookup("probe_finetune", "minutes", profile="cdd-cesm", setting=setting,
+                                              variant="image"), cmd, digits=0)
+
+    for profile, key in (("breast-lesions-usg", "us"), ("cdd-cesm", "cesm")):
+        run_cmd = f"python -m mmlib run --profile {profile}"
+        res = _study(profile)
+        if res is None:
+            for k in ("best_model", "best_auc", "best_ci", "best_seeds", "age_auc", "minutes"):
+                out[f"{key}_study_{k}"] = figure(float("nan"), run_cmd)
+        else:
+            best, nums = abstract_numbers(res)
+            row = res.metrics[(res.metrics["model"] == best) & (res.metrics["split"] == "cv")
+                              & (res.metrics["ablation"] == "none") & (res.metrics["scenario"] == "all")
+                              & (res.metrics["metric"] == "auc")].iloc[0]
+            out[f"{key}_study_best_model"] = display_name(best)
+            out[f"{key}_study_best_auc"] = figure(nums["best_cv_auc"], run_cmd)
+            out[f"{key}_study_best_ci"] = f"{nums['best_cv_auc_low']:.3f}–{nums['best_cv_auc_high']:.3f}"
+            out[f"{key}_study_best_seeds"] = fmt_seed_spread(row)
+            out[f"{key}_study_age_auc"] = figure(nums["age_cv_auc"] if nums["age_cv_auc"] >= 0 else np.nan, run_cmd)
+            out[f"{key}_study_minutes"] = figure(res.run["wall_time_seconds"] / 60, run_cmd, digits=0)
+        out[f"{key}_target"] = f"{TARGETS[profile]['best_auc']:.2f}"
+
+    gains = read("gains")
+    for key, profile, label in (("us_outline", "breast-lesions-usg", "outline_features=False"),
+                                ("us_levels", "breast-lesions-usg", "encoder_levels=None"),
+                                ("cesm_levels456", "cdd-cesm", "encoder_levels=[4, 5, 6]")):
+        cmd = f"python benchmarks/bench_real.py --profile {profile} --set {label.replace('False', 'false').replace('None', 'null').replace(' ', '')}"
+        g = gains[(gains["profile"] == profile) & (gains["comparison"] == f"profile vs {label}")] if len(gains) else gains
+        if g.empty:
+            out[f"{key}_gain"] = out[f"{key}_gain_range"] = out[f"{key}_variant_auc"] = figure(float("nan"), cmd)
+            continue
+        best = g.loc[pd.to_numeric(g["auc_base"]).idxmax()]
+        out[f"{key}_gain"] = (f"{float(best['gain']):+.3f} for {display_name(best['model'])} (paired patient-level "
+                              f"bootstrap 95% CI {float(best['ci_low']):+.3f} to {float(best['ci_high']):+.3f}, "
+                              f"p = {float(best['p_value']):.3f})")
+        lo, hi = g.loc[pd.to_numeric(g["gain"]).idxmin()], g.loc[pd.to_numeric(g["gain"]).idxmax()]
+        n_sig = int((pd.to_numeric(g["ci_low"]) > 0).sum())
+        out[f"{key}_gain_range"] = (f"from {float(lo['gain']):+.3f} ({display_name(lo['model'])}) to "
+                                    f"{float(hi['gain']):+.3f} ({display_name(hi['model'])}); the interval excludes "
+                                    f"zero for {n_sig} of {len(g)} models")
+        out[f"{key}_variant_auc"] = figure(float(best["auc_variant"]), cmd)
+    return out

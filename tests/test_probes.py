@@ -1,0 +1,119 @@
+"""Probes read development patients only and write tidy tables; the chapter's figures come from those tables."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmlib import paths, probes
+
+
+@pytest.fixture()
+def results(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "RESULTS", tmp_path / "results")
+    return tmp_path / "results"
+
+
+def test_development_cohort_holds_no_internal_test_patient(tiny_cohort_dir):
+    from mmlib.experiment import load_params
+    from mmlib.splits import make_splits
+
+    params = load_params({"cohort": str(tiny_cohort_dir / "manifest.csv"), "n_folds": 3})
+    cohort, dev = probes.development_cohort(params)
+    splits = make_splits(cohort, n_folds=3, test_fraction=float(params["test_fraction"]), seed=int(params["split_seed"]))
+    test_ids = set(splits.loc[splits["split"] == "test", "patient_id"])
+    assert test_ids and not test_ids & set(dev["patient_id"].astype(str))
+    assert len(dev) == (splits["split"] == "dev").sum()
+
+
+def test_record_replaces_rows_with_the_same_keys_and_lookup_reads_them(results):
+    keys = ["profile", "setting", "variant", "C"]
+    probes.record("p", [{"profile": "x", "setting": "a", "variant": "image", "C": 0.1, "auc": 0.7},
+                        {"profile": "x", "setting": "a", "variant": "image", "C": 1.0, "auc": 0.8}], keys=keys)
+    probes.record("p", [{"profile": "x", "setting": "a", "variant": "image", "C": 1.0, "auc": 0.75}], keys=keys)
+    t = probes.read("p")
+    assert len(t) == 2 and set(t["chosen_on"]) == {probes.CHOSEN_ON}
+    assert probes.lookup("p", profile="x", setting="a", C=1.0) == pytest.approx(0.75)
+    assert probes.best_auc("p", "image", profile="x", setting="a") == pytest.approx(0.75)
+    assert np.isnan(probes.best_auc("p", "image", profile="y")) and np.isnan(probes.lookup("absent"))
+    with pytest.raises(ValueError, match="rows match"):
+        probes.lookup("p", profile="x")
+    with pytest.raises(ValueError, match="key columns"):
+        probes.record("p", [{"profile": "x"}], keys=keys)
+
+
+def test_figure_names_the_command_where_nothing_was_measured():
+    assert probes.figure(0.81234, "cmd") == "0.812"
+    assert probes.figure(0.01, "cmd", signed=True) == "+0.010"
+    assert "run `python benchmarks/x.py`" in probes.figure(float("nan"), "python benchmarks/x.py")
+
+
+def test_variant_dir_keeps_tuning_runs_apart(results):
+    assert probes.variant_dir("p") == results / "p"
+    assert probes.variant_dir("p", {"a": 1}) != probes.variant_dir("p", {"a": 2})
+    assert probes.variant_dir("p", {"a": 1}).name.startswith("p-")
+
+
+def _results(probs: dict, seeds=(0,)):
+    from types import SimpleNamespace
+
+    ids = [f"P{i}" for i in range(len(next(iter(probs.values()))[1]))]
+    rows = [pd.DataFrame({"patient_id": ids, "model": m, "ablation": "none", "scenario": "all", "split": "cv",
+                          "label": y, "prob_malignant": p}) for m, (y, p) in probs.items()]
+    splits = pd.DataFrame({"patient_id": ids, "group": [i.split("_")[0] for i in ids]})
+    return SimpleNamespace(predictions=pd.concat(rows), splits=splits, run={"params": {"seeds": list(seeds)}})
+
+
+def test_study_gains_pairs_the_same_patients():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 120)
+    good = np.clip(0.5 + 0.3 * (2 * y - 1) + rng.normal(0, 0.2, 120), 0, 1)
+    weak = np.clip(0.5 + 0.05 * (2 * y - 1) + rng.normal(0, 0.2, 120), 0, 1)
+    g = probes.study_gains(_results({"m": (y, good)}, seeds=(0, 1, 2)), _results({"m": (y, weak)}), label="on vs off",
+                           n_boot=300)
+    r = g.iloc[0]
+    assert r["gain"] == pytest.approx(r["auc_base"] - r["auc_variant"]) and r["ci_low"] > 0 and r["p_value"] < 0.05
+    assert (r["n_seeds_base"], r["n_seeds_variant"], r["n_clusters"]) == (3, 1, 120)
+    fewer = _results({"m": (y[:100], weak[:100])})
+    with pytest.raises(ValueError, match="different patients"):
+        probes.study_gains(_results({"m": (y, good)}), fewer, label="x")
+
+
+def test_chapter_figures_say_which_command_fills_them(results):
+    figs = probes.chapter_figures()
+    assert "benchmarks/probe_features.py --profile breast-lesions-usg --margin 0.15" in figs["us_margin015"]
+    assert "python -m mmlib run --profile cdd-cesm" in figs["cesm_study_best_auc"]
+    assert "--set outline_features=false" in figs["us_outline_gain"]
+    probes.record("probe_features", [{"profile": "breast-lesions-usg", "variant": "image+age", "C": c, "auc": a,
+                                      "setting": "levels=3,4,5 size=224 margin=0.15 pooling=mean"}
+                                     for c, a in ((0.01, 0.8), (0.03, 0.82))], keys=["profile", "setting", "variant", "C"])
+    probes.record("gains", [{"profile": "breast-lesions-usg", "comparison": "profile vs outline_features=False",
+                             "model": m, "split": "cv", "auc_base": b, "auc_variant": v, "gain": b - v, "ci_low": 0.01,
+                             "ci_high": 0.09, "p_value": 0.02} for m, b, v in (("cuf_mt", 0.9, 0.85), ("amw_cnn", 0.8, 0.79))],
+                  keys=["profile", "comparison", "model", "split"])
+    figs = probes.chapter_figures()
+    assert figs["us_margin015"] == "0.820"
+    assert figs["us_outline_gain"].startswith("+0.050 for CUF-MT") and "p = 0.020" in figs["us_outline_gain"]
+    assert "+0.010 (AMW-CNN)" in figs["us_outline_gain_range"] and "2 of 2" in figs["us_outline_gain_range"]
+    json.dumps(figs)  # every figure is text, ready to glue
+
+
+def test_every_figure_the_real_data_chapter_pastes_is_computed(results):
+    import re
+
+    from mmlib.paths import BOOK
+
+    cells = json.loads((BOOK / "11_real_data.ipynb").read_text())["cells"]
+    # the sections on the profiles' choices and the summary (other sections glue their own figures)
+    ours = [c for c in cells if c.get("id") in ("11-real-data-choices", "11-real-data-5")]
+    pasted = set(re.findall(r"\{glue:text\}`([\w]+)", "".join("".join(c["source"]) for c in ours)))
+    assert len(ours) == 2 and pasted and not pasted - set(probes.chapter_figures())
+
+
+def test_seed_spread_is_formatted_mean_sd_and_range():
+    from mmlib.report import fmt_seed_spread
+
+    row = pd.Series({"n_seeds": 3, "seed_mean": 0.85, "seed_sd": 0.012, "seed_min": 0.84, "seed_max": 0.864})
+    assert fmt_seed_spread(row) == "single seeds 0.850 ± 0.012 (0.840–0.864), 3 seeds"
+    assert fmt_seed_spread(pd.Series({"n_seeds": 1})) == "one training seed"
