@@ -354,6 +354,53 @@ class BuildResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+#: The companion study that is not a run profile: BrEaST-Lesions_USG to BUS-BRA (:func:`mmlib.external.external_study`).
+EXTERNAL_STUDY = "external"
+
+
+def run_companion_studies(names: Sequence[str], results_root: Path, *, params_dir: Path = paths.PARAMS,
+                          log: Callable[[str], None] = print) -> dict[str, str]:
+    """Run the studies a profile's book carries besides its own (``companion_studies``), before the chapters.
+
+    A run profile's study goes to ``results_root/<name>/`` (:func:`mmlib.experiment.run_experiment`, reusing finished
+    work); ``external`` trains the BrEaST-Lesions_USG model once per lesion source where it has not been trained and
+    evaluates it on BUS-BRA (``results_root/external-bus-bra/``). A study whose public data is absent is skipped with
+    a message: its chapter section then names the command that fills it.
+
+    Returns:
+        ``{name: "ran" | "skipped: <why>"}``.
+    """
+    from .experiment import run_experiment
+
+    done = {}
+    for name in names:
+        t0 = time.perf_counter()
+        log(f"[mmlib.build] companion study {name!r} ...")
+        try:
+            if name == EXTERNAL_STUDY:
+                _external_study(results_root)
+            else:
+                run_experiment(dict(read_profile(name, params_dir), results_dir=str(results_root / name)))
+            done[name] = "ran"
+        except FileNotFoundError as err:  # the public collection is not beside the checkout
+            done[name] = f"skipped: {str(err).splitlines()[0]}"
+        log(f"[mmlib.build] companion study {name!r}: {done[name]} ({time.perf_counter() - t0:.1f} s)")
+    return done
+
+
+def _external_study(results_root: Path) -> Path:
+    from .external import EXTERNAL_RESULTS, external_study
+    from .importers import import_cohort
+
+    sources = {k: paths.SHARED_DATA / k for k in ("breast-lesions-usg", "bus-bra")}
+    absent = [str(p) for p in sources.values() if not p.is_dir()]
+    if absent:
+        raise FileNotFoundError(f"public data not found at {absent}")
+    manifests = {k: import_cohort(k, p, paths.COHORTS / "external" / f"{k}.csv") for k, p in sources.items()}
+    return external_study(manifests["breast-lesions-usg"], manifests["bus-bra"], results_root / EXTERNAL_RESULTS,
+                          retrain=False)
+
+
 def build(
     profile: str,
     *,
@@ -386,7 +433,7 @@ def build(
         StrayOutputError: with ``strict``, a notebook wrote to stderr or drew a progress bar.
     """
     root = Path(root).resolve()
-    read_profile(profile, root / "params")  # fail early on a missing profile, an unknown key or a bad value
+    run_params = read_profile(profile, root / "params")  # fail early: a missing profile, an unknown key, a bad value
     results_dir = (Path(results_root) if results_root else paths.RESULTS).resolve() / profile
     # The notebooks read the profile's other parameters themselves (mmlib.experiment.load_params), so only
     # these two are injected: papermill would warn about every profile key a chapter does not declare.
@@ -399,6 +446,10 @@ def build(
     todo = select_chapters(notebooks, only) if only else notebooks
     kernel = kernel_name or ensure_kernel()
     results_dir.mkdir(parents=True, exist_ok=True)
+    if run_params.get("companion_studies") and not only:
+        t0 = time.perf_counter()
+        run_companion_studies(run_params["companion_studies"], results_dir.parent, params_dir=root / "params", log=log)
+        timings["companion_studies"] = time.perf_counter() - t0
     stage_source(root, source_dir)
 
     executed = []

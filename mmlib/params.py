@@ -34,6 +34,7 @@ RESERVED_IN_PROFILE: tuple[str, ...] = ("profile", "results_dir")
 #: on them, so they are left out of the reuse key (every other field is in it).
 NOT_IN_RESULT_KEY: frozenset[str] = frozenset({
     "profile", "results_dir", "progress", "workers", "executor", "ray_address", "ray_num_cpus", "ray_num_gpus",
+    "companion_studies",
 })
 
 class RunParams(BaseModel):
@@ -107,6 +108,11 @@ class RunParams(BaseModel):
     """The internal test set is predicted by the fold models' ensemble, or by a refit on all development patients."""
     save_models: StrictBool = True
     """Refit ablation ``none`` of every model on all development patients and save it."""
+    companion_studies: list[str] = Field(default_factory=list)
+    """Other studies the book build runs before the chapters (reusing finished work), so that the book carries their
+    results: run profiles (e.g. ``breast-lesions-usg``) and ``external`` (BrEaST-Lesions_USG to BUS-BRA); see
+    :func:`mmlib.build.run_companion_studies`. Those whose public data is absent are skipped, and the chapters say
+    which command fills them."""
     n_boot: StrictInt = Field(2000, ge=1)
     """Bootstrap replicates of the confidence intervals."""
     ece_bins: StrictInt = Field(10, ge=1)

@@ -328,3 +328,30 @@ def test_every_table_and_figure_a_chapter_makes_is_shown():
                         and id(node) not in shown):
                     hidden.append(f"{nb_path.name} cell {index}: {ast.get_source_segment(cell.source, node)[:60]}")
     assert not hidden, hidden
+
+
+def test_companion_studies_run_before_the_chapters_and_absent_data_is_skipped(tmp_path, monkeypatch):
+    import mmlib.experiment
+
+    params_dir = tmp_path / "params"
+    params_dir.mkdir()
+    (params_dir / "real.yaml").write_text("n_folds: 3\n")
+    ran = []
+
+    def fake_run(params):
+        ran.append((params["profile"], params["results_dir"], params["n_folds"]))
+        if params["profile"] == "absent":
+            raise FileNotFoundError("the absent collection is not at ../shared/data/absent\n\nhow to download")
+
+    (params_dir / "absent.yaml").write_text("n_folds: 2\n")
+    monkeypatch.setattr(mmlib.experiment, "run_experiment", fake_run)
+    logs = []
+    done = build.run_companion_studies(["real", "absent"], tmp_path / "results", params_dir=params_dir, log=logs.append)
+    assert ran == [("real", str(tmp_path / "results" / "real"), 3), ("absent", str(tmp_path / "results" / "absent"), 2)]
+    assert done["real"] == "ran" and done["absent"].startswith("skipped: the absent collection")
+    assert any("companion study 'absent': skipped" in line for line in logs)
+    p = build.read_profile("paper")
+    assert p["companion_studies"] == ["breast-lesions-usg", "cdd-cesm", "external"]
+    from mmlib.params import result_keys
+
+    assert "companion_studies" not in result_keys()  # the synthetic study's finished work stays reusable
