@@ -123,9 +123,12 @@ def reuse_key_parts(study: "Study") -> dict:
     """Everything a finished unit of work depends on besides its own model variant and seed."""
     p = study.params
     device = _device(p)
-    return {"params": {k: p[k] for k in result_keys() if k not in UNIT_SELECTION},
-            "source": source_fingerprint(), "cohort": cohort_fingerprint(study.cohort),
-            "device": device, "precision": precision(p, device)}
+    parts = {"params": {k: p[k] for k in result_keys() if k not in UNIT_SELECTION},
+             "source": source_fingerprint(), "cohort": cohort_fingerprint(study.cohort),
+             "device": device, "precision": precision(p, device)}
+    if getattr(study, "lesions", None) is not None:  # predicted masks: their files' content
+        parts["lesions"] = study.lesions.fingerprint()
+    return parts
 
 
 def unit_key(parts: dict, config: "Config", seed: int) -> str:
@@ -225,6 +228,7 @@ class Study:
     fresh: bool = False
     key_parts: dict = field(default_factory=dict)
     units: dict = field(default_factory=dict)
+    lesions: object = None  # mmlib.lesions.StudyLesions: predicted or no lesions; None: the expert's
 
     def log(self, msg: str):
         if self.params.get("progress", True):
@@ -436,15 +440,18 @@ def build_feature_cache(study: Study, *, write: bool = True, fresh: bool = False
                              mean=encoder.mean, std=encoder.std)
     cache = FeatureCache(encoder, settings, n_augment=int(p["n_augment"]), augment=DEFAULT_AUGMENTATION,
                          seed=int(p["split_seed"]), device=_device(p), progress=bool(p["progress"]))
-    all_rows = np.arange(len(study.cohort.patients))
-    dev_rows = np.flatnonzero(study.splits["split"].to_numpy() == "dev")
     key = [p["encoder"], p["encoder_weights"], settings.to_dict(), p["n_augment"], p["split_seed"],
            None if encoder.levels is None else list(encoder.levels), AUGMENTATION_SEEDING,
            cohort_fingerprint(study.cohort), source_fingerprint(FEATURE_SOURCES), _device(p)]
+    if study.lesions is not None:  # the masks' paths name their content, so new masks never reuse old features
+        key.append(study.lesions.fingerprint())
     cache_file = study.out / "cache" / f"features-{_hash(key)}.safetensors"
     if cache_file.is_file() and not fresh:
         cache.load(cache_file)
-    cache.build(study.cohort, all_rows, augment_rows=dev_rows)
+    from .lesions import feature_jobs
+
+    for cohort, rows, augment_rows in feature_jobs(study):
+        cache.build(cohort, rows, augment_rows=augment_rows)
     if write:
         cache.save(cache_file)
     study.cache = cache
@@ -498,6 +505,13 @@ def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | No
                                seed=int(p["split_seed"]))
     study.splits.to_csv(out / "splits.csv", index=False)
     stage("cohort", t)
+
+    if p["lesion_source"] != "expert":
+        from .lesions import prepare_lesions
+
+        t = time.perf_counter()
+        prepare_lesions(study, fresh=fresh)
+        stage("segmentation", t)
 
     study.key_parts = reuse_key_parts(study)
     if p["train_mode"] == "frozen":
@@ -615,6 +629,7 @@ def train_and_predict(study: Study) -> pd.DataFrame:
 def _run_unit(study: Study, config: Config, seed: int, h: str) -> tuple[pd.DataFrame, float]:
     """One config and seed: every fold, the test predictions, the refit and saved model. Returns its rows."""
     from .learner import save_model
+    from .lesions import study_view
     from .models import model_class
     from .splits import iter_folds
 
@@ -631,7 +646,7 @@ def _run_unit(study: Study, config: Config, seed: int, h: str) -> tuple[pd.DataF
     for fold in iter_folds(study.splits):
         log = study.out / "logs" / config.id / f"seed{seed}_fold{fold.fold}.csv"
         log.parent.mkdir(parents=True, exist_ok=True)
-        predict, _, _ = fit_config(study, config, fold.train, seed, log_path=log)
+        predict, _, _ = fit_config(study_view(study, fold.fold), config, fold.train, seed, log_path=log)
         inner = threshold_rows(study, fold.train, seed)
         for keep in scenarios:
             sc = scenario_name(keep)
@@ -647,7 +662,7 @@ def _run_unit(study: Study, config: Config, seed: int, h: str) -> tuple[pd.DataF
         p["test_model"] == "refit" and len(test_rows))
     if refit:
         log = study.out / "logs" / config.id / f"seed{seed}_refit.csv"
-        predict, model, spec = fit_config(study, config, dev_rows, seed, log_path=log)
+        predict, model, spec = fit_config(study_view(study, None), config, dev_rows, seed, log_path=log)
         inner = threshold_rows(study, dev_rows, seed)
         for keep in scenarios:
             rows.append(_rows(pats, inner, predict(inner, keep), config, scenario_name(keep), "inner", -1, seed))
@@ -680,7 +695,7 @@ _WORKER_STUDY: Study | None = None
 def _worker_payload(study: Study) -> dict:
     return {"params": study.params, "out": str(study.out), "manifest": study.cohort_info["manifest"],
             "cohort_info": study.cohort_info, "splits": study.splits, "encoder_spec": study.encoder_spec,
-            "key_parts": study.key_parts}
+            "key_parts": study.key_parts, "lesions": study.lesions}
 
 
 def _worker_init(payload: dict):
@@ -696,7 +711,7 @@ def _worker_init(payload: dict):
     p = dict(payload["params"], progress=False)
     study = Study(p, Path(payload["out"]), cohort=load_manifest(payload["manifest"], decode_images=False),
                   cohort_info=payload["cohort_info"], splits=payload["splits"], encoder_spec=payload["encoder_spec"],
-                  key_parts=payload["key_parts"])
+                  key_parts=payload["key_parts"], lesions=payload.get("lesions"))
     if p["train_mode"] == "frozen":
         build_feature_cache(study, write=False)
     _WORKER_STUDY = study
@@ -828,6 +843,9 @@ def summarise(study: Study, preds: pd.DataFrame) -> dict:
     inner.to_csv(out / "inner_predictions.csv", index=False)
     preds["seed"] = "mean" if len(p["seeds"]) > 1 else p["seeds"][0]
     preds = preds[["patient_id", "model", "ablation", "scenario", "split", "fold", "seed", "prob_malignant", "label", "threshold"]]
+    from .lesions import with_lesion_found
+
+    preds = with_lesion_found(study, preds)
     preds.to_csv(out / "predictions.csv", index=False)
 
     metric_rows, fold_rows = [], []

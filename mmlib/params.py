@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError, field_validator, model_validator
 
 from .paths import PARAMS
 
@@ -69,7 +69,12 @@ class RunParams(BaseModel):
     outline_features: StrictBool = False
     """Lesion-outline morphometry (from the masks) as part of each view's input."""
     lesion_source: Literal["expert", "predicted", "none"] = "expert"
-    """Where ROI crops and outlines come from: the manifest's masks/boxes, a lesion segmenter, or nowhere."""
+    """Where ROI crops and outlines come from: ``expert`` (the manifest's masks/boxes), ``predicted`` (a lesion
+    segmenter cross-fitted inside the training folds, ``mmlib.lesions``), ``none`` (whole images: roi and
+    outline_features are then off)."""
+    segmenter: dict = Field(default_factory=dict)
+    """Settings of the lesion segmenter for ``lesion_source: predicted`` (fields of
+    ``mmlib.segmentation.SegmenterSettings``, e.g. ``{image_size: 192, epochs: 25}``); empty: its defaults."""
     encoder: str = "efficientnet_lite0"
     """timm image encoder."""
     encoder_weights: str = "imagenet"
@@ -155,6 +160,20 @@ class RunParams(BaseModel):
         if bad:
             raise ValueError(f"unknown models {bad}; expected registered names {list_models()}")
         return value
+
+    @field_validator("segmenter")
+    @classmethod
+    def _segmenter_settings(cls, value):
+        from .segmentation import SegmenterSettings
+
+        SegmenterSettings.from_dict(value)  # a ValueError names the unknown or invalid setting
+        return value
+
+    @model_validator(mode="after")
+    def _no_lesion_no_crop(self):
+        if self.lesion_source == "none":  # whole images: nothing to crop on, no outline to measure
+            self.roi, self.outline_features = False, False
+        return self
 
     @field_validator("encoder_levels")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -130,3 +131,78 @@ def test_fit_refuses_bad_input(blobs, tmp_path):
         SegmenterSettings.from_dict({"epoch": 3})
     with pytest.raises(ValueError, match="multiple of 32"):
         SegmenterSettings(image_size=100)
+
+
+# ----------------------------------------------------------------------------------------------- in the study
+def test_crossfitting_never_lets_a_held_out_mask_reach_its_segmenters():
+    """Every segmenter whose mask a classifier of outer fold k reads for its held-out or training rows was fitted
+    without fold k and without the row's own fold; internal-test rows are in no segmenter's training."""
+    from mmlib.lesions import crossfit_plan, segmenter_left_out, segmenter_rows
+
+    n_folds = 5
+    row_folds = np.array([-1, -1] + [k for k in range(n_folds) for _ in range(3)])
+    plan = crossfit_plan(n_folds)
+    assert len(plan) == 1 + n_folds + n_folds * (n_folds - 1) // 2 == len(set(plan))
+    for outer in [*range(n_folds), None]:
+        for r, fold in enumerate(row_folds):
+            left = segmenter_left_out(int(fold), outer)
+            assert left in plan
+            train, targets = segmenter_rows(left, row_folds)
+            assert r in targets  # the segmenter that gives the row its mask segments it
+            assert r not in train and not np.isin(row_folds[train], [-1]).any()
+            if fold >= 0:  # a development row: neither its own fold's nor the held-out fold's expert masks
+                assert fold not in row_folds[train]
+                assert outer is None or outer not in row_folds[train]
+    # the held-out fold's masks come from one segmenter, the training rows' from the pairs with that fold
+    assert segmenter_left_out(2, 2) == {2} and segmenter_left_out(1, 2) == {1, 2}
+    assert segmenter_left_out(1, None) == {1} and segmenter_left_out(-1, 3) == frozenset()
+
+
+def test_lesion_source_is_checked():
+    from mmlib.lesions import check_lesion_source
+    from mmlib.params import ParamsError, load_params
+
+    with pytest.raises(ParamsError, match="lesion_source.*expected 'expert', 'predicted' or 'none'"):
+        load_params("smoke", {"lesion_source": "segmenter"})
+    with pytest.raises(ParamsError, match="unknown segmenter settings"):
+        load_params("smoke", {"segmenter": {"epoch": 3}})
+    with pytest.raises(ValueError, match="lesion_source"):
+        check_lesion_source("auto")
+    p = load_params("breast-lesions-usg", {"lesion_source": "none"})
+    assert not p["roi"] and not p["outline_features"]  # whole images: nothing to crop on
+
+
+@pytest.fixture(scope="module")
+def blob_manifest(tmp_path_factory):
+    """A tiny labelled ultrasound cohort: malignant lesions are darker and smaller; expert masks given."""
+    from mmlib.cohort import write_manifest
+
+    folder = tmp_path_factory.mktemp("blob-cohort")
+    images, masks = _blob_images(folder, 30, seed=1)
+    rows = [{"patient_id": f"p{i:02d}", "label": i % 2, "age": 40 + i, "ultrasound": str(img),
+             "ultrasound_mask": str(mask), "split": "test" if i >= 24 else "dev"}
+            for i, (img, mask) in enumerate(zip(images, masks))]
+    return write_manifest(rows, folder / "manifest.csv")
+
+
+def test_study_with_predicted_lesions(blob_manifest, tmp_path):
+    from mmlib import experiment as ex
+
+    params = ex.load_params(dict(
+        profile="seg", cohort=str(blob_manifest), n_folds=3, image_size=32, roi=True, roi_margin=0.0,
+        outline_features=True, encoder_weights="none", n_augment=1, epochs=1, early_stopping=0, bs=8, dim=16,
+        models=["amw_cnn"], baselines=[], ablations=False, scenarios=False, n_boot=50, progress=False,
+        lesion_source="predicted", segmenter=dict(TINY, epochs=6), results_dir=str(tmp_path / "results")))
+    res = ex.load_results(ex.run_experiment(params))
+    seg = pd.read_csv(res.folder / "segmentation.csv")
+    assert set(seg["split"]) == {"cv", "test"} and set(seg["fold"]) == {"0", "1", "2", "all"}
+    assert (seg["dice_ci_low"] <= seg["dice"]).all() and (seg["dice"] <= seg["dice_ci_high"]).all()
+    assert seg.loc[(seg["split"] == "cv") & (seg["fold"] == "all"), "dice"].item() > 0.5
+    assert "lesion_found" in res.predictions and res.predictions["lesion_found"].dtype == bool
+    assert "segmentation" in res.run["timings"]
+    # 1 + 3 + 3 segmenters, each with its masks in a folder named by their content
+    done = sorted((res.folder / "cache" / "lesions").glob("*/done.json"))
+    assert len(done) == 7
+    # a rerun reuses every segmenter and every finished unit
+    again = ex.load_results(ex.run_experiment(params))
+    pd.testing.assert_frame_equal(res.predictions, again.predictions)

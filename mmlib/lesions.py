@@ -1,0 +1,379 @@
+"""Where the study's lesions come from (run parameter ``lesion_source``): the expert, a segmenter, or nowhere.
+
+``expert``     ROI crops and outline morphometry read the manifest's masks (and boxes), as drawn by the expert.
+``predicted``  they read masks predicted by a lesion segmenter (:mod:`mmlib.segmentation`) that never saw the
+               patient's expert mask: the deployable setting, where a new patient has no mask.
+``none``       whole images; no mask or box is read (and no outline is measured).
+
+**Cross-fitting.** In cross-validation the classifier of outer fold ``k`` is trained on folds ``j != k`` and
+evaluated on fold ``k``. Its training rows must see the kind of mask its held-out rows get, so every mask comes
+from a segmenter fitted without the row's own fold *and* without fold ``k`` (:func:`segmenter_left_out`):
+
+- a held-out row of fold ``k``: the segmenter fitted on all folds but ``k``;
+- a training row of fold ``j``: the segmenter fitted on all folds but ``j`` and ``k``;
+- the refit on all development patients (saved models, ``test_model: refit``): a row of fold ``j`` gets the
+  segmenter fitted on all folds but ``j``;
+- internal-test rows: the segmenter fitted on all development patients.
+
+That is ``1 + K + K(K-1)/2`` fits (16 for K = 5). Held-out patients' expert masks are read only to score the
+segmenter (``segmentation.csv``). Predicted masks are written as PNG files under ``cache/lesions/``, in folders
+named by the segmenter's training set and the masks' content, and each fold gets a view of the cohort whose
+``<modality>_mask`` columns point to them, so cropping, morphometry and the feature cache work unchanged.
+Where the segmenter finds no lesion the view falls back to the whole image and ``lesion_found`` says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .schema import IMAGE_MODALITIES, bbox_column, mask_column
+
+#: Values of the run parameter ``lesion_source``.
+LESION_SOURCES: tuple[str, ...] = ("expert", "predicted", "none")
+#: Bumped when the way masks are predicted changes, so that no stored mask of another version is reused.
+MASKS_VERSION = 1
+
+
+def check_lesion_source(value) -> str:
+    """``value`` if it is one of :data:`LESION_SOURCES`; a ValueError naming the parameter otherwise."""
+    if value not in LESION_SOURCES:
+        raise ValueError(f"parameter 'lesion_source' must be one of {list(LESION_SOURCES)}, got {value!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------- the schedule
+def segmenter_left_out(row_fold: int | None, outer_fold: int | None) -> frozenset[int]:
+    """The development folds left out of the segmenter whose mask a row gets.
+
+    Args:
+        row_fold: the row's cross-validation fold; None for an internal-test row.
+        outer_fold: the fold held out by the classifier being trained or evaluated; None for the refit on all
+            development patients.
+    """
+    if row_fold is None or row_fold < 0:
+        return frozenset()
+    if outer_fold is None or row_fold == outer_fold:
+        return frozenset({int(row_fold)})
+    return frozenset({int(row_fold), int(outer_fold)})
+
+
+def crossfit_plan(n_folds: int) -> list[frozenset[int]]:
+    """Every segmenter a study fits: all development patients, then each fold left out, then each pair."""
+    folds = range(int(n_folds))
+    return [frozenset(), *(frozenset({k}) for k in folds), *(frozenset(p) for p in itertools.combinations(folds, 2))]
+
+
+def segmenter_rows(left_out: frozenset[int], row_folds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(training rows, rows it segments)`` of the segmenter leaving out ``left_out`` (row fold -1: test)."""
+    row_folds = np.asarray(row_folds)
+    dev = row_folds >= 0
+    train = np.flatnonzero(dev & ~np.isin(row_folds, list(left_out)))
+    if not left_out:
+        return train, np.flatnonzero(~dev)
+    return train, np.flatnonzero(np.isin(row_folds, list(left_out)))
+
+
+def _name(left_out: frozenset[int]) -> str:
+    return "all-dev" if not left_out else "without-" + "-".join(str(k) for k in sorted(left_out))
+
+
+# ----------------------------------------------------------------------------------------------- the masks
+@dataclass
+class StudyLesions:
+    """The lesion masks of a study: per segmenter (folds left out), modality and row, one mask path or None per
+    view (None: nothing found, the whole image is used), and whether each view's lesion was found."""
+
+    source: str
+    row_folds: np.ndarray
+    masks: dict = field(default_factory=dict)
+    found: dict = field(default_factory=dict)
+    _views: dict = field(default_factory=dict, repr=False)
+
+    def __getstate__(self):  # the cohort views are rebuilt where needed, not shipped to worker processes
+        state = dict(self.__dict__)
+        state["_views"] = {}
+        return state
+
+    def cohort_view(self, cohort, outer_fold: int | None):
+        """``cohort`` with the masks seen by the classifier holding out ``outer_fold`` (None: the refit)."""
+        if outer_fold in self._views:
+            return self._views[outer_fold]
+        patients = cohort.patients.copy()
+        for m in IMAGE_MODALITIES:
+            n_views = [len(v) if isinstance(v, list) else 0 for v in patients[m]]
+            masks = [[None] * n for n in n_views]
+            if self.source == "predicted":
+                for r, row_fold in enumerate(self.row_folds):
+                    stored = self.masks.get(segmenter_left_out(int(row_fold), outer_fold), {}).get(m, {}).get(r)
+                    if stored is not None:
+                        masks[r] = [None if p is None else Path(p) for p in stored]
+            patients[mask_column(m)] = pd.Series(masks, index=patients.index, dtype=object)
+            patients[bbox_column(m)] = pd.Series([[None] * n for n in n_views], index=patients.index, dtype=object)
+        view = dataclasses.replace(cohort, patients=patients)
+        self._views[outer_fold] = view
+        return view
+
+    def lesion_found(self, rows, outer_fold: int | None) -> np.ndarray:
+        """Per row: every segmented view of it had a lesion (with the masks of ``outer_fold``'s classifier)."""
+        out = []
+        for r in np.asarray(rows, dtype=int):
+            left = segmenter_left_out(int(self.row_folds[r]), outer_fold)
+            flags = [f for m in IMAGE_MODALITIES for f in self.found.get(left, {}).get(m, {}).get(int(r), [])]
+            out.append(all(flags))
+        return np.asarray(out, dtype=bool)
+
+    def fingerprint(self) -> str:
+        """Hash of every mask path (each folder is named by its masks' content)."""
+        items = sorted((_name(k), m, r, str(v)) for k, by_m in self.masks.items() for m, by_r in by_m.items()
+                       for r, v in by_r.items())
+        return hashlib.sha256(json.dumps([self.source, items]).encode()).hexdigest()[:16]
+
+
+def study_view(study, outer_fold: int | None):
+    """The study as the classifier holding out ``outer_fold`` sees it (None: the refit on all development
+    patients): the same study for expert lesions, else one whose cohort carries that fold's masks."""
+    lesions = getattr(study, "lesions", None)
+    if lesions is None:
+        return study
+    return dataclasses.replace(study, cohort=lesions.cohort_view(study.cohort, outer_fold))
+
+
+def feature_jobs(study) -> list[tuple[object, np.ndarray, np.ndarray]]:
+    """``(cohort view, rows to encode, rows whose augmented copies are encoded)`` for the feature cache: one per
+    outer fold and one for the refit with predicted lesions; the cohort itself otherwise."""
+    split = study.splits["split"].to_numpy()
+    all_rows, dev_rows = np.arange(len(study.cohort.patients)), np.flatnonzero(split == "dev")
+    lesions = getattr(study, "lesions", None)
+    if lesions is None or lesions.source == "none":
+        return [(study_view(study, None).cohort, all_rows, dev_rows)]
+    folds = sorted(set(study.splits["fold"].to_numpy()[dev_rows].tolist()))
+    jobs = [(study_view(study, k).cohort, all_rows, dev_rows[lesions.row_folds[dev_rows] != k]) for k in folds]
+    return jobs + [(study_view(study, None).cohort, all_rows, dev_rows)]
+
+
+def prepare_lesions(study, *, fresh: bool = False) -> StudyLesions | None:
+    """Set ``study.lesions`` from the run parameter ``lesion_source`` (call after the splits are made). With
+    ``predicted``, fits the cross-fitted segmenters (or reuses them unless ``fresh``), writes their masks and
+    ``segmentation.csv``."""
+    p = study.params
+    source = check_lesion_source(p.get("lesion_source", "expert"))
+    row_folds = _row_folds(study)
+    if source == "expert":
+        study.lesions = None
+        return None
+    lesions = StudyLesions(source, row_folds)
+    if source == "predicted":
+        _predict_masks(study, lesions, fresh=fresh)
+    study.lesions = lesions
+    return lesions
+
+
+def _row_folds(study) -> np.ndarray:
+    split = study.splits["split"].to_numpy()
+    return np.where(split == "dev", study.splits["fold"].to_numpy(dtype=int), -1)
+
+
+def _expert_views(cohort, rows, modality) -> list[tuple[int, int, Path, Path | None]]:
+    out = []
+    for r in np.asarray(rows, dtype=int):
+        row = cohort.patients.iloc[r]
+        images = row[modality] if isinstance(row[modality], list) else []
+        masks = row.get(mask_column(modality))
+        masks = masks if isinstance(masks, list) else [None] * len(images)
+        out += [(int(r), j, Path(image), masks[j] if j < len(masks) else None) for j, image in enumerate(images)]
+    return out
+
+
+def _segmented_modalities(cohort, dev_rows) -> list[str]:
+    return [m for m in IMAGE_MODALITIES if any(mask is not None for *_, mask in _expert_views(cohort, dev_rows, m))]
+
+
+def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None:
+    from .segmentation import SegmenterSettings, StemCache
+
+    p, cohort = study.params, study.cohort
+    settings = SegmenterSettings.from_dict(p.get("segmenter") or {})
+    if settings.train_mode == "frozen" and p.get("train_mode") == "finetune":
+        settings = dataclasses.replace(settings, train_mode="finetune")
+    seed = int(p["seeds"][0])
+    dev_rows = np.flatnonzero(lesions.row_folds >= 0)
+    modalities = _segmented_modalities(cohort, dev_rows)
+    if not modalities:
+        raise ValueError(f"lesion_source 'predicted' trains a lesion segmenter on the expert's masks, and no "
+                         f"development patient of {cohort.manifest} has one (columns "
+                         f"{[mask_column(m) for m in IMAGE_MODALITIES]}); use lesion_source 'expert' or 'none'")
+    from .experiment import cohort_fingerprint
+
+    base_key = [MASKS_VERSION, settings.to_dict(), seed, cohort_fingerprint(cohort)]
+    plan = crossfit_plan(int(p["n_folds"]))
+    folder = study.out / "cache" / "lesions"
+    stems: dict[str, StemCache] = {}
+    scores = []
+    n = len(plan) * len(modalities)
+    for i, (m, left_out) in enumerate(itertools.product(modalities, plan)):
+        train_rows, target_rows = segmenter_rows(left_out, lesions.row_folds)
+        pairs = [(image, mask) for _, _, image, mask in _expert_views(cohort, train_rows, m) if mask is not None]
+        targets = _expert_views(cohort, target_rows, m)
+        key = hashlib.sha256(json.dumps([*base_key, m, sorted(cohort.patients["patient_id"].iloc[train_rows])],
+                                        default=str).encode()).hexdigest()[:12]
+        t = time.perf_counter()
+        record = None if fresh else _stored(folder, m, left_out, key)
+        what = "reused"
+        if record is None:
+            from .segmentation import fit_segmenter
+
+            if settings.train_mode == "frozen" and m not in stems:
+                stems[m] = StemCache(settings, seed=seed)
+            segmenter = fit_segmenter([a for a, _ in pairs], [b for _, b in pairs], settings=settings, seed=seed,
+                                      progress=False, stem_cache=stems.get(m), device=_device(p))
+            predicted = segmenter.predict([image for _, _, image, _ in targets])
+            record = _write_masks(folder, m, left_out, key, targets, predicted, segmenter)
+            what = f"fitted on {len(pairs)} images"
+        masks, found = lesions.masks.setdefault(left_out, {}).setdefault(m, {}), \
+            lesions.found.setdefault(left_out, {}).setdefault(m, {})
+        for r, j, mask, ok in record:
+            masks.setdefault(r, [None] * len(cohort.patients[m].iloc[r]))[j] = mask
+            found.setdefault(r, [True] * len(cohort.patients[m].iloc[r]))[j] = ok
+        if len(left_out) <= 1:  # the held-out fold's segmenter, and the internal test's: scored against the expert
+            scores += _score(targets, record, m, left_out)
+        study.log(f"({i + 1}/{n}) {m} segmenter {_name(left_out)}: {what}, {len(targets)} images segmented "
+                  f"({sum(not ok for *_, ok in record)} without a lesion), {time.perf_counter() - t:.1f} s")
+    write_segmentation_table(study, pd.DataFrame(scores), lesions)
+
+
+def _device(p) -> str:
+    import torch
+
+    d = p.get("device", "auto")
+    return ("cuda" if torch.cuda.is_available() else "cpu") if d == "auto" else d
+
+
+def _stored(folder: Path, modality: str, left_out, key: str):
+    done = folder / f"{modality}-{_name(left_out)}-{key}" / "done.json"
+    if not done.is_file():
+        return None
+    record = json.loads(done.read_text())
+    if record.get("key") != key or not all(mask is None or Path(mask).is_file() for *_, mask, _ in record["views"]):
+        return None
+    return [tuple(v) for v in record["views"]]
+
+
+def _write_masks(folder: Path, modality, left_out, key, targets, predicted, segmenter):
+    """Write the found masks under ``<modality>-<segmenter>-<key>/masks-<content hash>/``; returns
+    ``[(row, view, mask path or None, found)]`` and records it in ``done.json``."""
+    from PIL import Image
+
+    home = folder / f"{modality}-{_name(left_out)}-{key}"
+    if home.exists():
+        shutil.rmtree(home)
+    tmp = home / "masks.tmp"
+    tmp.mkdir(parents=True)
+    h = hashlib.sha256()
+    names = []
+    for (r, j, image, _), pm in zip(targets, predicted):
+        name = f"row{r:05d}-view{j}-{image.stem}_mask.png" if pm.found else None
+        if name:
+            Image.fromarray(pm.mask.astype(np.uint8) * 255).save(tmp / name)
+            h.update(name.encode() + np.packbits(pm.mask).tobytes())
+        names.append(name)
+    final = home / f"masks-{h.hexdigest()[:12]}"
+    tmp.rename(final)
+    views = [(r, j, None if name is None else str(final / name), bool(pm.found))
+             for (r, j, _, _), name, pm in zip(targets, names, predicted)]
+    segmenter.save(home / "segmenter")
+    (home / "done.json").write_text(json.dumps({"key": key, "left_out": sorted(left_out), "views": views}))
+    return views
+
+
+def _score(targets, record, modality, left_out) -> list[dict]:
+    from .imaging import read_mask
+    from .segmentation import dice_iou
+
+    out = []
+    for (r, j, image, truth), (_, _, mask, found) in zip(targets, record):
+        if truth is None:
+            continue
+        expert = read_mask(truth)
+        pred = read_mask(mask) if mask is not None else np.zeros_like(expert)
+        if pred.shape != expert.shape:
+            from .imaging import resize_mask
+
+            expert = resize_mask(expert, pred.shape)
+        dice, iou = dice_iou(pred, expert)
+        out.append({"row": r, "view": j, "modality": modality, "split": "test" if not left_out else "cv",
+                    "fold": -1 if not left_out else next(iter(left_out)), "dice": dice, "iou": iou, "found": found})
+    return out
+
+
+def segmentation_summary(views: pd.DataFrame, groups: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per fold (cross-validation, held-out patients), all folds together and the internal test: mean Dice and
+    IoU per patient with percentile bootstrap 95% CIs resampling patients (whole groups).
+
+    Args:
+        views: one row per scored image: ``row, modality, split, fold, dice, iou, found``.
+        groups: the group (patient) of every cohort row.
+    """
+    columns = ["modality", "split", "fold", "n_patients", "n_images", "dice", "dice_ci_low", "dice_ci_high", "iou",
+               "iou_ci_low", "iou_ci_high", "lesion_found"]
+    if views.empty:
+        return pd.DataFrame(columns=columns)
+    views = views.assign(group=np.asarray(groups)[views["row"].to_numpy(dtype=int)])
+    parts = []
+    for (m, split), g in views.groupby(["modality", "split"], sort=False):
+        if split == "cv":
+            parts += [(m, split, str(k), gf) for k, gf in g.groupby("fold")]
+            parts.append((m, split, "all", g))
+        else:
+            parts.append((m, split, "all", g))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for m, split, fold, g in parts:
+        per = g.groupby("group")[["dice", "iou"]].mean()
+        row = {"modality": m, "split": split, "fold": fold, "n_patients": len(per), "n_images": len(g),
+               "lesion_found": float(g["found"].mean())}
+        for metric in ("dice", "iou"):
+            v = per[metric].to_numpy()
+            boot = v[rng.integers(0, len(v), size=(int(n_boot), len(v)))].mean(1)
+            row[metric], row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = \
+                float(v.mean()), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def write_segmentation_table(study, views: pd.DataFrame, lesions: StudyLesions) -> Path:
+    """``segmentation.csv`` in the results folder (see :func:`segmentation_summary`)."""
+    groups = study.cohort.patients["group"].astype(str).to_numpy()
+    table = segmentation_summary(views, groups, n_boot=int(study.params.get("n_boot", 2000)),
+                                 seed=int(study.params.get("split_seed", 0)))
+    path = study.out / "segmentation.csv"
+    table.to_csv(path, index=False)
+    cv = table[(table["split"] == "cv") & (table["fold"] == "all")]
+    for r in cv.itertuples():
+        study.log(f"segmenter ({r.modality}), held-out patients: Dice {r.dice:.3f} ({r.dice_ci_low:.3f}-"
+                  f"{r.dice_ci_high:.3f}), IoU {r.iou:.3f}, lesion found in {r.lesion_found:.0%} of images")
+    return path
+
+
+def with_lesion_found(study, preds: pd.DataFrame) -> pd.DataFrame:
+    """Add ``lesion_found`` to prediction rows (predicted lesions only): False where a view of the patient was read
+    whole because its segmenter found no lesion."""
+    lesions = getattr(study, "lesions", None)
+    if lesions is None or lesions.source != "predicted":
+        return preds
+    row_of = {pid: i for i, pid in enumerate(study.cohort.patients["patient_id"].astype(str))}
+    rows = preds["patient_id"].astype(str).map(row_of).to_numpy(dtype=int)
+    found = np.ones(len(preds), dtype=bool)
+    for fold, idx in preds.groupby("fold").indices.items():
+        outer = None if int(fold) < 0 else int(fold)
+        found[idx] = lesions.lesion_found(rows[idx], outer)
+    return preds.assign(lesion_found=found)
