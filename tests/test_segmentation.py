@@ -192,12 +192,12 @@ def test_study_with_predicted_lesions(blob_manifest, tmp_path):
         profile="seg", cohort=str(blob_manifest), n_folds=3, image_size=32, roi=True, roi_margin=0.0,
         outline_features=True, encoder_weights="none", n_augment=1, epochs=1, early_stopping=0, bs=8, dim=16,
         models=["amw_cnn"], baselines=[], ablations=False, scenarios=False, n_boot=50, progress=False,
-        lesion_source="predicted", segmenter=dict(TINY, epochs=6), results_dir=str(tmp_path / "results")))
+        lesion_source="predicted", segmenter=dict(TINY, image_size=32, epochs=4, n_augment=0), results_dir=str(tmp_path / "results")))
     res = ex.load_results(ex.run_experiment(params))
     seg = pd.read_csv(res.folder / "segmentation.csv")
     assert set(seg["split"]) == {"cv", "test"} and set(seg["fold"]) == {"0", "1", "2", "all"}
     assert (seg["dice_ci_low"] <= seg["dice"]).all() and (seg["dice"] <= seg["dice_ci_high"]).all()
-    assert seg.loc[(seg["split"] == "cv") & (seg["fold"] == "all"), "dice"].item() > 0.5
+    assert seg.loc[(seg["split"] == "cv") & (seg["fold"] == "all"), "dice"].item() > 0.3
     assert "lesion_found" in res.predictions and res.predictions["lesion_found"].dtype == bool
     assert "segmentation" in res.run["timings"]
     # 1 + 3 + 3 segmenters, each with its masks in a folder named by their content
