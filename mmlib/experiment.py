@@ -629,7 +629,7 @@ def train_and_predict(study: Study) -> pd.DataFrame:
 def _run_unit(study: Study, config: Config, seed: int, h: str) -> tuple[pd.DataFrame, float]:
     """One config and seed: every fold, the test predictions, the refit and saved model. Returns its rows."""
     from .learner import save_model
-    from .lesions import study_view
+    from .lesions import model_lesion, study_view
     from .models import model_class
     from .splits import iter_folds
 
@@ -678,7 +678,8 @@ def _run_unit(study: Study, config: Config, seed: int, h: str) -> tuple[pd.DataF
                                   else None),
                        info={"cohort": study.cohort_info.get("manifest"), "trained_on_patients": int(len(dev_rows)),
                              "summary": _summary(study), "seed": seed,
-                             "params": {k: p[k] for k in result_keys() if k not in UNIT_SELECTION}})
+                             "params": {k: p[k] for k in result_keys() if k not in UNIT_SELECTION}},
+                       lesion=model_lesion(study, study.out / "models" / config.model))
     frame = pd.concat(rows, ignore_index=True)
     frame.to_csv(work / "predictions.csv", index=False)
     secs = time.perf_counter() - t

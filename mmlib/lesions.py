@@ -97,6 +97,8 @@ class StudyLesions:
     row_folds: np.ndarray
     masks: dict = field(default_factory=dict)
     found: dict = field(default_factory=dict)
+    #: modality -> folder of the segmenter fitted on all development patients (the one saved with models)
+    segmenters: dict = field(default_factory=dict)
     _views: dict = field(default_factory=dict, repr=False)
 
     def __getstate__(self):  # the cohort views are rebuilt where needed, not shipped to worker processes
@@ -178,6 +180,28 @@ def prepare_lesions(study, *, fresh: bool = False) -> StudyLesions | None:
     return lesions
 
 
+def model_lesion(study, model_dir) -> dict | None:
+    """The lesion record of a saved model folder (see :mod:`mmlib.deploy`); with predicted lesions, copies the
+    segmenter fitted on all development patients into it, so that the folder needs only images."""
+    lesions = getattr(study, "lesions", None)
+    if lesions is None:
+        return None
+    if lesions.source == "none":
+        return {"source": "none", "modalities": [], "segmenters": {}}
+    from .deploy import segmenter_folder
+
+    model_dir = Path(model_dir)
+    modalities = sorted(lesions.segmenters)
+    record = {"source": "predicted", "modalities": modalities, "segmenters": {}}
+    for m in modalities:
+        sub = segmenter_folder(m, modalities)
+        if (model_dir / sub).exists():
+            shutil.rmtree(model_dir / sub)
+        shutil.copytree(lesions.segmenters[m], model_dir / sub)
+        record["segmenters"][m] = sub
+    return record
+
+
 def _row_folds(study) -> np.ndarray:
     split = study.splits["split"].to_numpy()
     return np.where(split == "dev", study.splits["fold"].to_numpy(dtype=int), -1)
@@ -244,6 +268,8 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
         for r, j, mask, ok in record:
             masks.setdefault(r, [None] * len(cohort.patients[m].iloc[r]))[j] = mask
             found.setdefault(r, [True] * len(cohort.patients[m].iloc[r]))[j] = ok
+        if not left_out:
+            lesions.segmenters[m] = str(folder / f"{m}-{_name(left_out)}-{key}" / "segmenter")
         if len(left_out) <= 1:  # the held-out fold's segmenter, and the internal test's: scored against the expert
             scores += _score(targets, record, m, left_out)
         study.log(f"({i + 1}/{n}) {m} segmenter {_name(left_out)}: {what}, {len(targets)} images segmented "

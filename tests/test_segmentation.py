@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -192,7 +194,8 @@ def test_study_with_predicted_lesions(blob_manifest, tmp_path):
         profile="seg", cohort=str(blob_manifest), n_folds=3, image_size=32, roi=True, roi_margin=0.0,
         outline_features=True, encoder_weights="none", n_augment=1, epochs=1, early_stopping=0, bs=8, dim=16,
         models=["amw_cnn"], baselines=[], ablations=False, scenarios=False, n_boot=50, progress=False,
-        lesion_source="predicted", segmenter=dict(TINY, image_size=32, epochs=4, n_augment=0), results_dir=str(tmp_path / "results")))
+        lesion_source="predicted", segmenter=dict(TINY, image_size=32, epochs=4, n_augment=0),
+        results_dir=str(tmp_path / "results")))
     res = ex.load_results(ex.run_experiment(params))
     seg = pd.read_csv(res.folder / "segmentation.csv")
     assert set(seg["split"]) == {"cv", "test"} and set(seg["fold"]) == {"0", "1", "2", "all"}
@@ -203,6 +206,11 @@ def test_study_with_predicted_lesions(blob_manifest, tmp_path):
     # 1 + 3 + 3 segmenters, each with its masks in a folder named by their content
     done = sorted((res.folder / "cache" / "lesions").glob("*/done.json"))
     assert len(done) == 7
+    # the saved model carries the segmenter fitted on all development patients: it needs only images
+    model_dir = res.folder / "models" / "amw_cnn"
+    meta = json.loads((model_dir / "model.json").read_text())
+    assert meta["lesion"]["source"] == "predicted" and meta["lesion"]["segmenters"] == {"ultrasound": "segmenter"}
+    Segmenter.load(model_dir / "segmenter")
     # a rerun reuses every segmenter and every finished unit
     again = ex.load_results(ex.run_experiment(params))
     pd.testing.assert_frame_equal(res.predictions, again.predictions)
