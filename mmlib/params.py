@@ -30,6 +30,9 @@ class ParamsError(ValueError):
 #: Keys the build sets itself (from the profile's file name and the results folder): never in a profile file.
 RESERVED_IN_PROFILE: tuple[str, ...] = ("profile", "results_dir")
 
+#: Parameters whose value is a mapping of settings of one part (the lesion segmenter's).
+GROUPED_PARAMETERS: tuple[str, ...] = ("segmenter",)
+
 #: Fields that only say where results go, how progress is shown or how the work is scheduled: no result depends
 #: on them, so they are left out of the reuse key (every other field is in it).
 NOT_IN_RESULT_KEY: frozenset[str] = frozenset({
@@ -224,8 +227,9 @@ def read_profile(profile: str | Path, params_dir: Path = PARAMS) -> dict:
     for key, value in data.items():
         if not isinstance(key, str) or not key.isidentifier():
             raise ParamsError(f"{path}: parameter name {key!r} is not a Python identifier")
-        if isinstance(value, dict):
-            raise ParamsError(f"{path}: parameter {key!r} is a mapping; profiles are flat (name: value)")
+        if isinstance(value, dict) and key not in GROUPED_PARAMETERS:
+            raise ParamsError(f"{path}: parameter {key!r} is a mapping; profiles are flat (name: value), except "
+                              f"{list(GROUPED_PARAMETERS)}")
     clash = sorted(set(data) & set(RESERVED_IN_PROFILE))
     if clash:
         raise ParamsError(f"{path}: parameters {clash} are set by the build itself (from the file name and the "

@@ -1,0 +1,132 @@
+"""Benchmark of the lesion segmenter: Dice and IoU in BrEaST cross-validation, and on BUS-BRA trained on BrEaST.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_segmenter.py [--profile breast-lesions-usg]
+        [--set epochs=30 --set image_size=160 ...] [--folds 5] [--skip-bus-bra] [--out /tmp/bench-seg]
+
+The segmenter settings are the profile's ``segmenter`` parameter, updated by ``--set`` (values read as YAML).
+Cross-validation uses the study's own splits of BrEaST-Lesions_USG (development patients only, patient folds;
+the internal test patients are never touched), so settings tuned here are tuned on development data. The
+external figure trains one segmenter on every BrEaST image with a mask and segments BUS-BRA (another country
+and four scanners); manifests are imported outside the repository (``--out``). Prints Dice and IoU per fold with
+patient-bootstrap 95% CIs and wall times; asserts nothing (the targets are measured, not tested). Skips with a
+message where the collections are not at ``../shared/data``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+#: Targets on a 2-core CPU: mean Dice over held-out BrEaST patients, and over BUS-BRA patients.
+TARGETS = {"breast_cv_dice": 0.80, "bus_bra_dice": 0.75}
+
+
+def _pairs(cohort, rows, modality="ultrasound"):
+    """``[(row, view, image, expert mask)]`` of the views with a mask."""
+    from mmlib.lesions import _expert_views
+
+    return [v for v in _expert_views(cohort, rows, modality) if v[3] is not None]
+
+
+def _score(segmenter, views, split, fold):
+    from mmlib.imaging import read_mask
+    from mmlib.segmentation import dice_iou
+
+    predicted = segmenter.predict([image for _, _, image, _ in views])
+    out = []
+    for (r, j, _, truth), pm in zip(views, predicted):
+        dice, iou = dice_iou(pm.mask, read_mask(truth))
+        out.append({"row": r, "view": j, "modality": "ultrasound", "split": split, "fold": fold, "dice": dice,
+                    "iou": iou, "found": pm.found})
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="breast-lesions-usg")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a segmenter setting")
+    ap.add_argument("--folds", type=int, default=None, help="cross-validation folds to run (default: all)")
+    ap.add_argument("--skip-bus-bra", action="store_true")
+    ap.add_argument("--out", default=None, help="where manifests and masks go (default: a temporary folder)")
+    args = ap.parse_args(argv)
+
+    import numpy as np
+    import pandas as pd
+
+    from mmlib.cohort import load_manifest
+    from mmlib.importers import import_cohort
+    from mmlib.lesions import segmentation_summary
+    from mmlib.params import load_params, parse_overrides
+    from mmlib.paths import SHARED_DATA
+    from mmlib.segmentation import SegmenterSettings, StemCache, fit_segmenter
+    from mmlib.splits import iter_folds, make_splits
+
+    breast_src, bus_src = SHARED_DATA / "breast-lesions-usg", SHARED_DATA / "bus-bra"
+    if not breast_src.is_dir():
+        print(f"skipped: BrEaST-Lesions_USG not found at {breast_src}")
+        return 0
+    p = load_params(args.profile)
+    settings = SegmenterSettings.from_dict({**(p.get("segmenter") or {}), **parse_overrides(args.set)})
+    print(f"segmenter settings: {settings.to_dict()}", flush=True)
+    out = Path(args.out or tempfile.mkdtemp(prefix="bench-seg-"))
+    t = time.perf_counter()
+    breast = load_manifest(import_cohort("breast-lesions-usg", breast_src, out / "breast" / "manifest.csv"),
+                           decode_images=False)
+    splits = make_splits(breast, n_folds=int(p["n_folds"]), test_fraction=float(p["test_fraction"]),
+                         seed=int(p["split_seed"]))
+    print(f"imported BrEaST ({len(breast.patients)} patients) in {time.perf_counter() - t:.0f} s", flush=True)
+    stem = StemCache(settings, seed=0) if settings.train_mode == "frozen" else None
+    scores = []
+    t_cv = time.perf_counter()
+    folds = iter_folds(splits)[: args.folds]
+    for fold in folds:
+        t = time.perf_counter()
+        train = _pairs(breast, fold.train)
+        seg = fit_segmenter([v[2] for v in train], [v[3] for v in train], settings=settings, seed=0,
+                            progress=False, stem_cache=stem)
+        fit_s = time.perf_counter() - t
+        part = _score(seg, _pairs(breast, fold.valid), "cv", fold.fold)
+        scores += part
+        d = np.mean([s["dice"] for s in part])
+        print(f"fold {fold.fold}: fitted on {len(train)} images in {fit_s:.0f} s, {len(part)} held-out images: "
+              f"Dice {d:.3f} ({time.perf_counter() - t:.0f} s with prediction)", flush=True)
+    cv_s = time.perf_counter() - t_cv
+    groups = breast.patients["group"].astype(str).to_numpy()
+    table = segmentation_summary(pd.DataFrame(scores), groups, n_boot=2000)
+    print(f"\nBrEaST cross-validation (development patients, {len(folds)} folds, {cv_s:.0f} s):")
+    print(table.drop(columns=["modality"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    cv_dice = float(table.loc[table["fold"] == "all", "dice"].iloc[0])
+    print(f"target Dice >= {TARGETS['breast_cv_dice']}: {cv_dice:.3f} "
+          f"({'met' if cv_dice >= TARGETS['breast_cv_dice'] else 'missed by %.3f' % (TARGETS['breast_cv_dice'] - cv_dice)})")
+
+    if args.skip_bus_bra:
+        return 0
+    if not bus_src.is_dir():
+        print(f"BUS-BRA skipped: not found at {bus_src}")
+        return 0
+    t = time.perf_counter()
+    everything = _pairs(breast, np.arange(len(breast.patients)))
+    seg = fit_segmenter([v[2] for v in everything], [v[3] for v in everything], settings=settings, seed=0,
+                        progress=False, stem_cache=stem)
+    fit_s = time.perf_counter() - t
+    bus = load_manifest(import_cohort("bus-bra", bus_src, out / "bus-bra" / "manifest.csv"), decode_images=False)
+    t = time.perf_counter()
+    ext = _score(seg, _pairs(bus, np.arange(len(bus.patients))), "external", "all")
+    pred_s = time.perf_counter() - t
+    ext_table = segmentation_summary(pd.DataFrame(ext).assign(split="test"), bus.patients["group"].astype(str).to_numpy(),
+                                     n_boot=2000)
+    r = ext_table.iloc[0]
+    print(f"\nBUS-BRA ({r.n_patients} patients, {r.n_images} images), segmenter trained on all {len(everything)} BrEaST "
+          f"images in {fit_s:.0f} s, segmenting took {pred_s:.0f} s ({pred_s / max(1, r.n_images) * 1000:.0f} ms/image):")
+    print(f"Dice {r.dice:.3f} ({r.dice_ci_low:.3f}-{r.dice_ci_high:.3f}), IoU {r.iou:.3f} ({r.iou_ci_low:.3f}-"
+          f"{r.iou_ci_high:.3f}), lesion found in {r.lesion_found:.0%} of images")
+    print(f"target Dice >= {TARGETS['bus_bra_dice']}: {r.dice:.3f} "
+          f"({'met' if r.dice >= TARGETS['bus_bra_dice'] else 'missed by %.3f' % (TARGETS['bus_bra_dice'] - r.dice)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
