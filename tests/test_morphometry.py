@@ -227,7 +227,7 @@ def test_breast_lesions_outlines_separate_the_classes(shared_data):
     from mmlib import experiment as ex
     from mmlib.data import view_outlines
 
-    cohort, _ = ex.prepare_cohort(ex.load_params("breast-lesions-usg", progress=False))
+    cohort, _ = ex.prepare_cohort(ex.load_params("breast-lesions-usg-expert", progress=False))
     pats = cohort.patients
     f = np.stack([view_outlines(pats.iloc[i], "ultrasound", 1)[0] for i in range(len(pats))])
     y = pats["label"].to_numpy()
