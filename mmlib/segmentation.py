@@ -66,12 +66,12 @@ class SegmenterSettings:
 
     encoder: str = "efficientnet_lite0"
     encoder_weights: str = "imagenet"
-    image_size: int = 192
-    decoder_channels: tuple = (96, 64, 32, 16, 8)
+    image_size: int = 128
+    decoder_channels: tuple = (64, 32, 16, 8, 4)
     train_mode: str = "frozen"
     frozen_blocks: int = 3
-    n_augment: int = 3
-    epochs: int = 25
+    n_augment: int = 1
+    epochs: int = 8
     lr: float = 3e-3
     wd: float = 1e-4
     bs: int = 16
@@ -144,7 +144,7 @@ class LesionUNet(nn.Module):
         frozen_blocks: number of encoder blocks in :meth:`stem`.
     """
 
-    def __init__(self, *, encoder: str = "efficientnet_lite0", decoder_channels=(96, 64, 32, 16, 8),
+    def __init__(self, *, encoder: str = "efficientnet_lite0", decoder_channels=(64, 32, 16, 8, 4),
                  frozen_blocks: int = 3):
         super().__init__()
         import segmentation_models_pytorch as smp
@@ -468,7 +468,8 @@ class _ImageDataset(torch.utils.data.Dataset):
     def __init__(self, images, masks, settings: SegmenterSettings, seed: int):
         size = int(settings.image_size)
         self.pairs = [_read_pair(Path(i), Path(m), size)[:2] for i, m in zip(images, masks)]
-        self.paths, self.seed, self.draws, self.augment = [Path(i) for i in images], seed, 0, int(settings.n_augment) > 0
+        self.paths, self.seed, self.draws = [Path(i) for i in images], seed, 0
+        self.augment = int(settings.n_augment) > 0
 
     def __len__(self):
         return len(self.pairs)
