@@ -54,6 +54,7 @@ def fitted(blobs):
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # fits segmenters
 def test_segmenter_learns_the_blob_at_the_image_size(fitted, blobs):
     images, masks = blobs
     predicted = fitted.predict(images[14:])
@@ -67,6 +68,7 @@ def test_segmenter_learns_the_blob_at_the_image_size(fitted, blobs):
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # fits segmenters
 def test_blank_image_finds_no_lesion(fitted, tmp_path):
     blank = tmp_path / "blank.png"
     Image.fromarray(np.full((90, 120), 160, np.uint8)).save(blank)
@@ -75,6 +77,7 @@ def test_blank_image_finds_no_lesion(fitted, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # fits segmenters
 def test_save_load_round_trip_and_pickle_refusal(fitted, blobs, tmp_path):
     images, _ = blobs
     fitted.save(tmp_path / "seg")
@@ -187,6 +190,7 @@ def blob_manifest(tmp_path_factory):
     return write_manifest(rows, folder / "manifest.csv")
 
 
+@pytest.mark.slow  # fits segmenters
 def test_study_with_predicted_lesions(blob_manifest, tmp_path):
     from mmlib import experiment as ex
 
