@@ -312,6 +312,8 @@ def render(source_dir: Path, out_dir: Path, strict: bool = False) -> Path:
         if not (source_dir / name).is_file():
             raise FileNotFoundError(f"source_dir {source_dir}: {name} is missing")
     html_dir = out_dir / "_build" / "html"
+    # Sphinx never deletes what an earlier build wrote; the site must hold this build's files only
+    shutil.rmtree(html_dir, ignore_errors=True)
     steps = {
         "jupyter-book config sphinx": [*jupyter_book_command(), "config", "sphinx", str(source_dir)],
         "sphinx-build": [sys.executable, "-m", "sphinx", "-b", "html", "-d", str(out_dir / "_build" / ".doctrees"),

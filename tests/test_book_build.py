@@ -286,8 +286,13 @@ def test_render_fails_by_exit_status_and_names_the_warning(tmp_path):
     (src / "book" / "index.md").write_text("# Title\n\nAs shown by {cite:p}`no_such_key`.\n")
     with pytest.raises(build.RenderError, match=r"(?s)sphinx-build .*exit 1.*no_such_key"):
         build.render(src, tmp_path / "strict", strict=True)
+    stale = tmp_path / "lenient" / "_build" / "html" / "book" / "removed_chapter.html"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("an earlier build's page")
     index = build.render(src, tmp_path / "lenient", strict=False)
     assert index == tmp_path / "lenient" / "_build" / "html" / "index.html" and index.is_file()
+    assert not stale.exists()  # the site holds this build's files only
+    assert not (index.parent / "_sources").exists()  # executed sources (with local paths) are not published
     (src / "_toc.yml").write_text("format: jb-book\nroot: book/absent\n")
     with pytest.raises(build.RenderError, match="exit"):
         build.render(src, tmp_path / "broken", strict=False)

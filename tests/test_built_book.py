@@ -46,6 +46,10 @@ def test_pages_show_no_setup_code_raw_json_or_local_path(profile):
              "/tmp/", "/root/", "/home/"}
     pages = sorted(html.glob("book/*.html"))
     assert len(pages) == len(execution_order(paths.ROOT)) + 1  # the chapters and intro.md
+    for path in html.rglob("*"):  # nothing the site publishes, pages or not
+        if path.is_file() and path.suffix in {".html", ".js", ".json", ".ipynb", ".txt", ".md"}:
+            text = path.read_text(encoding="utf-8", errors="replace")
+            assert not [p for p in local if p in text], f"{path.relative_to(html)} publishes a local path"
     for page in pages:
         raw = page.read_text(encoding="utf-8")
         found = [p for p in local if p in raw]
