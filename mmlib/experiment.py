@@ -229,6 +229,8 @@ class Study:
     key_parts: dict = field(default_factory=dict)
     units: dict = field(default_factory=dict)
     lesions: object = None  # mmlib.lesions.StudyLesions: predicted or no lesions; None: the expert's
+    executor: dict = field(default_factory=dict)
+    worker_peaks: list = field(default_factory=list)
 
     def log(self, msg: str):
         if self.params.get("progress", True):
@@ -347,7 +349,8 @@ def fit_config(study: Study, config: Config, train_rows: np.ndarray, seed: int, 
         (log_path.parent / "history.csv").replace(log_path)
     for f in (log_path.parent if log_path else Path(learn.path)).glob("best.pth"):
         f.unlink()
-    model = learn.model.eval().cpu()
+    device = _device(p)
+    model = learn.model.eval().to(device)  # predictions on the device the model trained on
 
     datasets: dict = {}
 
@@ -355,7 +358,7 @@ def fit_config(study: Study, config: Config, train_rows: np.ndarray, seed: int, 
         key = tuple(np.asarray(rows).tolist())
         if key not in datasets:  # built once per set of rows, reused for every scenario
             datasets[key] = _eval_dataset(study, spec, rows, seed, grid)
-        return predict_proba(model, datasets[key], keep=keep)
+        return predict_proba(model, datasets[key], keep=keep, device=device, bs=256 if device == "cuda" else 64)
 
     return predict, model, spec
 
@@ -424,12 +427,13 @@ def _fit_tabular(study: Study, spec, train_rows, model):
 
 
 # ----------------------------------------------------------------------------------------------- run
-def build_feature_cache(study: Study, *, write: bool = True, fresh: bool = False):
+def build_feature_cache(study: Study, *, write: bool = True, fresh: bool = False, stored: dict | None = None):
     """Encode every image once (and the augmented copies of development images) with the frozen encoder.
 
     The features are stored under ``cache/`` in the results folder and reused by every later run of the same
     cohort, image settings and source of the modules that compute features (:data:`FEATURE_SOURCES`);
-    ``write=False`` reads that file without rewriting it (training workers); ``fresh=True`` ignores it."""
+    ``write=False`` reads that file without rewriting it (training workers); ``fresh=True`` ignores it;
+    ``stored`` gives the maps themselves (a worker's copy, from :func:`study_payload`)."""
     from .data import AUGMENTATION_SEEDING, DEFAULT_AUGMENTATION, FeatureCache, ImageSettings
     from .encoders import create_encoder
 
@@ -446,7 +450,9 @@ def build_feature_cache(study: Study, *, write: bool = True, fresh: bool = False
     if study.lesions is not None:  # the masks' paths name their content, so new masks never reuse old features
         key.append(study.lesions.fingerprint())
     cache_file = study.out / "cache" / f"features-{_hash(key)}.safetensors"
-    if cache_file.is_file() and not fresh:
+    if stored is not None:
+        cache.maps = dict(stored)
+    elif cache_file.is_file() and not fresh:
         cache.load(cache_file)
     from .lesions import feature_jobs
 
@@ -488,18 +494,22 @@ def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | No
     out.mkdir(parents=True, exist_ok=True)
     study = Study(p, out, fresh=fresh)
     t0 = time.perf_counter()
+    say = _stderr_line
+    say(f"study of profile {p['profile']!r} -> {out}")
 
     def stage(name, t):
         study.timings[name] = {"seconds": round(time.perf_counter() - t, 2), "peak_memory_mb": round(peak_memory_mb(), 1)}
-        if peak_memory_mb(children=True) > 0:  # training workers are child processes
+        if peak_memory_mb(children=True) > 0:  # local training workers are child processes
             study.timings[name]["peak_child_memory_mb"] = round(peak_memory_mb(children=True), 1)
         import torch
 
         if torch.cuda.is_available():  # the GPU profile records its device memory in the colophon
             study.timings[name]["gpu_peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        study.log(f"[{name}] {study.timings[name]['seconds']} s, peak memory {study.timings[name]['peak_memory_mb']} MB")
+        say(f"{name}: {study.timings[name]['seconds']} s, peak memory {study.timings[name]['peak_memory_mb']} MB "
+            f"| elapsed {time.perf_counter() - t0:.0f} s")
 
     t = time.perf_counter()
+    say("cohort: loading and splitting ...")
     study.cohort, study.cohort_info = prepare_cohort(p)
     study.splits = make_splits(study.cohort, n_folds=int(p["n_folds"]), test_fraction=float(p["test_fraction"]),
                                seed=int(p["split_seed"]))
@@ -516,6 +526,7 @@ def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | No
     study.key_parts = reuse_key_parts(study)
     if p["train_mode"] == "frozen":
         t = time.perf_counter()
+        say("feature_cache: encoding images with the frozen encoder (or reading the cache) ...")
         build_feature_cache(study, fresh=fresh)
         stage("feature_cache", t)
     else:
@@ -527,17 +538,29 @@ def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | No
     t = time.perf_counter()
     preds = train_and_predict(study)
     stage("training", t)
+    peaks = study.worker_peaks  # per unit, measured where it ran (a worker process or a Ray node)
+    if peaks:
+        study.timings["training"]["peak_unit_memory_mb"] = max(x["peak_memory_mb"] for x in peaks)
+        gpu = [x["gpu_peak_memory_mb"] for x in peaks if x["gpu_peak_memory_mb"] is not None]
+        if gpu:
+            study.timings["training"]["gpu_peak_memory_mb"] = max(
+                gpu + [study.timings["training"].get("gpu_peak_memory_mb", 0.0)])
 
     t = time.perf_counter()
+    say("statistics: metrics, confidence intervals and tests ...")
     tables = summarise(study, preds)
     stage("statistics", t)
 
+    gpu_peaks = [v["gpu_peak_memory_mb"] for v in study.timings.values() if v.get("gpu_peak_memory_mb") is not None]
     record = {
         "profile": p["profile"],
         "params": {k: v for k, v in p.items() if not k.startswith("_")},
         "reuse_key": {"key": _hash(study.key_parts), **{k: (_hash(v) if k == "params" else v)
                                                           for k, v in study.key_parts.items()}},
         "units": study.units,
+        "executor": study.executor.get("executor", p["executor"]),
+        "workers": study.executor.get("workers", 0),
+        "gpu_peak_memory_mb": max(gpu_peaks) if gpu_peaks else None,
         "git": git_state(),
         "versions": package_versions(),
         "device": device_info(),
@@ -558,76 +581,111 @@ def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | No
     return out
 
 
+def _stderr_line(text: str) -> None:
+    import sys
+
+    print(f"[mmlib] {text}", file=sys.stderr, flush=True)
+
+
 def _summary(study: Study) -> dict:
     s = study.cohort.summary()
     return json.loads(json.dumps(s, default=str))
 
 
 def n_workers(params: dict) -> int:
-    """Worker processes for training. ``auto``: one per core (at most 4) on the frozen CPU path, where every fit
-    runs on one thread; one otherwise (a GPU, or end-to-end training, uses the cores within one fit)."""
-    import os
+    """Worker processes for training (:func:`mmlib.scheduling.n_workers`)."""
+    from .scheduling import n_workers as workers
 
-    w = params.get("workers", "auto")
-    if w == "auto":
-        if params["train_mode"] != "frozen" or _device(params) != "cpu":
-            return 1
-        return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-    return int(w)
+    return workers(params)
 
 
 def train_and_predict(study: Study) -> pd.DataFrame:
     """Train every config on every fold (and the test model) and return all predictions.
 
-    Each (config, seed) is one unit of work, written to ``work/<config>__s<seed>/`` and reused by a later run
-    with the same reuse key (:func:`reuse_key_parts`: parameters, package source, cohort, device, precision).
-    On the frozen CPU path the units run in ``workers`` processes side by side; each fit is
-    seeded and single-threaded, so the results do not depend on the number of workers.
+    Each (config, seed) is one unit of work (:func:`compute_unit`), stored under ``work/<config>__s<seed>/`` as
+    it finishes and reused by a later run with the same reuse key (:func:`reuse_key_parts`: parameters, package
+    source, cohort, device, precision). The units run on the executor of the parameters
+    (:mod:`mmlib.scheduling`: local processes or Ray); each fit is seeded and single-threaded, so the results do
+    not depend on the executor or the number of workers.
     """
-    from fastprogress.fastprogress import progress_bar
+    from .scheduling import StudyProgress, Unit, make_executor, run_units
 
     p = study.params
-    configs = experiment_configs(p)
     parts = study.key_parts or reuse_key_parts(study)
-    units = [(config, seed) for seed in p["seeds"] for config in configs]
+    units = [Unit(i, config, seed) for i, (seed, config) in
+             enumerate((seed, config) for seed in p["seeds"] for config in experiment_configs(p))]
     frames: dict[int, pd.DataFrame] = {}
     pending = []
-    for i, (config, seed) in enumerate(units):
-        work = study.out / "work" / f"{config.id}__s{seed}"
-        h = unit_key(parts, config, seed)
+    for unit in units:
+        work = study.out / "work" / f"{unit.config.id}__s{unit.seed}"
         marker = work / "done.json"
-        if (not study.fresh and marker.is_file() and json.loads(marker.read_text()).get("hash") == h
-                and (work / "predictions.csv").is_file()):
-            frames[i] = pd.read_csv(work / "predictions.csv", dtype={"patient_id": str})
-            study.log(f"({i + 1}/{len(units)}) {config.id} seed {seed}: reused finished work")
+        if (not study.fresh and marker.is_file() and (work / "predictions.csv").is_file()
+                and json.loads(marker.read_text()).get("hash") == unit_key(parts, unit.config, unit.seed)):
+            frames[unit.index] = pd.read_csv(work / "predictions.csv", dtype={"patient_id": str})
         else:
-            pending.append((i, config, seed, h))
+            pending.append(unit)
     study.units = {"total": len(units), "reused": len(units) - len(pending), "trained": len(pending)}
-    workers = min(n_workers(p), len(pending))
-    if workers <= 1:
-        for i, config, seed, h in pending:
-            frames[i], secs = _run_unit(study, config, seed, h)
-            study.log(f"({i + 1}/{len(units)}) {config.id} seed {seed}: {secs:.1f} s")
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+    progress = StudyProgress("training", len(units), done=len(units) - len(pending))
+    study.worker_peaks = []
+    if pending:
+        executor = make_executor(study, lambda: study_payload(study), compute_unit, len(pending))
+        progress.line(f"training: {len(pending)} of {len(units)} units of work to run ({len(units) - len(pending)} "
+                      f"reused) on {executor.name} executor, {executor.workers} worker(s)")
+        study.executor = {"executor": executor.name, "workers": executor.workers}
 
-        study.log(f"training {len(pending)} units of work in {workers} processes")
-        payload = _worker_payload(study)
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                                 initargs=(payload,)) as pool:
-            futures = {pool.submit(_worker_unit, config, seed, h): (i, config, seed) for i, config, seed, h in pending}
-            done = as_completed(futures)
-            bar = progress_bar(done, total=len(futures)) if p["progress"] else done
-            for fut in bar:
-                i, config, seed = futures[fut]
-                frames[i], secs = fut.result()
-                study.log(f"({i + 1}/{len(units)}) {config.id} seed {seed}: {secs:.1f} s")
+        def store(unit, result):
+            frames[unit.index] = store_unit(study, unit.config, unit.seed, unit_key(parts, unit.config, unit.seed),
+                                            result)
+            study.worker_peaks.append({k: result[k] for k in ("peak_memory_mb", "gpu_peak_memory_mb")})
+            nodes.add(result.get("node"))
+            progress.update(unit, result["seconds"])
+
+        nodes: set = set()
+        run_units(executor, pending, store, progress=progress)
+        if None not in nodes:  # Ray says where each unit ran
+            study.executor["nodes"] = len(nodes)
+    else:
+        progress.line(f"training: all {len(units)} units of work reused")
     return pd.concat([frames[i] for i in range(len(units))], ignore_index=True)
 
 
-def _run_unit(study: Study, config: Config, seed: int, h: str) -> tuple[pd.DataFrame, float]:
-    """One config and seed: every fold, the test predictions, the refit and saved model. Returns its rows."""
+def compute_unit(study: Study, config: Config, seed: int) -> dict:
+    """One unit of work as a pure function: ``config`` trained with ``seed`` on every fold, the test predictions
+    and the refit, in a scratch folder. Returns its files (``{path relative to the results folder: bytes}``),
+    seconds and peak memory of the process (and of the GPU); :func:`store_unit` writes them."""
+    import resource
+    import tempfile
+
+    import torch
+
+    gpu = _device(study.params) == "cuda" and torch.cuda.is_available()
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory(prefix="mmlib-unit-") as tmp:
+        root = Path(tmp)
+        secs = _train_unit(study, config, seed, root)
+        files = {f.relative_to(root).as_posix(): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
+    return {"files": files, "seconds": secs,
+            "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+            "gpu_peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if gpu else None}
+
+
+def store_unit(study: Study, config: Config, seed: int, h: str, result: dict) -> pd.DataFrame:
+    """Write a unit's files under the results folder, then its ``done.json`` marker (last, so a stopped run never
+    marks half-written work as finished). Returns its predictions as a rerun would read them."""
+    for rel, data in result["files"].items():
+        f = study.out / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(data)
+    work = study.out / "work" / f"{config.id}__s{seed}"
+    parts = {k: (_hash(v) if k == "params" else v) for k, v in study.key_parts.items()}
+    (work / "done.json").write_text(json.dumps({"hash": h, "key_parts": parts, "seconds": round(result["seconds"], 1)}))
+    return pd.read_csv(work / "predictions.csv", dtype={"patient_id": str})
+
+
+def _train_unit(study: Study, config: Config, seed: int, root: Path) -> float:
+    """Every fold of one config and seed, the test predictions, the refit and saved model, written under
+    ``root`` (``work/``, ``logs/``, ``models/``). Returns the seconds it took."""
     from .learner import save_model
     from .lesions import model_lesion, study_view
     from .models import model_class
@@ -638,13 +696,13 @@ def _run_unit(study: Study, config: Config, seed: int, h: str) -> tuple[pd.DataF
     test_rows = np.flatnonzero(study.splits["split"].to_numpy() == "test")
     dev_rows = np.flatnonzero(study.splits["split"].to_numpy() == "dev")
     scenarios = _scenarios(study)
-    work = study.out / "work" / f"{config.id}__s{seed}"
+    work = root / "work" / f"{config.id}__s{seed}"
     work.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     rows = []
     test_probs = []
     for fold in iter_folds(study.splits):
-        log = study.out / "logs" / config.id / f"seed{seed}_fold{fold.fold}.csv"
+        log = root / "logs" / config.id / f"seed{seed}_fold{fold.fold}.csv"
         log.parent.mkdir(parents=True, exist_ok=True)
         predict, _, _ = fit_config(study_view(study, fold.fold), config, fold.train, seed, log_path=log)
         inner = threshold_rows(study, fold.train, seed)
@@ -661,7 +719,7 @@ def _run_unit(study: Study, config: Config, seed: int, h: str) -> tuple[pd.DataF
     refit = (p["save_models"] and config.ablation == "none" and seed == p["seeds"][0]) or (
         p["test_model"] == "refit" and len(test_rows))
     if refit:
-        log = study.out / "logs" / config.id / f"seed{seed}_refit.csv"
+        log = root / "logs" / config.id / f"seed{seed}_refit.csv"
         predict, model, spec = fit_config(study_view(study, None), config, dev_rows, seed, log_path=log)
         inner = threshold_rows(study, dev_rows, seed)
         for keep in scenarios:
@@ -673,53 +731,45 @@ def _run_unit(study: Study, config: Config, seed: int, h: str) -> tuple[pd.DataF
             from .metrics import youden_threshold
 
             labels = pats["label"].to_numpy()[inner]
-            save_model(model, study.out / "models" / config.model, name=config.model, spec=spec,
+            save_model(model.cpu(), root / "models" / config.model, name=config.model, spec=spec,
                        threshold=(youden_threshold(labels, predict(inner, MODALITIES)) if len(np.unique(labels)) == 2
                                   else None),
                        info={"cohort": study.cohort_info.get("manifest"), "trained_on_patients": int(len(dev_rows)),
                              "summary": _summary(study), "seed": seed,
                              "params": {k: p[k] for k in result_keys() if k not in UNIT_SELECTION}},
-                       lesion=model_lesion(study, study.out / "models" / config.model))
-    frame = pd.concat(rows, ignore_index=True)
-    frame.to_csv(work / "predictions.csv", index=False)
-    secs = time.perf_counter() - t
-    parts = {k: (_hash(v) if k == "params" else v) for k, v in study.key_parts.items()}
-    (work / "done.json").write_text(json.dumps({"hash": h, "key_parts": parts, "seconds": round(secs, 1)}))
-    # the saved rows, read back as a rerun would read them: a run gives the same tables whether or not it reused work
-    return pd.read_csv(work / "predictions.csv", dtype={"patient_id": str}), secs
+                       lesion=model_lesion(study, root / "models" / config.model))
+    pd.concat(rows, ignore_index=True).to_csv(work / "predictions.csv", index=False)
+    return time.perf_counter() - t
 
 
-# One Study per worker process, rebuilt from what the parent has already prepared (no images are re-encoded).
-_WORKER_STUDY: Study | None = None
+def study_payload(study: Study) -> dict:
+    """What a worker needs to rebuild the study without re-encoding an image: parameters, cohort, splits, the
+    encoder's normalisation, the reuse key and the feature maps (:mod:`mmlib.scheduling` ships them once)."""
+    payload = {"params": study.params, "out": str(study.out), "cohort": study.cohort,
+               "cohort_info": study.cohort_info, "splits": study.splits, "encoder_spec": study.encoder_spec,
+               "key_parts": study.key_parts, "lesions": study.lesions}
+    if study.params["executor"] == "ray" and study.cache is not None:
+        payload["cache_maps"] = study.cache.maps
+    return payload
 
 
-def _worker_payload(study: Study) -> dict:
-    return {"params": study.params, "out": str(study.out), "manifest": study.cohort_info["manifest"],
-            "cohort_info": study.cohort_info, "splits": study.splits, "encoder_spec": study.encoder_spec,
-            "key_parts": study.key_parts, "lesions": study.lesions}
-
-
-def _worker_init(payload: dict):
-    global _WORKER_STUDY
+def study_from_payload(payload: dict) -> Study:
+    """The study of :func:`study_payload`, in a worker process (its feature cache from the maps it carries, else
+    from the file the parent wrote)."""
     import warnings
 
     import torch
 
-    from .cohort import load_manifest
-
     warnings.filterwarnings("ignore", category=FutureWarning)
-    torch.set_num_threads(1)
+    if payload["params"]["train_mode"] == "frozen":
+        torch.set_num_threads(1)
     p = dict(payload["params"], progress=False)
-    study = Study(p, Path(payload["out"]), cohort=load_manifest(payload["manifest"], decode_images=False),
-                  cohort_info=payload["cohort_info"], splits=payload["splits"], encoder_spec=payload["encoder_spec"],
-                  key_parts=payload["key_parts"], lesions=payload.get("lesions"))
+    study = Study(p, Path(payload["out"]), cohort=payload["cohort"], cohort_info=payload["cohort_info"],
+                  splits=payload["splits"], encoder_spec=payload["encoder_spec"], key_parts=payload["key_parts"],
+                  lesions=payload.get("lesions"))
     if p["train_mode"] == "frozen":
-        build_feature_cache(study, write=False)
-    _WORKER_STUDY = study
-
-
-def _worker_unit(config: Config, seed: int, h: str):
-    return _run_unit(_WORKER_STUDY, config, seed, h)
+        build_feature_cache(study, write=False, stored=payload.get("cache_maps"))
+    return study
 
 
 def _rows(pats, rows, prob, config: Config, scenario, split, fold, seed) -> pd.DataFrame:
@@ -1190,7 +1240,7 @@ def train_model(manifest, model: str, out_dir, params: dict | str | None = None,
 
     try:
         with output_folder(out_dir, marker=MODEL_CONFIG) as tmp:
-            save_model(fitted, tmp, name=model, spec=spec, threshold=threshold, info=info, lesion=lesion)
+            save_model(fitted.cpu(), tmp, name=model, spec=spec, threshold=threshold, info=info, lesion=lesion)
             for m, seg in segmenters.items():
                 seg.save(tmp / lesion["segmenters"][m])
     finally:

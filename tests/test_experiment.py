@@ -186,9 +186,10 @@ def test_statistics_and_missing_table(run):
 def test_rerun_reuses_finished_work(run, capsys):
     params, out, res = run
     ex.run_experiment(dict(params, progress=True))
-    printed = capsys.readouterr().out
-    assert printed.count("reused finished work") == len(ex.experiment_configs(params))
+    n = len(ex.experiment_configs(params))
+    assert f"training: all {n} units of work reused" in capsys.readouterr().err
     again = ex.load_results(out)
+    assert again.run["units"] == {"total": n, "reused": n, "trained": 0}
     pd.testing.assert_frame_equal(again.predictions, res.predictions)
 
 
