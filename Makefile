@@ -12,10 +12,10 @@ TORCH   := torch==2.14.1 torchvision==0.29.1
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -c requirements.lock $(TORCH)
-	$(BIN)/pip install -q -c requirements.lock -e '.[book,test]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[book,test,ray]'
 	touch $(STAMP)
 
-deps: $(STAMP)            ## create .venv and install mmlib with its book and test extras
+deps: $(STAMP)            ## create .venv and install mmlib with its book, test and ray extras
 
 test: deps                ## run the test suite
 	$(BIN)/python -m pytest -q
