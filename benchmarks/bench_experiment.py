@@ -1,10 +1,14 @@
-"""Benchmark of the default study: wall time and peak memory per stage, the speed-up of the feature cache,
-and the quality targets on the synthetic cohort (best model vs the oracle AUC, models vs age only, modality
-importance order).
+"""Benchmark of the default study: each stage's wall time with local processes and with Ray, units of work per
+second with one and two workers, whether metrics.csv is identical between them, the quality targets on the
+synthetic cohort (best model vs the oracle AUC, models vs age only, modality importance order) and, on request,
+the speed-up of the feature cache.
 
-    .venv/bin/python benchmarks/bench_experiment.py [--profile default] [--skip-run]
+    .venv/bin/python benchmarks/bench_experiment.py [--profile default] [--runs local:2 ray:2 local:1]
+        [--skip-run] [--cache-speedup]
 
-Prints figures; asserts nothing (speed and quality are measured, not timed tests).
+Every run starts from an empty results folder (``results/bench-<profile>-<executor>-w<workers>/``: its own
+feature cache, nothing reused); the cohort is shared. Prints figures; asserts nothing (speed and quality are
+measured, not timed tests). Other work on the machine slows every figure: measure on a quiet machine.
 """
 
 from __future__ import annotations
@@ -73,27 +77,66 @@ def quality(results) -> dict:
     return out
 
 
+def executor_runs(profile: str, runs: list[str]) -> list[dict]:
+    """The study once per ``executor:workers`` from an empty results folder; stage timings, units per second."""
+    import shutil
+
+    from mmlib import experiment as ex
+
+    out = []
+    for spec in runs:
+        executor, _, workers = spec.partition(":")
+        folder = ex.results_dir(f"bench-{profile}-{executor}-w{workers}")
+        shutil.rmtree(folder, ignore_errors=True)
+        params = ex.load_params(profile, executor=executor, workers=int(workers), progress=False,
+                                results_dir=str(folder))
+        ex.run_experiment(params)
+        run = ex.load_results(folder).run
+        trained = run["units"]["trained"]
+        out.append({"run": spec, "folder": folder, "timings": run["timings"], "wall": run["wall_time_seconds"],
+                    "units": trained, "units_per_s": trained / run["timings"]["training"]["seconds"]})
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", default="default")
+    ap.add_argument("--runs", nargs="+", default=["local:2", "ray:2", "local:1"],
+                    help="executor:workers of each run (executor local or ray)")
     ap.add_argument("--skip-run", action="store_true", help="read the existing results instead of running")
+    ap.add_argument("--cache-speedup", action="store_true", help="also time an epoch from cached features vs images")
     a = ap.parse_args()
     from mmlib import experiment as ex
 
-    if not a.skip_run:
-        ex.run_experiment(a.profile)
-    res = ex.load_results(ex.results_dir(ex.load_params(a.profile)["profile"]))
-    print(f"== stages (wall seconds, peak RSS MB of the main process / of the largest worker process); "
-          f"{ex.n_workers(res.run['params'])} training workers")
+    if a.skip_run:
+        folders = [ex.results_dir(ex.load_params(a.profile)["profile"])]
+    else:
+        runs = executor_runs(a.profile, a.runs)
+        stages = list(runs[0]["timings"])
+        print(f"== stages of profile {a.profile!r} (wall seconds), cores: {len(__import__('os').sched_getaffinity(0))}")
+        print("  " + f"{'stage':15s}" + "".join(f"{r['run']:>12s}" for r in runs))
+        for st in stages:
+            print("  " + f"{st:15s}" + "".join(f"{r['timings'].get(st, {}).get('seconds', float('nan')):12.1f}" for r in runs))
+        print("  " + f"{'total':15s}" + "".join(f"{r['wall']:12.1f}" for r in runs))
+        print("  " + f"{'units/s':15s}" + "".join(f"{r['units_per_s']:12.3f}" for r in runs)
+              + f"   ({runs[0]['units']} units of work)")
+        ref = (runs[0]["folder"] / "metrics.csv").read_bytes()
+        for r in runs[1:]:
+            same = (r["folder"] / "metrics.csv").read_bytes() == ref
+            print(f"  metrics.csv of {r['run']} identical to {runs[0]['run']}: {'yes' if same else 'NO'}")
+        folders = [runs[0]["folder"]]
+    res = ex.load_results(folders[0])
+    print(f"== stages of {folders[0]} (wall seconds, peak RSS MB of the main process / of the largest unit's process)")
     for k, v in res.run["timings"].items():
-        print(f"  {k:15s} {v['seconds']:8.1f} s   {v['peak_memory_mb']:8.0f} MB   {v.get('peak_child_memory_mb', 0):8.0f} MB")
+        print(f"  {k:15s} {v['seconds']:8.1f} s   {v['peak_memory_mb']:8.0f} MB   {v.get('peak_unit_memory_mb', 0):8.0f} MB")
     print(f"  total           {res.run['wall_time_seconds']:8.1f} s")
     print("== quality")
     for k, v in quality(res).items():
         print(f"  {k}: {v}")
-    print("== feature cache vs end to end (same fusion model, frozen encoder)")
-    for k, v in cache_speedup(a.profile).items():
-        print(f"  {k}: {v}")
+    if a.cache_speedup:
+        print("== feature cache vs end to end (same fusion model, frozen encoder)")
+        for k, v in cache_speedup(a.profile).items():
+            print(f"  {k}: {v}")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 Usage::
 
-    python -m mmlib.build --profile smoke              # execute every chapter, then render the HTML
+    python -m mmlib.build --profile smoke              # the study, then every chapter, then the HTML
     python -m mmlib.build --profile smoke --strict     # Sphinx warnings and stderr output are errors (CI)
-    python -m mmlib.build --profile smoke --only 06 10 # re-execute two chapters, keep the others' outputs
-    python -m mmlib.build --profile smoke --no-render  # execute only
+    python -m mmlib.build --profile smoke --only 06 10 # re-execute two chapters from the existing results
+    python -m mmlib.build --profile smoke --no-render  # the study and the chapters, no HTML
+    python -m mmlib.build --profile smoke --fresh      # the study redoes finished work too
 
 One chapter can also be executed by hand, with the parameters the build would inject::
 
@@ -16,11 +17,12 @@ Layout of one run (nothing here is committed)::
 
     _build/<profile>/source/          executed notebooks + copies of _config.yml, _toc.yml, book/*.md, ...
     _build/<profile>/_build/html/     the rendered book (index.html)
-    results/<profile>/                what the notebooks write (tables, predictions, run.json)
+    results/<profile>/                what the study writes (tables, predictions, run.json); chapters only read it
 
-The notebooks are executed in the order of ``_toc.yml``, the toc's root (the front matter, which reads
-the results of the run) last. A failing notebook stops the build before anything is rendered, so a
-half-executed book is never published.
+The study (:func:`mmlib.experiment.run_experiment`, the same as ``mmlib run``) runs first, reusing finished
+work whose reuse key is unchanged. Then the notebooks are executed in the order of ``_toc.yml``, the toc's
+root (the front matter, which reads the results of the run) last. A failing notebook stops the build before
+anything is rendered, so a half-executed book is never published.
 
 This module is also a Sphinx extension (listed in ``_config.yml``): it ships the installed plotly.js
 into the built site, so figures render offline without a CDN.
@@ -413,24 +415,30 @@ def build(
     render_html: bool = True,
     kernel_name: str | None = None,
     log: Callable[[str], None] = print,
+    study: bool = True,
+    fresh: bool = False,
 ) -> BuildResult:
-    """Execute the book's notebooks for one run profile, then render them.
+    """Run the study of one run profile, execute the book's notebooks (which only read its results), render them.
 
     Args:
         profile: name of ``params/<profile>.yaml``.
         root: repository root (``_config.yml``, ``_toc.yml``, ``book/``, ``params/``).
         results_root: parent of ``results_dir``; default :data:`mmlib.paths.RESULTS`.
         strict: render with Sphinx warnings as errors, and stop at a notebook that wrote to stderr.
-        only: re-execute these chapters only (stems or number prefixes); the others keep the outputs
-            of the last full run, which must exist when rendering.
+        only: re-execute these chapters only (stems or number prefixes), from the existing results (the
+            study is not run; its results must exist); the others keep the outputs of the last full build.
         render_html: render after executing.
         kernel_name: Jupyter kernel; default the one registered for this interpreter.
         log: where progress and timings go.
+        study: run the study first (:func:`mmlib.experiment.run_experiment`, reusing finished work); False
+            executes the notebooks on whatever results there are.
+        fresh: the study ignores finished work and cached features.
 
     Returns:
         a :class:`BuildResult`.
 
     Raises:
+        FileNotFoundError: ``only`` without results of the profile.
         NotebookExecutionError: a notebook failed; nothing was rendered.
         StrayOutputError: with ``strict``, a notebook wrote to stderr or drew a progress bar.
     """
@@ -446,8 +454,20 @@ def build(
 
     notebooks = execution_order(root)
     todo = select_chapters(notebooks, only) if only else notebooks
+    if only and not (results_dir / "run.json").is_file():
+        raise FileNotFoundError(
+            f"--only {' '.join(only)}: no results of profile {profile!r} in {results_dir} (run.json missing); run the "
+            f"study first: `mmlib run --profile {profile}`, or the whole build without --only")
     kernel = kernel_name or ensure_kernel()
     results_dir.mkdir(parents=True, exist_ok=True)
+    if study and not only:
+        from .experiment import run_experiment
+
+        log(f"[mmlib.build] study of profile {profile!r} -> {results_dir} ...")
+        t0 = time.perf_counter()
+        run_experiment(dict(run_params, results_dir=str(results_dir)), fresh=fresh)
+        timings["study"] = time.perf_counter() - t0
+        log(f"[mmlib.build] study: {timings['study']:.1f} s")
     if run_params.get("companion_studies") and not only:
         t0 = time.perf_counter()
         run_companion_studies(run_params["companion_studies"], results_dir.parent, params_dir=root / "params", log=log)
@@ -539,11 +559,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--profile", required=True, help="run profile: params/<PROFILE>.yaml")
     parser.add_argument("--strict", action="store_true", help="Sphinx warnings and stderr output are errors")
-    parser.add_argument("--only", nargs="+", metavar="CHAPTER", help="re-execute these chapters only (e.g. 06)")
+    parser.add_argument("--only", nargs="+", metavar="CHAPTER",
+                        help="re-execute these chapters only (e.g. 06), from the existing results")
+    parser.add_argument("--fresh", action="store_true", help="the study ignores finished work and cached features")
     parser.add_argument("--no-render", action="store_true", help="execute only, do not render")
     args = parser.parse_args(argv)
     try:
-        result = build(args.profile, strict=args.strict, only=args.only, render_html=not args.no_render)
+        result = build(args.profile, strict=args.strict, only=args.only, render_html=not args.no_render,
+                       fresh=args.fresh)
     except NotebookExecutionError as exc:
         print(f"[mmlib.build] FAILED: {exc}", file=sys.stderr)
         print("[mmlib.build] nothing was rendered.", file=sys.stderr)

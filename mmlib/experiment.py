@@ -560,7 +560,6 @@ def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | No
         "units": study.units,
         "executor": study.executor.get("executor", p["executor"]),
         "workers": study.executor.get("workers", 0),
-        "gpu_peak_memory_mb": max(gpu_peaks) if gpu_peaks else None,
         "git": git_state(),
         "versions": package_versions(),
         "device": device_info(),
@@ -571,6 +570,8 @@ def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | No
         "threshold_fallbacks": tables["threshold_fallbacks"],
         "synthetic": bool(study.cohort_info.get("synthetic")),
     }
+    if gpu_peaks:  # the colophon shows it
+        record["gpu_peak_memory_mb"] = max(gpu_peaks)
     if "oracle_auc" in study.cohort_info:
         record["oracle_auc"] = study.cohort_info["oracle_auc"]
         # cross-validation covers the development patients only: their oracle is the fair ceiling of CV AUCs

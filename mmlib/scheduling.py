@@ -179,7 +179,8 @@ class RayExecutor:
                          log_to_driver=False)
                 self.started = True
         self.ray = ray
-        self.workers = workers
+        # units that can run at once on the cluster (its CPUs over the CPUs a unit reserves)
+        self.workers = max(1, int(ray.cluster_resources().get("CPU", workers) // float(params["ray_num_cpus"])))
         self.token = f"{os.getpid()}-{id(payload)}-{time.time_ns()}"
         self.payload = [ray.put(_ray_payload(payload))]  # in a list: resolved by the worker only when needed
         self.task = ray.remote(num_cpus=float(params["ray_num_cpus"]), num_gpus=float(params["ray_num_gpus"]),

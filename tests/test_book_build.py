@@ -127,12 +127,28 @@ def test_build_with_a_failing_chapter_renders_nothing(tmp_path, capsys):
                                  "02_fails": ["1 / 0"], "03_after": ["print('never')"]})
     logs = []
     with pytest.raises(build.NotebookExecutionError, match="ZeroDivisionError"):
-        build.build("tiny", root=root, results_root=tmp_path / "results", log=logs.append)
+        build.build("tiny", root=root, results_root=tmp_path / "results", log=logs.append, study=False)
     source = root / "_build" / "tiny" / "source" / "book"
     assert (source / "01_ok.ipynb").is_file()
     assert not (source / "03_after.ipynb").exists() and not (source / "index.ipynb").exists()
     assert not (root / "_build" / "tiny" / "_build").exists()  # never rendered
     assert any("01_ok" in line and " s" in line for line in logs)
+
+
+def test_only_reexecutes_chapters_from_existing_results_and_says_when_there_are_none(tmp_path, monkeypatch):
+    root = _tiny_repo(tmp_path, {"index": ["print('front')"], "01_a": ["print('a')"], "02_b": ["print('b')"]})
+    with pytest.raises(FileNotFoundError, match=r"--only 02: no results of profile 'tiny'.*mmlib run --profile tiny"):
+        build.build("tiny", root=root, results_root=tmp_path / "results", only=["02"], log=lambda s: None)
+    ran = []
+    monkeypatch.setattr("mmlib.experiment.run_experiment", lambda params, fresh=False: ran.append((params, fresh)))
+    build.build("tiny", root=root, results_root=tmp_path / "results", render_html=False, log=lambda s: None,
+                fresh=True)
+    assert len(ran) == 1 and ran[0][1] is True
+    assert ran[0][0]["epochs"] == 3 and ran[0][0]["results_dir"] == str((tmp_path / "results" / "tiny").resolve())
+    (tmp_path / "results" / "tiny" / "run.json").write_text("{}")
+    result = build.build("tiny", root=root, results_root=tmp_path / "results", only=["02"], render_html=False,
+                         log=lambda s: None)
+    assert [p.stem for p in result.executed] == ["02_b"] and len(ran) == 1  # the study did not run again
 
 
 def test_cli_reports_a_missing_profile(capsys):
@@ -236,7 +252,8 @@ def test_tiny_book_builds_and_renders_offline_in_chromium(tmp_path):
                    "Value: {glue:text}`auc_tiny:.3f` for profile {glue:text}`profile_name`.",
                    "glue('profile_name', profile)"],
     })
-    result = build.build("tiny", root=root, results_root=tmp_path / "results", strict=True, log=lambda s: None)
+    result = build.build("tiny", root=root, results_root=tmp_path / "results", strict=True, log=lambda s: None,
+                         study=False)
     assert result.index_html.is_file()
     html_dir = result.index_html.parent
     executed = nbformat.read(str(result.source_dir / "book" / "01_fig.ipynb"), as_version=4)

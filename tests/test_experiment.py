@@ -263,10 +263,14 @@ def test_report_tables(run):
 def test_finetune_mode_runs_end_to_end_on_cpu(tmp_path, study_workspace):
     """The GPU profile's mode (encoders unfrozen, images in) through the whole engine, at tiny sizes."""
     params = _params(tmp_path, train_mode="finetune", encoder_weights="none", image_size=32, epochs=1, n_folds=2,
-                     models=["amw_cnn"], baselines=[], ablations=False, scenarios=False, save_models=False, bs=8)
+                     models=["amw_cnn"], baselines=[], ablations=False, scenarios=False, save_models=True, bs=8)
     res = ex.load_results(ex.run_experiment(params))
     assert set(res.predictions["split"]) == {"cv", "test"}
     assert np.isfinite(res.metric("amw_cnn", "auc"))
+    # one fit uses every core: one unit at a time, in this process; the refit is saved from the training device
+    assert (res.run["executor"], res.run["workers"], res.run["units"]["trained"]) == ("local", 1, 1)
+    assert res.run["timings"]["training"]["peak_unit_memory_mb"] > 0
+    assert (res.folder / "models" / "amw_cnn" / "model.safetensors").is_file()
 
 
 def test_fingerprint_changes_when_an_image_changes(tiny_cohort, tmp_path):
