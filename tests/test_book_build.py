@@ -174,7 +174,8 @@ def test_glue_stores_numpy_numbers_as_plain_literals(monkeypatch):
 
 
 def test_colophon_lists_commit_versions_and_run_json(tmp_path):
-    (tmp_path / "run.json").write_text(json.dumps({"wall_time_s": 12.345, "device": "cpu", "folds": [1, 2]}))
+    (tmp_path / "run.json").write_text(json.dumps({"wall_time_s": 12.345, "device": "cpu", "folds": [1, 2],
+                                                   "executor": "ray", "workers": 8, "gpu_peak_memory_mb": 2048.5}))
     table = book.colophon(tmp_path)
     assert list(table.columns) == ["section", "item", "value"]
     get = dict(zip(table["item"], table["value"]))
@@ -184,6 +185,7 @@ def test_colophon_lists_commit_versions_and_run_json(tmp_path):
 
     assert get["python"] == platform.python_version() and get["torch"] == torch.__version__
     assert get["wall_time_s"] == "12.3" and get["device"] == "cpu" and "folds" not in get
+    assert (get["executor"], get["workers"], get["gpu_peak_memory_mb"]) == ("ray", "8", "2048.5")
     assert len(get["git commit"]) == 40 or get["git commit"].startswith("unknown")
     assert get["profile"] == tmp_path.name and re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", get["build date"])
     # no absolute path of the building machine: a folder outside the repository is named, not located
