@@ -458,6 +458,8 @@ def build(
         raise FileNotFoundError(
             f"--only {' '.join(only)}: no results of profile {profile!r} in {results_dir} (run.json missing); run the "
             f"study first: `mmlib run --profile {profile}`, or the whole build without --only")
+    if only:
+        _note_stale_results(results_dir, profile, log)
     kernel = kernel_name or ensure_kernel()
     results_dir.mkdir(parents=True, exist_ok=True)
     if study and not only:
@@ -506,6 +508,20 @@ def build(
     total = sum(timings.values())
     log("[mmlib.build] stage timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()) + f"; total {total:.1f} s")
     return BuildResult(source_dir=source_dir, executed=executed, index_html=index_html, timings=timings)
+
+
+def _note_stale_results(results_dir: Path, profile: str, log: Callable[[str], None]) -> None:
+    """Say so when the results --only reads were made by other mmlib source than this checkout's."""
+    from .provenance import source_fingerprint
+
+    try:
+        made_by = json.loads((results_dir / "run.json").read_text()).get("reuse_key", {}).get("source")
+    except (OSError, ValueError):
+        return
+    if made_by and made_by != source_fingerprint():
+        log(f"[mmlib.build] note: the results in {results_dir} were made by other mmlib source ({made_by}, now "
+            f"{source_fingerprint()}); the chapters show them as they are: `mmlib run --profile {profile}` refreshes "
+            "them")
 
 
 # ---------------------------------------------------------------------------------------------------

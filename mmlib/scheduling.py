@@ -173,10 +173,10 @@ class RayExecutor:
         self.started = False
         if not ray.is_initialized():
             if address:
-                ray.init(address=address, log_to_driver=False)
+                start_ray(address=address, log_to_driver=False)
             else:
-                ray.init(num_cpus=workers, num_gpus=visible_gpus() or None, include_dashboard=False,
-                         log_to_driver=False)
+                start_ray(num_cpus=workers, num_gpus=visible_gpus() or None, include_dashboard=False,
+                          log_to_driver=False)
                 self.started = True
         self.ray = ray
         # units that can run at once on the cluster (its CPUs over the CPUs a unit reserves)
@@ -203,6 +203,21 @@ class RayExecutor:
             self.ray.cancel(ref, force=True)
         if self.started:
             self.ray.shutdown()
+
+
+def start_ray(attempts: int = 2, **init_kwargs) -> None:
+    """``ray.init(**init_kwargs)``, tried again once: on a loaded machine a local raylet can miss Ray's fixed
+    30-second start-up wait."""
+    import ray
+
+    for attempt in range(attempts):
+        try:
+            ray.init(**init_kwargs)
+            return
+        except Exception as err:  # ray raises a bare Exception for a raylet that did not start in time
+            if "timed out during startup" not in str(err) or attempt == attempts - 1:
+                raise
+            ray.shutdown()
 
 
 def make_executor(study, payload: Callable[[], dict], compute: Callable, pending: int):

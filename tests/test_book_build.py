@@ -145,10 +145,12 @@ def test_only_reexecutes_chapters_from_existing_results_and_says_when_there_are_
                 fresh=True)
     assert len(ran) == 1 and ran[0][1] is True
     assert ran[0][0]["epochs"] == 3 and ran[0][0]["results_dir"] == str((tmp_path / "results" / "tiny").resolve())
-    (tmp_path / "results" / "tiny" / "run.json").write_text("{}")
+    (tmp_path / "results" / "tiny" / "run.json").write_text(json.dumps({"reuse_key": {"source": "older"}}))
+    logs = []
     result = build.build("tiny", root=root, results_root=tmp_path / "results", only=["02"], render_html=False,
-                         log=lambda s: None)
+                         log=logs.append)
     assert [p.stem for p in result.executed] == ["02_b"] and len(ran) == 1  # the study did not run again
+    assert any("made by other mmlib source (older" in line for line in logs)
 
 
 def test_cli_reports_a_missing_profile(capsys):
