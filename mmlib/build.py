@@ -31,6 +31,7 @@ into the built site, so figures render offline without a CDN.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
