@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -500,12 +501,6 @@ def fit_segmenter(images: Sequence[Path], masks: Sequence[Path], *, settings: di
     Returns:
         the fitted :class:`Segmenter` (on the CPU, in eval mode).
     """
-    from fastai.data.core import DataLoaders
-    from fastai.data.load import DataLoader
-    from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (adds Learner.fit_one_cycle)
-    from fastai.learner import Learner
-    from monai.losses import DiceCELoss
-
     from .learner import set_seed
 
     settings = settings if isinstance(settings, SegmenterSettings) else SegmenterSettings.from_dict(settings)
@@ -532,24 +527,81 @@ def fit_segmenter(images: Sequence[Path], masks: Sequence[Path], *, settings: di
     else:
         net = build_network(settings)
         train_ds, model = _ImageDataset(images, masks, settings, seed), net
+    dice = _fit_once(model, train_ds, settings, seed=seed, lr=float(settings.lr), progress=progress, device=device)
+    retried = None
+    if dice < COLLAPSED_TRAINING_DICE:
+        # A one-cycle fit at this size occasionally dies (every logit near zero, nothing found anywhere): refit once
+        # from the same start at a third of the learning rate and another draw; keep the better fit, and say so.
+        first = {k: v.clone() for k, v in model.state_dict().items()}
+        fresh = build_network(settings)
+        net.load_state_dict(fresh.state_dict())
+        if frozen:
+            for prm in net.frozen_parameters():
+                prm.requires_grad_(False)
+        again = _fit_once(model, train_ds, settings, seed=seed + 1, lr=float(settings.lr) / 3, progress=progress,
+                          device=device)
+        retried = {"first_training_dice": round(dice, 3), "refit_training_dice": round(again, 3)}
+        if again < dice:
+            model.load_state_dict(first)
+        dice = max(dice, again)
+        warnings.warn(f"fit_segmenter: the fit on {len(images)} images reached training Dice "
+                      f"{retried['first_training_dice']}; refitted at lr {float(settings.lr) / 3:g}: "
+                      f"{retried['refit_training_dice']}" + ("" if dice >= COLLAPSED_TRAINING_DICE else
+                                                             " (still collapsed: it will find few lesions)"))
+    net = net.cpu().eval()
+    info = {"trained_on_images": len(images), "seed": int(seed), "fit_seconds": round(time.perf_counter() - t0, 1),
+            "training_dice": round(float(dice), 3)}
+    if retried:
+        info["refit"] = retried
+    return Segmenter(net, settings, info)
+
+
+#: Below this Dice on its own training images a fit has collapsed (a working fit is far above it).
+COLLAPSED_TRAINING_DICE = 0.2
+
+
+def _fit_once(model: nn.Module, train_ds, settings: SegmenterSettings, *, seed: int, lr: float, progress: bool,
+              device: str) -> float:
+    """One one-cycle fit of ``model`` on ``train_ds``; returns its mean Dice on (up to 64 of) its training items."""
+    import contextlib
+    import io
     import random
 
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (adds Learner.fit_one_cycle)
+    from fastai.learner import Learner
+    from monai.losses import DiceCELoss
+
+    from .learner import set_seed
+
+    set_seed(seed)
     random.seed(seed)
     bs = max(1, min(int(settings.bs), len(train_ds)))
     train = DataLoader(train_ds, bs=bs, shuffle=True, drop_last=len(train_ds) % bs == 1, num_workers=0)
-    valid = DataLoader(_Empty(), bs=bs)
-    dls = DataLoaders(train, valid, device=torch.device(device))
+    dls = DataLoaders(train, DataLoader(_Empty(), bs=bs), device=torch.device(device))
     learn = Learner(dls, model, loss_func=DiceCELoss(sigmoid=True), wd=float(settings.wd), train_bn=True)
     if not progress:
         learn.remove_cbs([cb for cb in learn.cbs if type(cb).__name__ == "ProgressCallback"])
-    import contextlib
-    import io
-
     with contextlib.redirect_stdout(io.StringIO()) if not progress else contextlib.nullcontext():
-        learn.fit_one_cycle(int(settings.epochs), float(settings.lr))
-    net = net.cpu().eval()
-    info = {"trained_on_images": len(images), "seed": int(seed), "fit_seconds": round(time.perf_counter() - t0, 1)}
-    return Segmenter(net, settings, info)
+        learn.fit_one_cycle(int(settings.epochs), lr)
+    return _training_dice(model, train_ds, device)
+
+
+def _training_dice(model: nn.Module, ds, device: str, n: int = 64) -> float:
+    if isinstance(ds, _StemDataset):
+        idx = [i for i, key in enumerate(ds.keys) if key[2] == 0][:n]
+    else:
+        idx = list(range(min(len(ds), n)))
+    model.eval()
+    scores = []
+    with torch.no_grad():
+        for i in idx:
+            *x, y = ds[i]
+            logits = model(*[t[None].to(device) for t in x])
+            pred = (logits[0, 0] > 0).cpu().numpy()
+            scores.append(dice_iou(pred, y.reshape(pred.shape).numpy() > 0.5)[0])
+    return float(np.mean(scores)) if scores else 0.0
 
 
 class _Empty(torch.utils.data.Dataset):

@@ -21,7 +21,8 @@ from mmlib.segmentation import (
     largest_component,
 )
 
-TINY = dict(image_size=64, epochs=12, n_augment=1, bs=8, decoder_channels=(32, 24, 16, 8, 8), encoder_weights="none")
+TINY_LR = 3e-3
+TINY = dict(lr=TINY_LR, image_size=64, epochs=12, n_augment=1, bs=8, decoder_channels=(32, 24, 16, 8, 8), encoder_weights="none")
 
 
 def _blob_images(folder, n, seed=0):
@@ -53,7 +54,6 @@ def fitted(blobs):
     return fit_segmenter(images[:14], masks[:14], settings=TINY, seed=0, progress=False)
 
 
-@pytest.mark.slow
 @pytest.mark.slow  # fits segmenters
 def test_segmenter_learns_the_blob_at_the_image_size(fitted, blobs):
     images, masks = blobs
@@ -67,7 +67,6 @@ def test_segmenter_learns_the_blob_at_the_image_size(fitted, blobs):
     assert np.mean(dice) > 0.8, dice
 
 
-@pytest.mark.slow
 @pytest.mark.slow  # fits segmenters
 def test_blank_image_finds_no_lesion(fitted, tmp_path):
     blank = tmp_path / "blank.png"
@@ -76,7 +75,6 @@ def test_blank_image_finds_no_lesion(fitted, tmp_path):
     assert not pm.found and pm.mask.shape == (90, 120) and not pm.mask.any()
 
 
-@pytest.mark.slow
 @pytest.mark.slow  # fits segmenters
 def test_save_load_round_trip_and_pickle_refusal(fitted, blobs, tmp_path):
     images, _ = blobs
@@ -218,3 +216,34 @@ def test_study_with_predicted_lesions(blob_manifest, tmp_path):
     # a rerun reuses every segmenter and every finished unit
     again = ex.load_results(ex.run_experiment(params))
     pd.testing.assert_frame_equal(res.predictions, again.predictions)
+
+
+def test_a_collapsed_fit_is_refitted_and_said(blobs, monkeypatch):
+    """A fit whose training Dice stays below the collapse bar is refitted once at a lower rate, with a warning and
+    the record in the segmenter's info; the better of the two fits is kept."""
+    import mmlib.segmentation as seg
+
+    calls = []
+
+    def fake_fit(model, train_ds, settings, *, seed, lr, progress, device):
+        calls.append((seed, lr))
+        return 0.0 if len(calls) == 1 else 0.6
+
+    monkeypatch.setattr(seg, "_fit_once", fake_fit)
+    images, masks = blobs
+    with pytest.warns(UserWarning, match="training Dice 0.0; refitted"):
+        s = fit_segmenter(images[:4], masks[:4], settings=TINY, seed=3, progress=False)
+    assert calls == [(3, TINY_LR), (4, TINY_LR / 3)]
+    assert s.info["refit"] == {"first_training_dice": 0.0, "refit_training_dice": 0.6}
+    assert s.info["training_dice"] == 0.6
+
+
+@pytest.mark.slow  # fits a segmenter
+def test_training_dice_of_a_real_fit(fitted):
+    assert fitted.info["training_dice"] > seg_collapse_bar()
+
+
+def seg_collapse_bar() -> float:
+    from mmlib.segmentation import COLLAPSED_TRAINING_DICE
+
+    return COLLAPSED_TRAINING_DICE
