@@ -89,26 +89,35 @@ def _user_errors():
     return (ManifestError, FileNotFoundError, FileExistsError, ValueError)
 
 
+def _reports_user_errors(command):
+    """A command whose fixable errors (:func:`_user_errors`) are printed with exit status 1, not a traceback."""
+    import functools
+
+    @functools.wraps(command)
+    def run(a):
+        try:
+            return command(a)
+        except _user_errors() as e:
+            print(str(e), file=sys.stderr)
+            return 1
+
+    return run
+
+
+@_reports_user_errors
 def _train(a):
     from .experiment import train_model
 
-    try:
-        out = train_model(a.manifest, a.model, a.out, a.params)
-    except _user_errors() as e:
-        print(str(e), file=sys.stderr)
-        return 1
+    out = train_model(a.manifest, a.model, a.out, a.params)
     print(f"saved model {a.model} to {out}")
     return 0
 
 
+@_reports_user_errors
 def _predict(a):
     from .deploy import predict_manifest, write_csv_atomic
 
-    try:
-        df = predict_manifest(a.model_dir, a.manifest, progress=True)
-    except _user_errors() as e:
-        print(str(e), file=sys.stderr)
-        return 1
+    df = predict_manifest(a.model_dir, a.manifest, progress=True)
     write_csv_atomic(df, a.out)
     print(f"wrote {len(df)} predictions to {a.out}")
     if "lesion_found" in df and not df["lesion_found"].all():
@@ -117,26 +126,20 @@ def _predict(a):
     return 0
 
 
+@_reports_user_errors
 def _segment(a):
     from .deploy import segment_manifest
 
-    try:
-        out = segment_manifest(a.model_dir, a.manifest, a.out, progress=True)
-    except _user_errors() as e:
-        print(str(e), file=sys.stderr)
-        return 1
+    out = segment_manifest(a.model_dir, a.manifest, a.out, progress=True)
     print(f"wrote the masks and the manifest {out}")
     return 0
 
 
+@_reports_user_errors
 def _evaluate(a):
     from .external import external_validation, format_external
 
-    try:
-        out = external_validation(a.model_dir, a.manifest, a.out, n_boot=a.n_boot, seed=a.seed, progress=True)
-    except _user_errors() as e:
-        print(str(e), file=sys.stderr)
-        return 1
+    out = external_validation(a.model_dir, a.manifest, a.out, n_boot=a.n_boot, seed=a.seed, progress=True)
     print(format_external(out))
     return 0
 
