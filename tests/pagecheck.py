@@ -9,6 +9,8 @@ table text legible on their background (light or dark theme).
 
 from __future__ import annotations
 
+import re
+
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,15 +139,40 @@ class PageReport:
         return not self.errors and not self.layout and not self.uncaptioned and self.figures_drawn == self.figures
 
 
+_REFRESH = re.compile(r"""<meta\s+http-equiv=["']refresh["']\s+content=["']\d+;\s*url=([^"']+)["']""", re.I)
+
+
+def redirect_target(path: Path) -> str | None:
+    """The page a redirect stub (Jupyter Book's root ``index.html``: one ``<meta http-equiv="Refresh">``)
+    sends the reader to, or None for a real page."""
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    match = _REFRESH.search(text[:2000])
+    return match.group(1) if match and "<body" not in text.lower() else None
+
+
 def book_pages(html_dir: Path) -> list[str]:
-    """Every page of a built book, relative to ``html_dir`` (no ``genindex``/``search`` or static files)."""
+    """Every page of a built book, relative to ``html_dir`` (no ``genindex``/``search``, static files or
+    redirect stubs: a stub navigates away as it loads, so it is checked by ``book_redirects`` instead)."""
     html_dir = Path(html_dir)
     skip = {"genindex.html", "search.html"}
     return sorted(
         p.relative_to(html_dir).as_posix()
         for p in html_dir.rglob("*.html")
         if p.name not in skip and not {"_static", "_sources", "_images"} & set(p.relative_to(html_dir).parts)
+        and redirect_target(p) is None
     )
+
+
+def book_redirects(html_dir: Path) -> dict[str, str]:
+    """``{stub: target}`` for every redirect stub of a built book, the target relative to ``html_dir``."""
+    html_dir = Path(html_dir)
+    out = {}
+    for p in html_dir.rglob("*.html"):
+        target = redirect_target(p)
+        if target is not None:
+            out[p.relative_to(html_dir).as_posix()] = (p.parent / target).resolve().relative_to(
+                html_dir.resolve()).as_posix()
+    return out
 
 
 def check_page(browser, html_dir: Path, page: str, *, width: int, screenshot_dir: Path | None = None,

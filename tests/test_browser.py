@@ -56,6 +56,9 @@ def test_pagecheck_reports_what_a_reader_would_see(tmp_path, browser):
     assert any("A faint caption" in p and "contrast" in p for p in bad.layout)
     good = pagecheck.check_page(browser, tmp_path, "good.html", width=390, screenshot_dir=tmp_path / "shots")
     assert good.ok, (good.errors, good.layout, good.uncaptioned)
+    (tmp_path / "index.html").write_text('<meta http-equiv="Refresh" content="0; url=good.html" />')
+    assert pagecheck.book_pages(tmp_path) == ["bad.html", "good.html"]
+    assert pagecheck.book_redirects(tmp_path) == {"index.html": "good.html"}
     with Image.open(good.screenshot) as shot:
         assert shot.size[0] == 390
 
@@ -68,6 +71,9 @@ def test_every_page_of_the_built_book_reads_well(browser, profile, width, dark):
     if not (html / "index.html").is_file():
         pytest.skip(f"no built {profile} book at {html}: run `make strict PROFILE={profile}` first (CI does)")
     pages = pagecheck.book_pages(html)
+    for stub, target in pagecheck.book_redirects(html).items():
+        assert target in pages, f"{stub} redirects to {target}, which is not a page of the built book"
+    assert "index.html" in pagecheck.book_redirects(html), "the site's front door should send readers to the book"
     for chapter in toc_files(paths.ROOT / "_toc.yml"):
         assert f"{chapter}.html" in pages, f"chapter {chapter} missing from the built book"
     shots = paths.ROOT / "_build" / profile / "screenshots"
