@@ -53,6 +53,8 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default="breast-lesions-usg")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a segmenter setting")
     ap.add_argument("--folds", type=int, default=None, help="cross-validation folds to run (default: all)")
+    ap.add_argument("--fold-ids", type=int, nargs="+", default=None,
+                    help="run only these cross-validation folds (e.g. 0 2 3), for a quick comparison of settings")
     ap.add_argument("--skip-bus-bra", action="store_true")
     ap.add_argument("--skip-cv", action="store_true", help="only the BUS-BRA figure")
     ap.add_argument("--out", default=None, help="where manifests and masks go (default: a temporary folder)")
@@ -85,6 +87,8 @@ def main(argv=None) -> int:
     print(f"imported BrEaST ({len(breast.patients)} patients) in {time.perf_counter() - t:.0f} s", flush=True)
     stem = StemCache(settings, seed=0) if settings.train_mode == "frozen" else None
     folds = [] if args.skip_cv else iter_folds(splits)[: args.folds]
+    if args.fold_ids is not None:
+        folds = [f for f in folds if f.fold in set(args.fold_ids)]
     scores = []
     t_cv = time.perf_counter()
     for fold in folds:

@@ -465,16 +465,21 @@ def build_feature_cache(study: Study, *, write: bool = True, fresh: bool = False
 
 
 def cohort_fingerprint(cohort) -> str:
-    """Hash of the manifest's content and of every image file's size and modification time: cached features and
-    finished work are reused only for the very same cohort on disk."""
-    from .schema import IMAGE_MODALITIES
+    """Hash of the manifest's content and of every image and expert-mask file's size and modification time: cached
+    features and finished work are reused only for the very same cohort on disk (a mask redrawn in place changes
+    the crops, the outline features and the segmenters, so it changes the key)."""
+    from .schema import IMAGE_MODALITIES, mask_column
 
     h = hashlib.sha256(Path(cohort.manifest).read_bytes())
     for m in IMAGE_MODALITIES:
-        for paths in cohort.patients[m]:
-            for f in paths:
-                st = Path(f).stat()
-                h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}".encode())
+        columns = [m] + ([mask_column(m)] if mask_column(m) in cohort.patients.columns else [])
+        for column in columns:
+            for paths in cohort.patients[column]:
+                for f in paths or ():
+                    if f is None:
+                        continue
+                    st = Path(f).stat()
+                    h.update(f"{column}|{f}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
 
 

@@ -235,3 +235,21 @@ def test_breast_lesions_outlines_separate_the_classes(shared_data):
     assert roc_auc_score(y, -f[:, F["solidity"]]) > 0.7
     assert roc_auc_score(y, f[:, F["concavity"]]) > 0.7
     assert roc_auc_score(y, f[:, F["log_compactness"]]) > 0.65
+
+
+def test_fingerprint_changes_when_an_expert_mask_is_redrawn_in_place(masked_cohort):
+    """Crops, outline features and segmenters all read the expert masks: a mask edited in place (same path, same
+    manifest) must change the cohort fingerprint, so finished work is not reused on stale masks."""
+    import os
+
+    from mmlib.experiment import cohort_fingerprint
+
+    before = cohort_fingerprint(masked_cohort)
+    mask = masked_cohort.patients["ultrasound_mask"].iloc[0][0]
+    st = mask.stat()
+    try:
+        os.utime(mask, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        assert cohort_fingerprint(masked_cohort) != before
+    finally:
+        os.utime(mask, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert cohort_fingerprint(masked_cohort) == before
