@@ -48,6 +48,8 @@ from . import paths
 KERNEL_NAME = "mmlib"
 #: File name of plotly.js inside the built site's ``_static`` folder.
 PLOTLY_JS = "plotly.min.js"
+#: book/_static/plotly-dark.js: restyles the figures' background, text and grid in the theme's dark mode.
+PLOTLY_DARK_JS = "plotly-dark.js"
 
 
 class NotebookExecutionError(RuntimeError):
@@ -534,6 +536,7 @@ def _add_plotly_js(app, pagename, templatename, context, doctree) -> None:
     # require.js (500) a page may get, so plotly never registers as an anonymous AMD module.
     if "plotly-graph-div" in context.get("body", ""):
         app.add_js_file(PLOTLY_JS, priority=200)
+        app.add_js_file(PLOTLY_DARK_JS, priority=201)
     # Sphinx 7 registers an inline script added at env-before-read-docs twice (filename None and
     # ''), so sphinx-thebe's `const THEBE_JS_URL` is declared twice: a SyntaxError on every page.
     scripts = context.get("script_files")

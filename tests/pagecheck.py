@@ -224,6 +224,12 @@ def check_page(browser, html_dir: Path, page: str, *, width: int, screenshot_dir
         # plotly redraws on resize; let it finish before measuring
         tab.wait_for_timeout(300)
         report.layout = tab.evaluate(_LAYOUT_JS) + tab.evaluate(_CONTRAST_JS)
+        if dark and report.figures_drawn:  # book/_static/plotly-dark.js restyles the light figures
+            light = tab.evaluate("() => [...document.querySelectorAll('.plotly-graph-div')].filter(d => d._fullLayout"
+                                 " && /^(white|#fff(fff)?|rgb\\(255, ?255, ?255\\))$/i.test(d._fullLayout.paper_bgcolor))"
+                                 ".length")
+            if light:
+                report.layout.append(f"{light} figure(s) keep a white background in dark mode")
         report.uncaptioned = tab.evaluate(_UNCAPTIONED_JS)
         report.text = tab.inner_text("body")
         if screenshot_dir is not None:

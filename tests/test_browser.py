@@ -89,3 +89,38 @@ def test_every_page_of_the_built_book_reads_well(browser, profile, width, dark):
             assert shot.size[0] == width and shot.size[1] >= 600
     front = next(r.text for r in reports if r.page == "book/index.html")
     assert "Abstract of this run" in front and "synthetic" in front.lower()
+
+
+def test_figures_follow_the_themes_dark_mode(tmp_path, browser):
+    """book/_static/plotly-dark.js: in dark mode a figure's background turns transparent and its text light; back in
+    light mode the figure's own colours return; the data is untouched."""
+    import plotly.graph_objects as go
+    from plotly.offline import get_plotlyjs
+
+    from mmlib.build import PLOTLY_DARK_JS, PLOTLY_JS
+
+    (tmp_path / PLOTLY_JS).write_text(get_plotlyjs(), encoding="utf-8")
+    (tmp_path / PLOTLY_DARK_JS).write_text((paths.ROOT / "book" / "_static" / PLOTLY_DARK_JS).read_text())
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1]), layout={"template": "plotly_white"})
+    body = fig.to_html(include_plotlyjs=False, full_html=False)
+    (tmp_path / "fig.html").write_text(
+        f"<html data-theme='dark'><head><script src='{PLOTLY_JS}'></script><script src='{PLOTLY_DARK_JS}'></script>"
+        f"</head><body>{body}</body></html>")
+    context = browser.new_context()
+    tab = context.new_page()
+    errors = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        tab.goto((tmp_path / "fig.html").as_uri(), wait_until="load")
+        state = ("() => { const d = document.querySelector('.plotly-graph-div'); const l = d._fullLayout; "
+                 "return [l.paper_bgcolor, l.font.color, l.xaxis.gridcolor, d.data[0].y.join(',')]; }")
+        tab.wait_for_function("() => document.querySelector('.plotly-graph-div')._mmlibDark === true", timeout=10000)
+        paper, font, grid, data = tab.evaluate(state)
+        assert paper == "rgba(0,0,0,0)" and font == "#ced6dd" and grid == "#3b4148" and data == "0,1"
+        tab.evaluate("() => { document.documentElement.dataset.theme = 'light'; }")
+        tab.wait_for_function("() => document.querySelector('.plotly-graph-div')._mmlibDark === false", timeout=10000)
+        paper, font, grid, data = tab.evaluate(state)
+        assert paper in ("white", "#fff") and font == "#2a3f5f" and data == "0,1", (paper, font)
+    finally:
+        context.close()
+    assert not errors
