@@ -67,13 +67,13 @@ class SegmenterSettings:
 
     encoder: str = "efficientnet_lite0"
     encoder_weights: str = "imagenet"
-    image_size: int = 128
-    decoder_channels: tuple = (64, 32, 16, 8, 4)
+    image_size: int = 160
+    decoder_channels: tuple = (128, 64, 32, 16, 16)  # a last stage of 4 channels died in 1 of 3 folds at lr 1e-3
     train_mode: str = "frozen"
     frozen_blocks: int = 3
-    n_augment: int = 1
-    epochs: int = 8
-    lr: float = 3e-3
+    n_augment: int = 2
+    epochs: int = 6
+    lr: float = 1e-3
     wd: float = 1e-4
     bs: int = 16
     threshold: float = 0.5
