@@ -52,6 +52,7 @@ from .params import ParamsError, result_keys, validate_params  # noqa: F401  (ca
 from .paths import COHORTS, ROOT, results_dir
 from .provenance import device_info, git_state, package_versions, precision, source_fingerprint, stable_hash
 from .schema import IMAGE_MODALITIES, MODALITIES, all_scenarios, bbox_column, mask_column, scenario_name
+from .scheduling import available_cores
 
 def load_params(profile: str | Path | dict | None = None, **overrides) -> dict:
     """Parameters of a run (:func:`mmlib.params.load_params`): defaults, a profile, then ``overrides``."""
@@ -525,14 +526,16 @@ def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | No
         from .lesions import prepare_lesions
 
         t = time.perf_counter()
-        prepare_lesions(study, fresh=fresh)
+        with _torch_threads(available_cores()):  # one fit at a time, on every core (OMP_NUM_THREADS is for workers)
+            prepare_lesions(study, fresh=fresh)
         stage("segmentation", t)
 
     study.key_parts = reuse_key_parts(study)
     if p["train_mode"] == "frozen":
         t = time.perf_counter()
         say("feature_cache: encoding images with the frozen encoder (or reading the cache) ...")
-        build_feature_cache(study, fresh=fresh)
+        with _torch_threads(available_cores()):
+            build_feature_cache(study, fresh=fresh)
         stage("feature_cache", t)
     else:
         from .encoders import create_encoder
@@ -1217,13 +1220,15 @@ def train_model(manifest, model: str, out_dir, params: dict | str | None = None,
         lesion["modalities"] = lesion_modalities(study.cohort, dev_rows)
     elif source == "predicted":
         study.log(f"lesion segmenter: cross-fitted masks of {len(dev_rows)} development patients")
-        study.cohort, segmenters, crossfit = crossfit_lesions(
-            study.cohort, dev_rows, study.out / "masks", n_folds=int(p["n_folds"]), settings=p.get("segmenter"),
-            seed=seed, progress=bool(p["progress"]))
+        with _torch_threads(available_cores()):
+            study.cohort, segmenters, crossfit = crossfit_lesions(
+                study.cohort, dev_rows, study.out / "masks", n_folds=int(p["n_folds"]), settings=p.get("segmenter"),
+                seed=seed, progress=bool(p["progress"]))
         lesion["modalities"] = list(segmenters)
         lesion["segmenters"] = {m: segmenter_folder(m, segmenters) for m in segmenters}
     if p["train_mode"] == "frozen":
-        build_feature_cache(study)
+        with _torch_threads(available_cores()):
+            build_feature_cache(study)
     else:
         from .encoders import create_encoder
 

@@ -62,8 +62,12 @@ def n_workers(params: dict, device: str | None = None) -> int:
         return max(1, visible_gpus())
     if params["train_mode"] != "frozen":
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(4, cores))
+    return max(1, min(4, available_cores()))
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def gpu_slots(workers: int, gpus: int) -> list[int | None]:
