@@ -175,6 +175,26 @@ def _study(profile: str):
     return load_results(folder) if (folder / "run.json").is_file() else None
 
 
+def segmenter_figures(profile: str, key: str) -> dict[str, str]:
+    """The lesion segmenter's Dice in a profile's study (``segmentation.csv``: held-out development patients of
+    every fold, and the internal test), as text to glue; the command that measures them where absent."""
+    cmd = f"python -m mmlib run --profile {profile}"
+    path = paths.results_dir(profile) / "segmentation.csv"
+    table = pd.read_csv(path, dtype={"fold": str}) if path.is_file() else pd.DataFrame()
+    out = {}
+    for name, split in (("cv", "cv"), ("test", "test")):
+        rows = table[(table["split"] == split) & (table["fold"] == "all")] if len(table) else table
+        if rows.empty:
+            out[f"{key}_{name}"] = figure(float("nan"), cmd)
+            out[f"{key}_{name}_found"] = figure(float("nan"), cmd)
+            continue
+        r = rows.iloc[0]
+        out[f"{key}_{name}"] = (f"{r['dice']:.3f} (95% CI {r['dice_ci_low']:.3f}–{r['dice_ci_high']:.3f}; "
+                                f"{int(r['n_patients'])} patients)")
+        out[f"{key}_{name}_found"] = f"{100 * r['lesion_found']:.0f}%"
+    return out
+
+
 def chapter_figures() -> dict[str, str]:
     """Every figure the real-data chapter's prose quotes, as text to glue: read from ``results/probes/*.csv`` and
     the profiles' studies, or, where a file or row is absent, the command that fills it."""
@@ -241,9 +261,12 @@ def chapter_figures() -> dict[str, str]:
             out[f"{key}_study_minutes"] = figure(res.run["wall_time_seconds"] / 60, run_cmd, digits=0)
         out[f"{key}_target"] = f"{TARGETS[profile]['best_auc']:.2f}"
 
+    out.update(segmenter_figures("breast-lesions-usg", "us_seg"))
+
     gains = read("gains")
     for key, profile, label in (("us_outline", "breast-lesions-usg", "outline_features=False"),
                                 ("us_levels", "breast-lesions-usg", "encoder_levels=None"),
+                                ("us_expert", "breast-lesions-usg", "lesion_source=expert"),
                                 ("cesm_levels456", "cdd-cesm", "encoder_levels=[4, 5, 6]")):
         cmd = f"python benchmarks/bench_real.py --profile {profile} --set {label.replace('False', 'false').replace('None', 'null').replace(' ', '')}"
         g = gains[(gains["profile"] == profile) & (gains["comparison"] == f"profile vs {label}")] if len(gains) else gains

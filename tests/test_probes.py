@@ -117,3 +117,21 @@ def test_seed_spread_is_formatted_mean_sd_and_range():
     row = pd.Series({"n_seeds": 3, "seed_mean": 0.85, "seed_sd": 0.012, "seed_min": 0.84, "seed_max": 0.864})
     assert fmt_seed_spread(row) == "single seeds 0.850 ± 0.012 (0.840–0.864), 3 seeds"
     assert fmt_seed_spread(pd.Series({"n_seeds": 1})) == "one training seed"
+
+
+def test_segmenter_figures_read_the_studys_segmentation_table(results):
+    """The chapter's segmenter Dice comes from the study's segmentation.csv (held-out development patients and the
+    internal test); before the study has run it names the command."""
+    assert "python -m mmlib run --profile breast-lesions-usg" in probes.segmenter_figures("breast-lesions-usg", "s")["s_cv"]
+    folder = paths.results_dir("breast-lesions-usg")
+    folder.mkdir(parents=True)
+    rows = [{"modality": "ultrasound", "split": "cv", "fold": f, "n_patients": n, "n_images": n, "dice": d,
+             "dice_ci_low": d - 0.03, "dice_ci_high": d + 0.03, "iou": d - 0.1, "iou_ci_low": 0, "iou_ci_high": 1,
+             "lesion_found": found} for f, n, d, found in (("0", 40, 0.7, 1.0), ("all", 200, 0.76, 0.985))]
+    rows.append({**rows[-1], "split": "test", "n_patients": 50, "dice": 0.8, "dice_ci_low": 0.75, "dice_ci_high": 0.84,
+                 "lesion_found": 1.0})
+    pd.DataFrame(rows).to_csv(folder / "segmentation.csv", index=False)
+    figs = probes.segmenter_figures("breast-lesions-usg", "s")
+    assert figs == {"s_cv": "0.760 (95% CI 0.730–0.790; 200 patients)", "s_cv_found": "98%",
+                    "s_test": "0.800 (95% CI 0.750–0.840; 50 patients)", "s_test_found": "100%"}
+    assert probes.chapter_figures()["us_seg_cv"] == figs["s_cv"]
