@@ -359,7 +359,10 @@ def fit_config(study: Study, config: Config, train_rows: np.ndarray, seed: int, 
         key = tuple(np.asarray(rows).tolist())
         if key not in datasets:  # built once per set of rows, reused for every scenario
             datasets[key] = _eval_dataset(study, spec, rows, seed, grid)
-        return predict_proba(model, datasets[key], keep=keep, device=device, bs=256 if device == "cuda" else 64)
+        # as many threads as training: a worker process has one, and the same sums in the same order give
+        # bit-identical probabilities whether the unit ran in this process or in a worker
+        with _torch_threads(1 if frozen else None):
+            return predict_proba(model, datasets[key], keep=keep, device=device, bs=256 if device == "cuda" else 64)
 
     return predict, model, spec
 

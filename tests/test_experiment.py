@@ -194,18 +194,37 @@ def test_rerun_reuses_finished_work(run, capsys):
 
 
 @pytest.mark.slow
-def test_results_do_not_depend_on_the_number_of_workers(run, tmp_path, study_results):
-    """The module's run trained in two worker processes (frozen CPU path); one process gives the same."""
+def test_results_do_not_depend_on_the_number_of_workers(run, tmp_path, study_results, monkeypatch):
+    """The module's run trained in two worker processes (frozen CPU path); one process gives bit-identical
+    probabilities: training and prediction run on one thread either way (a worker has one; predicting on more
+    threads in this process changed the last bit of some probabilities in the default study)."""
+    import torch
+
+    from mmlib import learner
+
     params, out, res = run
     assert ex.n_workers(params) == 2
-    one = ex.load_results(ex.run_experiment(dict(params, workers=1, models=["amw_cnn"], baselines=["age_only"],
-                                                 ablations=False, results_dir=study_results(tmp_path / "one"))))
+    threads, real = [], learner.predict_proba
+
+    def spy(*a, **kw):
+        threads.append(torch.get_num_threads())
+        return real(*a, **kw)
+
+    monkeypatch.setattr(learner, "predict_proba", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # as this process has on a 2-core machine
+    try:
+        one = ex.load_results(ex.run_experiment(dict(params, workers=1, models=["amw_cnn"], baselines=["age_only"],
+                                                     ablations=False, results_dir=study_results(tmp_path / "one"))))
+    finally:
+        torch.set_num_threads(before)
     key = ["model", "ablation", "scenario", "split", "fold", "patient_id"]
     for model in ("amw_cnn", "age_only"):
         a = res.predictions.query("model == @model and ablation == 'none'").sort_values(key).reset_index(drop=True)
         b = one.predictions.query("model == @model and ablation == 'none'").sort_values(key).reset_index(drop=True)
         assert len(a) == len(b) > 0
-        np.testing.assert_allclose(a["prob_malignant"], b["prob_malignant"], rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(a["prob_malignant"].to_numpy(), b["prob_malignant"].to_numpy())
+    assert threads and set(threads) == {1}, threads
 
 
 def test_workers_parameter_is_checked():
