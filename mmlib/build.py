@@ -404,8 +404,12 @@ def _external_study(results_root: Path) -> Path:
     if absent:
         raise FileNotFoundError(f"public data not found at {absent}")
     manifests = {k: import_cohort(k, p, paths.COHORTS / "external" / f"{k}.csv") for k, p in sources.items()}
+    # The BrEaST study of this build (run before, as a companion) saved the very model the 'predicted' row needs:
+    # an AMW-CNN on the development patients with the profile's cross-fitted lesions. Evaluate it, not a second copy.
+    study_model = results_root / "breast-lesions-usg" / "models" / "amw_cnn"
+    models = {"predicted": study_model} if (study_model / "model.json").is_file() else None
     return external_study(manifests["breast-lesions-usg"], manifests["bus-bra"], results_root / EXTERNAL_RESULTS,
-                          retrain=False)
+                          retrain=False, models=models)
 
 
 def build(

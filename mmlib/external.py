@@ -260,7 +260,8 @@ EXTERNAL_RECORD = "external.json"
 
 def external_study(train_manifest, test_manifest, out, *, model: str = "amw_cnn", profile="breast-lesions-usg",
                    sources=("expert", "predicted", "none"), n_boot: int = 2000, seed: int = 0,
-                   progress: bool = True, overrides: dict | None = None, retrain: bool = True) -> Path:
+                   progress: bool = True, overrides: dict | None = None, retrain: bool = True,
+                   models: dict | None = None) -> Path:
     """Train ``model`` on one cohort's development patients once per lesion source and validate it on another.
 
     For each source in ``sources`` (see :mod:`mmlib.deploy`): :func:`mmlib.experiment.train_model` with the
@@ -272,6 +273,12 @@ def external_study(train_manifest, test_manifest, out, *, model: str = "amw_cnn"
     of other sources already there are kept when they come from the same cohorts, model and profile (one source
     can be rerun alone; each source records its own ``overrides``). With ``retrain=False`` a model already in
     ``models/<source>/`` is evaluated again without training (e.g. after a change of the statistics).
+
+    ``models`` maps a source to a model folder trained elsewhere, evaluated instead of training one: the paper's
+    build passes the BrEaST study's own saved AMW-CNN for ``predicted``, so its sixteen segmenters are not fitted
+    again for a second copy of the same model. The folder must hold ``model`` trained with that lesion source on
+    the same training cohort (checked: a ValueError names what differs); ``external.json`` records it as
+    ``model_from``.
 
     Returns:
         ``out``.
@@ -285,10 +292,18 @@ def external_study(train_manifest, test_manifest, out, *, model: str = "amw_cnn"
     record = {"train_manifest": str(train_manifest), "test_manifest": str(test_manifest), "model": model,
               "profile": str(profile), "sources": {}}
     earlier = json.loads((out / EXTERNAL_RECORD).read_text())["sources"] if (out / EXTERNAL_RECORD).is_file() else {}
+    given = {str(k): Path(v) for k, v in (models or {}).items()}
+    unknown = sorted(set(given) - set(sources))
+    if unknown:
+        raise ValueError(f"external_study: models given for {unknown}, which are not among the sources {list(sources)}")
     for source in sources:
         t0 = time.perf_counter()
         model_dir, used = out / "models" / source, overrides
-        if retrain or not (model_dir / "model.json").is_file():
+        if source in given:
+            model_dir, used = given[source], {}
+            train_seconds = float("nan")
+            _check_given_model(model_dir, model, source, train_manifest)
+        elif retrain or not (model_dir / "model.json").is_file():
             train_model(train_manifest, model, model_dir, profile,
                         **{**overrides, "lesion_source": source, "progress": progress})
             train_seconds = time.perf_counter() - t0
@@ -310,6 +325,7 @@ def external_study(train_manifest, test_manifest, out, *, model: str = "amw_cnn"
                 tables.insert(0, old_table[old_table.lesion_source != source])
         record["sources"][source] = {
             "overrides": used, "train_seconds": round(train_seconds, 1),
+            **({"model_from": str(model_dir)} if source in given else {}),
             "predict_seconds": summary["predict_seconds"], "evaluate_seconds": summary["wall_seconds"],
             "trained_on_patients": meta["info"]["trained_on_patients"],
             "threshold": summary["threshold"], "lesion_not_found": summary["lesion_not_found"],
@@ -322,6 +338,42 @@ def external_study(train_manifest, test_manifest, out, *, model: str = "amw_cnn"
         write_csv_atomic(merged, out / EXTERNAL_TABLE)
         (out / EXTERNAL_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return out
+
+
+def _check_given_model(model_dir: Path, model: str, source: str, train_manifest) -> None:
+    """A model folder passed to :func:`external_study` holds ``model`` trained with ``source`` on the cohort of
+    ``train_manifest`` (the same manifest, or one with the same patients, images and labels)."""
+    config = model_dir / "model.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"external_study: {config} not found: the model given for the {source!r} lesion "
+                                "source is not a saved model folder")
+    meta = json.loads(config.read_text())
+    found = {"model": meta.get("model"), "lesion source": (meta.get("lesion") or {}).get("source", "expert")}
+    wanted = {"model": model, "lesion source": source}
+    if found != wanted:
+        raise ValueError(f"external_study: {model_dir} holds {found}, expected {wanted}")
+    trained_on = (meta.get("info") or {}).get("cohort")
+    if trained_on and Path(trained_on).resolve() != Path(train_manifest).resolve():
+        ours, theirs = (_cohort_key(Path(m)) for m in (train_manifest, trained_on))
+        if ours != theirs:
+            raise ValueError(f"external_study: {model_dir} was trained on {trained_on}, whose patients, images or "
+                             f"labels differ from {train_manifest}")
+
+
+def _cohort_key(manifest: Path) -> list:
+    """Patients, labels, and each image's name and size: equal for two imports of one collection."""
+    from .cohort import load_manifest
+    from .schema import IMAGE_MODALITIES
+
+    if not manifest.is_file():
+        return [str(manifest)]
+    pats = load_manifest(manifest, decode_images=False).patients
+    key = []
+    for _, row in pats.iterrows():
+        images = [(Path(f).name, Path(f).stat().st_size) for m in IMAGE_MODALITIES
+                  for f in (row[m] if isinstance(row[m], list) else [])]
+        key.append((str(row["patient_id"]), str(row["label"]), images))
+    return sorted(key)
 
 
 def load_external(folder) -> tuple[pd.DataFrame, dict]:
@@ -380,6 +432,11 @@ def external_results(folder=None) -> dict | None:
     first = next(iter(sources.values()))
     glue["external_n_patients"] = str(first["n_patients"])
     glue["external_train_patients"] = str(first["trained_on_patients"])
+    given = (sources.get("predicted") or {}).get("model_from")
+    if "predicted" in sources:
+        glue["external_predicted_model"] = (
+            f"the BrEaST-Lesions_USG study's own saved AMW-CNN (`{Path(given).parent.parent.name}/models/"
+            f"{Path(given).name}`), not a second copy" if given else "an AMW-CNN trained for this comparison")
     if record.get("predict_100_seconds") is not None:
         glue["external_predict_seconds"] = f"{record['predict_100_seconds']:.0f}"
         glue["external_predict_source"] = record.get("predict_100_lesion_source") or "not measured"
@@ -389,5 +446,6 @@ def external_results(folder=None) -> dict | None:
 def external_glue_placeholders() -> dict:
     """The chapter's glue keys, each "not measured" (the text reads where the benchmark has not run)."""
     keys = ["external_auc_expert", "external_auc_predicted", "external_auc_none", "external_dice",
-            "external_n_patients", "external_train_patients", "external_predict_seconds", "external_predict_source"]
+            "external_n_patients", "external_train_patients", "external_predict_seconds", "external_predict_source",
+            "external_predicted_model"]
     return {k: "not measured" for k in keys}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -381,3 +382,25 @@ def test_companion_studies_run_before_the_chapters_and_absent_data_is_skipped(tm
     from mmlib.params import result_keys
 
     assert "companion_studies" not in result_keys()  # the synthetic study's finished work stays reusable
+
+
+def test_external_companion_evaluates_the_breast_study_model(tmp_path, monkeypatch):
+    import mmlib.external
+    import mmlib.importers
+
+    data = tmp_path / "data"
+    for name in ("breast-lesions-usg", "bus-bra"):
+        (data / name).mkdir(parents=True)
+    monkeypatch.setattr(build.paths, "SHARED_DATA", data)
+    monkeypatch.setattr(build.paths, "COHORTS", tmp_path / "cohorts")
+    monkeypatch.setattr(mmlib.importers, "import_cohort", lambda kind, src, out: Path(out))
+    calls = []
+    monkeypatch.setattr(mmlib.external, "external_study", lambda *a, **k: calls.append(k) or a[2])
+    results = tmp_path / "results"
+    build._external_study(results)  # the BrEaST study has not saved its model: every source is trained
+    assert calls[-1]["models"] is None and calls[-1]["retrain"] is False
+    model = results / "breast-lesions-usg" / "models" / "amw_cnn"
+    model.mkdir(parents=True)
+    (model / "model.json").write_text("{}")
+    build._external_study(results)
+    assert calls[-1]["models"] == {"predicted": model}

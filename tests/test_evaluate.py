@@ -189,3 +189,28 @@ def test_external_study_can_evaluate_again_without_training(masked, standin, tmp
     assert (n_valid(before), n_valid(after)) == (50, 80)  # evaluated again, with the new bootstrap
     assert again["sources"]["none"]["train_seconds"] == record["sources"]["none"]["train_seconds"]
     assert again["sources"]["none"]["overrides"] == {"epochs": 1}
+
+
+def test_external_study_evaluates_a_model_trained_elsewhere(masked, standin, tmp_path, monkeypatch):
+    import yaml
+
+    from mmlib import experiment
+    from mmlib.external import external_study, load_external
+
+    profile = tmp_path / "p.yaml"
+    profile.write_text(yaml.safe_dump(TINY))
+    elsewhere = experiment.train_model(masked, "amw_cnn", tmp_path / "study-model", profile, lesion_source="none",
+                                       epochs=1, progress=False)
+    monkeypatch.setattr(experiment, "train_model", lambda *a, **k: pytest.fail("trained a second copy"))
+    out = external_study(masked, masked, tmp_path / "ext", profile=profile, sources=("none",), n_boot=50,
+                         progress=False, models={"none": elsewhere})
+    table, record = load_external(out)
+    assert record["sources"]["none"]["model_from"] == str(elsewhere) and not (out / "models" / "none").exists()
+    assert table.query("metric == 'auc'")["value"].notna().all()
+    # A folder of another lesion source, or a source not asked for, is refused with what differs.
+    with pytest.raises(ValueError, match="'lesion source': 'none'.*expected.*'expert'"):
+        external_study(masked, masked, out, profile=profile, sources=("expert",), n_boot=50, progress=False,
+                       models={"expert": elsewhere})
+    with pytest.raises(ValueError, match="not among the sources"):
+        external_study(masked, masked, out, profile=profile, sources=("none",), n_boot=50, progress=False,
+                       models={"predicted": elsewhere})
