@@ -41,7 +41,7 @@ from .schema import IMAGE_MODALITIES, bbox_column, mask_column
 #: Values of the run parameter ``lesion_source``.
 LESION_SOURCES: tuple[str, ...] = ("expert", "predicted", "none")
 #: Bumped when the way masks are predicted changes, so that no stored mask of another version is reused.
-MASKS_VERSION = 1
+MASKS_VERSION = 2
 
 
 def check_lesion_source(value) -> str:

@@ -211,7 +211,7 @@ class _CachedHead(nn.Module):
         self.net = net
 
     def forward(self, *cached):
-        return self.net.head([c.float() for c in cached])
+        return self.net.head([c.float().contiguous(memory_format=torch.channels_last) for c in cached])
 
 
 def build_network(settings: SegmenterSettings) -> LesionUNet:
@@ -580,11 +580,16 @@ def _fit_once(model: nn.Module, train_ds, settings: SegmenterSettings, *, seed: 
     bs = max(1, min(int(settings.bs), len(train_ds)))
     train = DataLoader(train_ds, bs=bs, shuffle=True, drop_last=len(train_ds) % bs == 1, num_workers=0)
     dls = DataLoaders(train, DataLoader(_Empty(), bs=bs), device=torch.device(device))
+    # channels-last convolutions train about a fifth faster on the CPU (oneDNN); the weights are stored contiguous
+    model.to(memory_format=torch.channels_last)
     learn = Learner(dls, model, loss_func=DiceCELoss(sigmoid=True), wd=float(settings.wd), train_bn=True)
     if not progress:
         learn.remove_cbs([cb for cb in learn.cbs if type(cb).__name__ == "ProgressCallback"])
-    with contextlib.redirect_stdout(io.StringIO()) if not progress else contextlib.nullcontext():
-        learn.fit_one_cycle(int(settings.epochs), lr)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) if not progress else contextlib.nullcontext():
+            learn.fit_one_cycle(int(settings.epochs), lr)
+    finally:
+        model.to(memory_format=torch.contiguous_format)
     return _training_dice(model, train_ds, device)
 
 
