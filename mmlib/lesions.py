@@ -270,8 +270,10 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
             found.setdefault(r, [True] * len(cohort.patients[m].iloc[r]))[j] = ok
         if not left_out:
             lesions.segmenters[m] = str(folder / f"{m}-{_name(left_out)}-{key}" / "segmenter")
-        if len(left_out) <= 1:  # the held-out fold's segmenter, and the internal test's: scored against the expert
-            scores += _score(targets, record, m, left_out)
+        # Every mask is scored against the expert's: the held-out fold's and the internal test's (what the study
+        # reports), and the training rows' from the pair segmenters ('crossfit': how close the masks the classifier
+        # trains on come to the masks it is evaluated on).
+        scores += _score(targets, record, m, left_out, lesions.row_folds)
         study.log(f"({i + 1}/{n}) {m} segmenter {_name(left_out)}: {what}, {len(targets)} images segmented "
                   f"({sum(not ok for *_, ok in record)} without a lesion), {time.perf_counter() - t:.1f} s")
     write_segmentation_table(study, pd.DataFrame(scores), lesions)
@@ -321,7 +323,7 @@ def _write_masks(folder: Path, modality, left_out, key, targets, predicted, segm
     return views
 
 
-def _score(targets, record, modality, left_out) -> list[dict]:
+def _score(targets, record, modality, left_out, row_folds) -> list[dict]:
     from .imaging import read_mask
     from .segmentation import dice_iou
 
@@ -336,14 +338,17 @@ def _score(targets, record, modality, left_out) -> list[dict]:
 
             expert = resize_mask(expert, pred.shape)
         dice, iou = dice_iou(pred, expert)
-        out.append({"row": r, "view": j, "modality": modality, "split": "test" if not left_out else "cv",
-                    "fold": -1 if not left_out else next(iter(left_out)), "dice": dice, "iou": iou, "found": found})
+        split = {0: "test", 1: "cv"}.get(len(left_out), "crossfit")
+        out.append({"row": r, "view": j, "modality": modality, "split": split,
+                    "fold": -1 if not left_out else int(row_folds[r]), "dice": dice, "iou": iou, "found": found})
     return out
 
 
 def segmentation_summary(views: pd.DataFrame, groups: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Per fold (cross-validation, held-out patients), all folds together and the internal test: mean Dice and
-    IoU per patient with percentile bootstrap 95% CIs resampling patients (whole groups).
+    IoU per patient with percentile bootstrap 95% CIs resampling patients (whole groups). Split ``crossfit`` scores
+    the masks the classifiers' training rows get (from the segmenters that leave out two folds; each development
+    patient's masks from its four such segmenters averaged), all folds together.
 
     Args:
         views: one row per scored image: ``row, modality, split, fold, dice, iou, found``.
@@ -383,9 +388,9 @@ def write_segmentation_table(study, views: pd.DataFrame, lesions: StudyLesions) 
                                  seed=int(study.params.get("split_seed", 0)))
     path = study.out / "segmentation.csv"
     table.to_csv(path, index=False)
-    cv = table[(table["split"] == "cv") & (table["fold"] == "all")]
-    for r in cv.itertuples():
-        study.log(f"segmenter ({r.modality}), held-out patients: Dice {r.dice:.3f} ({r.dice_ci_low:.3f}-"
+    what = {"cv": "held-out patients", "crossfit": "training rows' cross-fitted masks", "test": "internal test"}
+    for r in table[table["fold"] == "all"].itertuples():
+        study.log(f"segmenter ({r.modality}), {what.get(r.split, r.split)}: Dice {r.dice:.3f} ({r.dice_ci_low:.3f}-"
                   f"{r.dice_ci_high:.3f}), IoU {r.iou:.3f}, lesion found in {r.lesion_found:.0%} of images")
     return path
 

@@ -178,12 +178,13 @@ def _study(profile: str):
 
 def segmenter_figures(profile: str, key: str) -> dict[str, str]:
     """The lesion segmenter's Dice in a profile's study (``segmentation.csv``: held-out development patients of
-    every fold, and the internal test), as text to glue; the command that measures them where absent."""
+    every fold, the classifiers' training rows (their cross-fitted masks) and the internal test), as text to glue;
+    the command that measures them where absent."""
     cmd = f"python -m mmlib run --profile {profile}"
     path = paths.results_dir(profile) / "segmentation.csv"
     table = pd.read_csv(path, dtype={"fold": str}) if path.is_file() else pd.DataFrame()
     out = {}
-    for name, split in (("cv", "cv"), ("test", "test")):
+    for name, split in (("cv", "cv"), ("crossfit", "crossfit"), ("test", "test")):
         rows = table[(table["split"] == split) & (table["fold"] == "all")] if len(table) else table
         if rows.empty:
             out[f"{key}_{name}"] = figure(float("nan"), cmd)

@@ -132,6 +132,12 @@ def test_segmenter_figures_read_the_studys_segmentation_table(results):
                  "lesion_found": 1.0})
     pd.DataFrame(rows).to_csv(folder / "segmentation.csv", index=False)
     figs = probes.segmenter_figures("breast-lesions-usg", "s")
+    assert "python -m mmlib run --profile breast-lesions-usg" in figs.pop("s_crossfit")  # a study of before the rows
+    figs.pop("s_crossfit_found")
     assert figs == {"s_cv": "0.760 (95% CI 0.730–0.790; 200 patients)", "s_cv_found": "98%",
                     "s_test": "0.800 (95% CI 0.750–0.840; 50 patients)", "s_test_found": "100%"}
+    rows.append({**rows[1], "split": "crossfit", "n_images": 800, "dice": 0.74, "dice_ci_low": 0.71,
+                 "dice_ci_high": 0.77})
+    pd.DataFrame(rows).to_csv(folder / "segmentation.csv", index=False)
+    assert probes.segmenter_figures("breast-lesions-usg", "s")["s_crossfit"] == "0.740 (95% CI 0.710–0.770; 200 patients)"
     assert probes.chapter_figures()["us_seg_cv"] == figs["s_cv"]

@@ -200,7 +200,11 @@ def test_study_with_predicted_lesions(blob_manifest, tmp_path):
         results_dir=str(tmp_path / "results")))
     res = ex.load_results(ex.run_experiment(params))
     seg = pd.read_csv(res.folder / "segmentation.csv")
-    assert set(seg["split"]) == {"cv", "test"} and set(seg["fold"]) == {"0", "1", "2", "all"}
+    assert set(seg["split"]) == {"cv", "crossfit", "test"} and set(seg["fold"]) == {"0", "1", "2", "all"}
+    # the training rows' masks are scored too: every development image once per pair segmenter that segments it
+    crossfit = seg[seg["split"] == "crossfit"].iloc[0]
+    assert crossfit["fold"] == "all" and crossfit["n_images"] == 2 * seg.query("split == 'cv' and fold == 'all'")[
+        "n_images"].item()
     assert (seg["dice_ci_low"] <= seg["dice"]).all() and (seg["dice"] <= seg["dice_ci_high"]).all()
     assert seg.loc[(seg["split"] == "cv") & (seg["fold"] == "all"), "dice"].item() > 0.3
     assert "lesion_found" in res.predictions and res.predictions["lesion_found"].dtype == bool
