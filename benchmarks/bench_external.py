@@ -68,7 +68,8 @@ def main(argv=None) -> int:
           f"evaluated on {Path(record['test_manifest']).name}")
     print(external_table(table).to_string(index=False))
     for source, r in record["sources"].items():
-        print(f"  {source:10s} train {r['train_seconds']:7.1f} s, evaluate {r['evaluate_seconds']:7.1f} s "
+        train = "   (elsewhere)" if r.get("train_seconds") is None else f"{r['train_seconds']:7.1f} s"
+        print(f"  {source:10s} train {train}, evaluate {r['evaluate_seconds']:7.1f} s "
               f"({r['n_patients']} patients; no lesion found for {r['lesion_not_found']})")
     auc = table[(table.lesion_source == "predicted") & (table.metric == "auc")]["value"]
     dice = table[(table.lesion_source == "predicted") & (table.metric == "dice")]["value"]

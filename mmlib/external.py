@@ -301,14 +301,14 @@ def external_study(train_manifest, test_manifest, out, *, model: str = "amw_cnn"
         model_dir, used = out / "models" / source, overrides
         if source in given:
             model_dir, used = given[source], {}
-            train_seconds = float("nan")
+            train_seconds = None  # trained elsewhere (JSON null: not timed here)
             _check_given_model(model_dir, model, source, train_manifest)
         elif retrain or not (model_dir / "model.json").is_file():
             train_model(train_manifest, model, model_dir, profile,
                         **{**overrides, "lesion_source": source, "progress": progress})
             train_seconds = time.perf_counter() - t0
         else:
-            train_seconds = earlier.get(source, {}).get("train_seconds", float("nan"))
+            train_seconds = earlier.get(source, {}).get("train_seconds")
             used = earlier.get(source, {}).get("overrides", overrides)
         folder = external_validation(model_dir, test_manifest, out / source, n_boot=n_boot, seed=seed,
                                      progress=progress)
@@ -324,7 +324,8 @@ def external_study(train_manifest, test_manifest, out, *, model: str = "amw_cnn"
                 record["sources"] = {s: r for s, r in old["sources"].items() if s != source}
                 tables.insert(0, old_table[old_table.lesion_source != source])
         record["sources"][source] = {
-            "overrides": used, "train_seconds": round(train_seconds, 1),
+            "overrides": used,
+            "train_seconds": None if train_seconds is None or train_seconds != train_seconds else round(train_seconds, 1),
             **({"model_from": str(model_dir)} if source in given else {}),
             "predict_seconds": summary["predict_seconds"], "evaluate_seconds": summary["wall_seconds"],
             "trained_on_patients": meta["info"]["trained_on_patients"],

@@ -169,6 +169,39 @@ def best_auc(name: str, variant: str, **where) -> float:
     return float(pd.to_numeric(t["auc"]).max()) if len(t) else float("nan")
 
 
+def current_gains() -> pd.DataFrame:
+    """``gains.csv`` with ``base_is_current``: whether the row's ``auc_base`` is still the pooled out-of-fold AUC
+    of that model in the profile's study on disk. A gain is measured against one run of the profile; once the
+    profile is run again (new code, new masks, other seeds) the row describes a study that no longer exists, and
+    the chapter says so instead of quoting it. Rows of a profile with no study on disk stay current (nothing to
+    compare with)."""
+    gains = read("gains")
+    if gains.empty:
+        return gains.assign(base_is_current=pd.Series(dtype=bool))
+    current = []
+    studies: dict = {}
+    for r in gains.itertuples():
+        if r.profile not in studies:
+            studies[r.profile] = _study_cv_aucs(str(r.profile))
+        aucs = studies[r.profile]
+        if aucs is None:
+            current.append(True)
+        else:
+            now = aucs.get(r.model, np.nan)
+            current.append(bool(np.isfinite(now) and abs(float(now) - float(r.auc_base)) <= 1e-6))
+    return gains.assign(base_is_current=current)
+
+
+def _study_cv_aucs(profile: str) -> pd.Series | None:
+    """Pooled out-of-fold AUC per model (all inputs, no ablation) of the profile's study on disk; None if absent."""
+    path = paths.results_dir(profile) / "metrics.csv"
+    if not path.is_file():
+        return None
+    m = pd.read_csv(path)
+    return m[(m["split"] == "cv") & (m["ablation"] == "none") & (m["scenario"] == "all")
+             & (m["metric"] == "auc")].set_index("model")["value"]
+
+
 def _study(profile: str):
     from .experiment import load_results
 
@@ -265,7 +298,7 @@ def chapter_figures() -> dict[str, str]:
 
     out.update(segmenter_figures("breast-lesions-usg", "us_seg"))
 
-    gains = read("gains")
+    gains = current_gains()
     for key, profile, label in (("us_outline", "breast-lesions-usg", "outline_features=False"),
                                 ("us_levels", "breast-lesions-usg", "encoder_levels=None"),
                                 ("us_expert", "breast-lesions-usg", "lesion_source=expert"),
@@ -274,6 +307,10 @@ def chapter_figures() -> dict[str, str]:
         g = gains[(gains["profile"] == profile) & (gains["comparison"] == f"profile vs {label}")] if len(gains) else gains
         if g.empty:
             out[f"{key}_gain"] = out[f"{key}_gain_range"] = out[f"{key}_variant_auc"] = figure(float("nan"), cmd)
+            continue
+        if not g["base_is_current"].all():  # measured against an earlier run of the profile: not quoted as current
+            out[f"{key}_gain"] = out[f"{key}_gain_range"] = out[f"{key}_variant_auc"] = (
+                f"(not current: measured against an earlier run of the {profile} study; run `{cmd}`)")
             continue
         best = g.loc[pd.to_numeric(g["auc_base"]).idxmax()]
         out[f"{key}_gain"] = (f"{float(best['gain']):+.3f} for {display_name(best['model'])} (paired patient-level "

@@ -206,6 +206,8 @@ def test_external_study_evaluates_a_model_trained_elsewhere(masked, standin, tmp
                          progress=False, models={"none": elsewhere})
     table, record = load_external(out)
     assert record["sources"]["none"]["model_from"] == str(elsewhere) and not (out / "models" / "none").exists()
+    assert record["sources"]["none"]["train_seconds"] is None  # not timed here; strict JSON (no NaN)
+    json.loads((out / "external.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in external.json"))
     assert table.query("metric == 'auc'")["value"].notna().all()
     # A folder of another lesion source, or a source not asked for, is refused with what differs.
     with pytest.raises(ValueError, match="'lesion source': 'none'.*expected.*'expert'"):

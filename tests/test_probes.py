@@ -99,6 +99,29 @@ def test_chapter_figures_say_which_command_fills_them(results):
     json.dumps(figs)  # every figure is text, ready to glue
 
 
+def test_a_gain_measured_against_an_earlier_run_of_the_profile_is_not_quoted(results):
+    probes.record("gains", [{"profile": "breast-lesions-usg", "comparison": "profile vs lesion_source=expert",
+                             "model": m, "split": "cv", "auc_base": b, "auc_variant": v, "gain": b - v, "ci_low": -0.05,
+                             "ci_high": 0.02, "p_value": 0.3} for m, b, v in (("cuf_mt", 0.84, 0.87), ("amw_cnn", 0.85, 0.86))],
+                  keys=["profile", "comparison", "model", "split"])
+
+    def study_with(aucs):  # the profile's metrics.csv on disk
+        folder = paths.results_dir("breast-lesions-usg")
+        folder.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame([{"model": m, "split": "cv", "ablation": "none", "scenario": "all", "metric": "auc", "value": a}
+                      for m, a in aucs.items()]).to_csv(folder / "metrics.csv", index=False)
+
+    assert probes.current_gains()["base_is_current"].all()  # no study on disk: nothing to compare with
+    study_with({"cuf_mt": 0.84, "amw_cnn": 0.85})
+    assert probes.current_gains()["base_is_current"].all()
+    assert probes.chapter_figures()["us_expert_gain"].startswith("-0.010 for AMW-CNN")
+    # the profile was run again: its AUCs moved, and the gain describes a study that no longer exists
+    study_with({"cuf_mt": 0.859, "amw_cnn": 0.85})
+    assert list(probes.current_gains()["base_is_current"]) == [False, True]
+    figs = probes.chapter_figures()
+    assert figs["us_expert_gain"].startswith("(not current") and "--set lesion_source=expert" in figs["us_expert_gain"]
+
+
 def test_every_figure_the_real_data_chapter_pastes_is_computed(results):
     import re
 
