@@ -17,8 +17,6 @@ Manifests go to ``cohorts/external/`` (git-ignored). Skips with a message where 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +30,7 @@ TARGETS = {"auc_predicted": 0.85, "dice_bus_bra": 0.75, "predict_100_seconds": 6
 
 
 def main(argv=None) -> int:
-    from mmlib.external import external_study, external_table, load_external
+    from mmlib.external import external_study, external_table, load_external, record_predict_time, time_predict
     from mmlib.importers import import_cohort
     from mmlib.paths import COHORTS, SHARED_DATA, results_dir
 
@@ -60,9 +58,11 @@ def main(argv=None) -> int:
                          sources=tuple(a.sources), n_boot=a.n_boot, overrides=overrides,
                          retrain=not a.evaluate_only)
     table, record = load_external(out)
-    predict_seconds, predict_source = time_predict(out, manifests["bus-bra"], n=100)
-    record["predict_100_seconds"], record["predict_100_lesion_source"] = predict_seconds, predict_source
-    (out / "external.json").write_text(json.dumps(record, indent=2) + "\n")
+    predict_source = next((s for s in ("predicted", "none") if (out / "models" / s).is_dir()), None)
+    predict_seconds = None
+    if predict_source is not None:  # an images-only model
+        predict_seconds = time_predict(out / "models" / predict_source, manifests["bus-bra"], out, n=100)
+        record_predict_time(out, predict_seconds, predict_source)
 
     print(f"\ntrained on {Path(record['train_manifest']).name} (development patients), "
           f"evaluated on {Path(record['test_manifest']).name}")
@@ -82,27 +82,6 @@ def main(argv=None) -> int:
               f"{predict_seconds:.1f} s (lesion_source {predict_source} model)")
     print(f"total {time.perf_counter() - t0:.0f} s; results in {out}")
     return 0
-
-
-def time_predict(out: Path, manifest: Path, *, n: int) -> tuple[float | None, str | None]:
-    """Wall time of the `mmlib predict` command (a fresh process) on ``n`` patients of a manifest stripped of
-    masks, boxes and labels, with an images-only model (``predicted``, else ``none``), and that model's source."""
-    import pandas as pd
-
-    source = next((s for s in ("predicted", "none") if (out / "models" / s).is_dir()), None)
-    if source is None:
-        return None, None
-    model = out / "models" / source
-    table = pd.read_csv(manifest, dtype=str, keep_default_na=False).head(n)
-    for col in ("mammography", "ultrasound"):
-        table[col] = table[col].map(lambda v: "|".join(str(manifest.parent / p) for p in v.split("|")) if v else v)
-    drop = [c for c in table.columns if c == "label" or c.endswith("_mask") or c.endswith("_bbox")]
-    bare = out / f"predict-{n}.csv"
-    table.drop(columns=drop).to_csv(bare, index=False)
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "mmlib", "predict", str(model), str(bare), "--out",
-                    str(out / f"predictions-{n}.csv")], check=True, cwd=ROOT)
-    return time.perf_counter() - t0, source
 
 
 if __name__ == "__main__":

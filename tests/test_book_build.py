@@ -394,13 +394,16 @@ def test_external_companion_evaluates_the_breast_study_model(tmp_path, monkeypat
     monkeypatch.setattr(build.paths, "SHARED_DATA", data)
     monkeypatch.setattr(build.paths, "COHORTS", tmp_path / "cohorts")
     monkeypatch.setattr(mmlib.importers, "import_cohort", lambda kind, src, out: Path(out))
-    calls = []
+    calls, timed = [], []
     monkeypatch.setattr(mmlib.external, "external_study", lambda *a, **k: calls.append(k) or a[2])
+    monkeypatch.setattr(mmlib.external, "time_predict", lambda model, manifest, out, n: timed.append((model, n)) or 9.0)
+    monkeypatch.setattr(mmlib.external, "record_predict_time", lambda out, s, source: timed.append((s, source)))
     results = tmp_path / "results"
     build._external_study(results)  # the BrEaST study has not saved its model: every source is trained
-    assert calls[-1]["models"] is None and calls[-1]["retrain"] is False
+    assert calls[-1]["models"] is None and calls[-1]["retrain"] is False and not timed  # no model saved at all
     model = results / "breast-lesions-usg" / "models" / "amw_cnn"
     model.mkdir(parents=True)
     (model / "model.json").write_text("{}")
     build._external_study(results)
     assert calls[-1]["models"] == {"predicted": model}
+    assert timed == [(model, 100), (9.0, "predicted")]  # mmlib predict timed with the images-only model

@@ -209,6 +209,15 @@ def test_external_study_evaluates_a_model_trained_elsewhere(masked, standin, tmp
     assert record["sources"]["none"]["train_seconds"] is None  # not timed here; strict JSON (no NaN)
     json.loads((out / "external.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in external.json"))
     assert table.query("metric == 'auc'")["value"].notna().all()
+    # `mmlib predict` timed as a user runs it: a fresh process, a manifest without masks, boxes or labels
+    from mmlib.external import record_predict_time, time_predict
+
+    seconds = time_predict(elsewhere, masked, out, n=5)
+    bare = pd.read_csv(out / "predict-5.csv")
+    assert len(bare) == 5 and "label" not in bare and not any(c.endswith(("_mask", "_bbox")) for c in bare)
+    assert len(pd.read_csv(out / "predictions-5.csv")) == 5 and seconds > 0
+    record_predict_time(out, seconds, "none")
+    assert load_external(out)[1]["predict_100_seconds"] == seconds
     # A folder of another lesion source, or a source not asked for, is refused with what differs.
     with pytest.raises(ValueError, match="'lesion source': 'none'.*expected.*'expert'"):
         external_study(masked, masked, out, profile=profile, sources=("expert",), n_boot=50, progress=False,

@@ -164,3 +164,10 @@ def test_segmenter_figures_read_the_studys_segmentation_table(results):
     pd.DataFrame(rows).to_csv(folder / "segmentation.csv", index=False)
     assert probes.segmenter_figures("breast-lesions-usg", "s")["s_crossfit"] == "0.740 (95% CI 0.710–0.770; 200 patients)"
     assert probes.chapter_figures()["us_seg_cv"] == figs["s_cv"]
+
+
+def test_study_time_says_when_the_run_reused_finished_work():
+    assert probes.study_time({"wall_time_seconds": 1862.8, "units": {"total": 66, "reused": 0}}, "p") == "in 31 minutes"
+    reused = probes.study_time({"wall_time_seconds": 43.9, "units": {"total": 66, "reused": 66}}, "p")
+    assert reused.startswith("in 1 minute of this build, which reused 66 of 66") and "bench_real.py --profile p" in reused
+    assert "python -m mmlib run --profile p" in probes.study_time({}, "p")
