@@ -442,13 +442,16 @@ def calibration_table(res, *, split: str = "cv") -> pd.DataFrame:
 
 
 def real_vs_synthetic(profile: str, results_dir: str = "") -> pd.DataFrame:
-    """The best model and the age-only baseline of every finished run beside this one (real and synthetic)."""
+    """The best model and the age-only baseline of every finished run of a run profile (``params/*.yaml``) beside
+    this one, real and synthetic. Tuning variants (``results/<profile>-<hash>/``, compared in ``gains.csv``) and
+    benchmark runs are left out: they are not profiles a reader can rerun by name."""
     from .experiment import load_results
-    from .paths import RESULTS
+    from .paths import PARAMS, RESULTS
 
+    profiles = {f.stem for f in PARAMS.glob("*.yaml")}
     rows = []
     for folder in sorted(RESULTS.glob("*")) if RESULTS.is_dir() else []:
-        if not (folder / "run.json").is_file():
+        if not (folder / "run.json").is_file() or folder.name not in profiles:
             continue
         try:
             r = load_results(folder)

@@ -45,3 +45,23 @@ def test_pairwise_tables_have_readable_columns_and_p_values():
 def test_fmt_p():
     assert report.fmt_p(0.0004) == "< 0.001" and report.fmt_p(0.001) == "0.001" and report.fmt_p(0.51234) == "0.512"
     assert report.fmt_p(float("nan")) == "n/a" and report.fmt_p(None) == "n/a"
+
+
+def test_real_vs_synthetic_lists_run_profiles_not_tuning_variants_or_benchmarks(tmp_path, monkeypatch):
+    import mmlib.experiment
+    from mmlib import paths
+
+    monkeypatch.setattr(paths, "RESULTS", tmp_path / "results")
+    for name in ("default", "breast-lesions-usg", "breast-lesions-usg-8358fb1f", "bench-default-local-w2"):
+        (tmp_path / "results" / name).mkdir(parents=True)
+        (tmp_path / "results" / name / "run.json").write_text("{}")
+    metrics = pd.DataFrame([{"model": "amw_cnn", "split": "cv", "ablation": "none", "scenario": "all",
+                             "metric": "auc", "value": 0.9, "n_seeds": 1}])
+    monkeypatch.setattr(mmlib.experiment, "load_results",
+                        lambda folder: SimpleNamespace(metrics=metrics, run={"synthetic": folder.name == "default"}))
+    monkeypatch.setattr(report, "abstract_numbers", lambda r: ("amw_cnn", {
+        "n_patients": 10, "best_cv_auc": 0.9, "best_cv_auc_low": 0.8, "best_cv_auc_high": 0.95, "age_cv_auc": 0.7,
+        "oracle_auc": -1}))
+    table = report.real_vs_synthetic("default")
+    assert list(table["profile"]) == ["breast-lesions-usg", "default"]
+    assert list(table["cohort"]) == ["real", "synthetic"]
