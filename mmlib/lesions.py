@@ -251,7 +251,7 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
         key = hashlib.sha256(json.dumps([*base_key, m, sorted(cohort.patients["patient_id"].iloc[train_rows])],
                                         default=str).encode()).hexdigest()[:12]
         t = time.perf_counter()
-        record = None if fresh else _stored(folder, m, left_out, key)
+        record = None if fresh else _stored(folder, m, left_out, key, elsewhere=_sibling_caches(study.out))
         what = "reused"
         if record is None:
             from .segmentation import fit_segmenter
@@ -286,8 +286,45 @@ def _device(p) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if d == "auto" else d
 
 
-def _stored(folder: Path, modality: str, left_out, key: str):
-    done = folder / f"{modality}-{_name(left_out)}-{key}" / "done.json"
+def _sibling_caches(out: Path) -> list[Path]:
+    """The lesion caches of the other studies beside ``out`` (a profile's tuning variants, its reference run)."""
+    parent = Path(out).parent
+    if not parent.is_dir():
+        return []
+    return [d / "cache" / "lesions" for d in sorted(parent.iterdir())
+            if d.is_dir() and d.resolve() != Path(out).resolve() and (d / "cache" / "lesions").is_dir()]
+
+
+def _stored(folder: Path, modality: str, left_out, key: str, elsewhere=()):
+    """The stored masks of one segmenter (``[(row, view, mask path or None, found)]``), or None. A segmenter
+    fitted by another study beside this one (the same key: settings, seed, cohort on disk, modality and training
+    patients) is copied into ``folder`` and reused: a tuning variant of a profile does not fit its 16 segmenters
+    again."""
+    name = f"{modality}-{_name(left_out)}-{key}"
+    record = _read_done(folder / name, key)
+    if record is not None:
+        return record
+    for other in elsewhere:
+        if _read_done(Path(other) / name, key) is None:
+            continue
+        home, tmp = folder / name, folder / (name + ".copy")
+        for stale in (home, tmp):
+            if stale.exists():
+                shutil.rmtree(stale)
+        shutil.copytree(Path(other) / name, tmp)
+        done = json.loads((tmp / "done.json").read_text())
+        prefix = str(Path(other) / name)
+        for v in done["views"]:  # mask paths now point into this study's copy
+            if v[2] is not None:
+                v[2] = str(home) + v[2][len(prefix):] if v[2].startswith(prefix) else v[2]
+        (tmp / "done.json").write_text(json.dumps(done))
+        tmp.rename(home)
+        return _read_done(home, key)
+    return None
+
+
+def _read_done(home: Path, key: str):
+    done = home / "done.json"
     if not done.is_file():
         return None
     record = json.loads(done.read_text())

@@ -220,6 +220,22 @@ def test_study_with_predicted_lesions(blob_manifest, tmp_path):
     # a rerun reuses every segmenter and every finished unit
     again = ex.load_results(ex.run_experiment(params))
     pd.testing.assert_frame_equal(res.predictions, again.predictions)
+    # a tuning variant beside it (another results folder) copies the same segmenters' masks instead of refitting
+    import mmlib.segmentation
+
+    def no_fit(*a, **k):
+        raise AssertionError("a segmenter was fitted again")
+
+    variant = dict(params, outline_features=False, results_dir=str(tmp_path / "results-variant"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mmlib.segmentation, "fit_segmenter", no_fit)
+        other = ex.load_results(ex.run_experiment(variant))
+    copied = sorted((tmp_path / "results-variant" / "cache" / "lesions").glob("*/done.json"))
+    assert [d.parent.name for d in copied] == [d.parent.name for d in done]
+    assert all(str(tmp_path / "results-variant") in m for d in copied for *_, m, _ in json.loads(d.read_text())["views"]
+               if m is not None)  # the variant's masks live in its own folder
+    pd.testing.assert_frame_equal(pd.read_csv(res.folder / "segmentation.csv"),
+                                  pd.read_csv(other.folder / "segmentation.csv"))
 
 
 def test_a_collapsed_fit_is_refitted_and_said(blobs, monkeypatch):
