@@ -465,9 +465,12 @@ def external_results(folder=None) -> dict | None:
     glue["external_train_patients"] = str(first["trained_on_patients"])
     given = (sources.get("predicted") or {}).get("model_from")
     if "predicted" in sources:
+        from .report import display_name
+
+        name = display_name(record.get("model", "amw_cnn"))
         glue["external_predicted_model"] = (
-            f"the BrEaST-Lesions_USG study's own saved AMW-CNN (`{Path(given).parent.parent.name}/models/"
-            f"{Path(given).name}`), not a second copy" if given else "an AMW-CNN trained for this comparison")
+            f"the {Path(given).parent.parent.name} study's own saved {name} (`{Path(given).parent.parent.name}/models/"
+            f"{Path(given).name}`), not a second copy" if given else f"an {name} trained for this comparison")
     if record.get("predict_100_seconds") is not None:
         source = record.get("predict_100_lesion_source")
         glue["external_predict_timing"] = (f"took {record['predict_100_seconds']:.0f} seconds, from starting the "
@@ -478,7 +481,7 @@ def external_results(folder=None) -> dict | None:
 
 def external_glue_placeholders() -> dict:
     """The chapter's glue keys, each "not measured" (the text reads where the benchmark has not run)."""
-    untimed = f"was not timed in this build (`{EXTERNAL_COMMAND}` times it)"
+    untimed = "was not timed in this build (`python benchmarks/bench_external.py` or `make book PROFILE=paper` times it)"
     keys = ["external_auc_expert", "external_auc_predicted", "external_auc_none", "external_dice",
             "external_n_patients", "external_train_patients", "external_predict_timing",
             "external_predicted_model"]
