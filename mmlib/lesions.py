@@ -288,11 +288,17 @@ def _device(p) -> str:
 
 def _sibling_caches(out: Path) -> list[Path]:
     """The lesion caches of the other studies beside ``out`` (a profile's tuning variants, its reference run)."""
-    parent = Path(out).parent
-    if not parent.is_dir():
+    parent, found = Path(out).parent, []
+    try:
+        for d in sorted(parent.iterdir()):
+            try:
+                if d.resolve() != Path(out).resolve() and (d / "cache" / "lesions").is_dir():
+                    found.append(d / "cache" / "lesions")
+            except OSError:  # a folder we may not read is not a study of ours
+                continue
+    except OSError:
         return []
-    return [d / "cache" / "lesions" for d in sorted(parent.iterdir())
-            if d.is_dir() and d.resolve() != Path(out).resolve() and (d / "cache" / "lesions").is_dir()]
+    return found
 
 
 def _stored(folder: Path, modality: str, left_out, key: str, elsewhere=()):
