@@ -332,7 +332,7 @@ def chapter_figures() -> dict[str, str]:
                               f"bootstrap 95% CI {float(best['ci_low']):+.3f} to {float(best['ci_high']):+.3f}, "
                               f"p = {float(best['p_value']):.3f})")
         lo, hi = g.loc[pd.to_numeric(g["gain"]).idxmin()], g.loc[pd.to_numeric(g["gain"]).idxmax()]
-        n_sig = int((pd.to_numeric(g["ci_low"]) > 0).sum())
+        n_sig = int(((pd.to_numeric(g["ci_low"]) > 0) | (pd.to_numeric(g["ci_high"]) < 0)).sum())
         out[f"{key}_gain_range"] = (f"from {float(lo['gain']):+.3f} ({display_name(lo['model'])}) to "
                                     f"{float(hi['gain']):+.3f} ({display_name(hi['model'])}); the interval excludes "
                                     f"zero for {n_sig} of {len(g)} models")

@@ -114,10 +114,16 @@ def test_a_gain_measured_against_an_earlier_run_of_the_profile_is_not_quoted(res
     assert probes.current_gains()["base_is_current"].all()  # no study on disk: nothing to compare with
     study_with({"cuf_mt": 0.84, "amw_cnn": 0.85})
     assert probes.current_gains()["base_is_current"].all()
-    assert probes.chapter_figures()["us_expert_gain"].startswith("-0.010 for AMW-CNN")
+    figs = probes.chapter_figures()
+    assert figs["us_expert_gain"].startswith("-0.010 for AMW-CNN")
+    assert "0 of 2 models" in figs["us_expert_gain_range"]  # both intervals hold zero
+    probes.record("gains", [{"profile": "breast-lesions-usg", "comparison": "profile vs lesion_source=expert",
+                             "model": "cuf_mt", "split": "cv", "auc_base": 0.84, "auc_variant": 0.88, "gain": -0.04,
+                             "ci_low": -0.07, "ci_high": -0.01, "p_value": 0.01}], keys=["profile", "comparison", "model", "split"])
+    assert "1 of 2 models" in probes.chapter_figures()["us_expert_gain_range"]  # a significant loss counts too
     # the profile was run again: its AUCs moved, and the gain describes a study that no longer exists
     study_with({"cuf_mt": 0.859, "amw_cnn": 0.85})
-    assert list(probes.current_gains()["base_is_current"]) == [False, True]
+    assert probes.current_gains().set_index("model")["base_is_current"].to_dict() == {"cuf_mt": False, "amw_cnn": True}
     figs = probes.chapter_figures()
     assert figs["us_expert_gain"].startswith("(not current") and "--set lesion_source=expert" in figs["us_expert_gain"]
 
