@@ -212,9 +212,9 @@ def _study_cv_aucs(profile: str) -> pd.Series | None:
     path = paths.results_dir(profile) / "metrics.csv"
     if not path.is_file():
         return None
-    m = pd.read_csv(path)
-    return m[(m["split"] == "cv") & (m["ablation"] == "none") & (m["scenario"] == "all")
-             & (m["metric"] == "auc")].set_index("model")["value"]
+    from .report import _sel
+
+    return _sel(pd.read_csv(path), split="cv", ablation="none", scenario="all", metric="auc").set_index("model")["value"]
 
 
 def _study(profile: str):
