@@ -238,7 +238,7 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
                          f"{[mask_column(m) for m in IMAGE_MODALITIES]}); use lesion_source 'expert' or 'none'")
     from .experiment import cohort_fingerprint
 
-    base_key = [MASKS_VERSION, settings.to_dict(), seed, cohort_fingerprint(cohort)]
+    base_key = [MASKS_VERSION, settings.key_dict(), seed, cohort_fingerprint(cohort)]
     plan = crossfit_plan(int(p["n_folds"]))
     folder = study.out / "cache" / "lesions"
     stems: dict[str, StemCache] = {}

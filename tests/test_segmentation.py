@@ -122,6 +122,41 @@ def test_network_split_equals_the_whole():
         assert torch.allclose(net(x), net.net(x), atol=1e-5)  # the same function as smp's own forward
 
 
+def test_output_stride_two_refines_at_half_resolution():
+    """Stride 2: the same parameters, the last decoder stage at half the input's size, logits upsampled to it."""
+    full = LesionUNet(decoder_channels=(16, 16, 8, 8, 4), frozen_blocks=3).eval()
+    half = LesionUNet(decoder_channels=(16, 16, 8, 8, 4), frozen_blocks=3, output_stride=2).eval()
+    half.load_state_dict(full.state_dict())  # no parameter is added or dropped
+    x = torch.randn(2, 3, 64, 64)
+    seen = []
+    hook = half.net.decoder.blocks[-1].register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[-2:])))
+    with torch.no_grad():
+        out = half(x)
+        assert out.shape == (2, 1, 64, 64) and torch.allclose(out, half.head(half.stem(x)))
+        assert not torch.allclose(out, full(x))
+    hook.remove()
+    assert set(seen) == {(32, 32)}  # the last stage ran at half of 64, in each of the two calls
+    # masks fitted before the setting existed keep their reuse key; stride 2 gets its own
+    assert "output_stride" not in SegmenterSettings().key_dict()
+    assert SegmenterSettings(output_stride=2).key_dict()["output_stride"] == 2
+    with pytest.raises(ValueError, match="output_stride must be 1 or 2"):
+        SegmenterSettings(output_stride=4)
+    with pytest.raises(ValueError, match="output_stride must be 1 or 2"):
+        LesionUNet(output_stride=3)
+
+
+@pytest.mark.slow  # fits a segmenter
+def test_output_stride_two_fits_and_round_trips(blobs, tmp_path):
+    images, masks = blobs
+    seg = fit_segmenter(images[:14], masks[:14], settings={**TINY, "output_stride": 2}, seed=0, progress=False)
+    predicted = seg.predict(images[14:])
+    assert np.mean([dice_iou(pm.mask, read_mask(m))[0] for pm, m in zip(predicted, masks[14:])]) > 0.8
+    again = Segmenter.load(seg.save(tmp_path / "seg"))
+    assert again.settings.output_stride == 2 and again.network.output_stride == 2
+    for a, b in zip(predicted, again.predict(images[14:])):
+        assert np.array_equal(a.mask, b.mask)
+
+
 def test_fit_refuses_bad_input(blobs, tmp_path):
     images, masks = blobs
     with pytest.raises(ValueError, match="one mask per image"):
