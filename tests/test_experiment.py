@@ -302,11 +302,15 @@ def test_fingerprint_changes_when_an_image_changes(tiny_cohort, tmp_path):
     shutil.copytree(src, dst)
     c = load_manifest(dst / "manifest.csv", decode_images=False)
     before = ex.cohort_fingerprint(c)
+    assert before == ex.cohort_fingerprint(load_manifest(src / "manifest.csv", decode_images=False))  # a copy
     img = c.patients["ultrasound"].iloc[0][0]
-    img.write_bytes(img.read_bytes())  # same bytes, new file time: treated as a new image
     import os
 
-    os.utime(img, ns=(1, 1))
+    os.utime(img, ns=(1, 1))  # the same bytes at a new file time (copied or downloaded again): the same cohort
+    assert ex.cohort_fingerprint(c) == before
+    data = bytearray(img.read_bytes())
+    data[-1] ^= 1  # one byte changed in place
+    img.write_bytes(bytes(data))
     assert ex.cohort_fingerprint(c) != before
 
 

@@ -240,16 +240,16 @@ def test_breast_lesions_outlines_separate_the_classes(shared_data):
 def test_fingerprint_changes_when_an_expert_mask_is_redrawn_in_place(masked_cohort):
     """Crops, outline features and segmenters all read the expert masks: a mask edited in place (same path, same
     manifest) must change the cohort fingerprint, so finished work is not reused on stale masks."""
-    import os
-
     from mmlib.experiment import cohort_fingerprint
 
     before = cohort_fingerprint(masked_cohort)
     mask = masked_cohort.patients["ultrasound_mask"].iloc[0][0]
-    st = mask.stat()
+    original = mask.read_bytes()
     try:
-        os.utime(mask, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        drawn = np.asarray(Image.open(mask)).copy()
+        drawn[0, 0] = 255 - drawn[0, 0]  # one pixel redrawn, same path, same manifest
+        Image.fromarray(drawn).save(mask)
         assert cohort_fingerprint(masked_cohort) != before
     finally:
-        os.utime(mask, ns=(st.st_atime_ns, st.st_mtime_ns))
+        mask.write_bytes(original)
     assert cohort_fingerprint(masked_cohort) == before
