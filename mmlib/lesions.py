@@ -434,8 +434,15 @@ def write_segmentation_table(study, views: pd.DataFrame, lesions: StudyLesions) 
     what = {"cv": "held-out patients", "crossfit": "training rows' cross-fitted masks", "test": "internal test"}
     for r in table[table["fold"] == "all"].itertuples():
         study.log(f"segmenter ({r.modality}), {what.get(r.split, r.split)}: Dice {r.dice:.3f} ({r.dice_ci_low:.3f}-"
-                  f"{r.dice_ci_high:.3f}), IoU {r.iou:.3f}, lesion found in {r.lesion_found:.0%} of images")
+                  f"{r.dice_ci_high:.3f}), IoU {r.iou:.3f}, a lesion found in {found_count(r.lesion_found, r.n_images)} "
+                  f"images")
     return path
+
+
+def found_count(share: float, n_images: int) -> str:
+    """``segmentation.csv``'s ``lesion_found`` share as a count, e.g. ``201 of 202``: a percentage rounds one image
+    without a lesion in 202 up to 100%."""
+    return f"{int(round(float(share) * int(n_images)))} of {int(n_images)}"
 
 
 def with_lesion_found(study, preds: pd.DataFrame) -> pd.DataFrame:

@@ -241,7 +241,9 @@ def segmenter_figures(profile: str, key: str) -> dict[str, str]:
         r = rows.iloc[0]
         out[f"{key}_{name}"] = (f"{r['dice']:.3f} (95% CI {r['dice_ci_low']:.3f}–{r['dice_ci_high']:.3f}; "
                                 f"{int(r['n_patients'])} patients)")
-        out[f"{key}_{name}_found"] = f"{100 * r['lesion_found']:.0f}%"
+        from .lesions import found_count
+
+        out[f"{key}_{name}_found"] = found_count(r["lesion_found"], r["n_images"])
     return out
 
 
