@@ -86,6 +86,12 @@ def test_chapter_figures_say_which_command_fills_them(results):
     assert "benchmarks/probe_features.py --profile breast-lesions-usg --margin 0.15" in figs["us_margin015"]
     assert "python -m mmlib run --profile cdd-cesm" in figs["cesm_study_best_auc"]
     assert "--set outline_features=false" in figs["us_outline_gain"]
+    # a time beside a figure: the figure names the command, the time says only that it was not taken
+    assert "probe_finetune.py --profile cdd-cesm --cut 3" in figs["cesm_ft45"] and figs["cesm_ft45_minutes"] == "not timed"
+    probes.record("probe_finetune", [{"profile": "cdd-cesm", "variant": "image", "auc": 0.71, "minutes": 12.4,
+                                      "setting": "cut=3 top=5 epochs=15 size=224 lr=0.001 seed=0"}],
+                  keys=["profile", "setting", "variant"])
+    assert probes.chapter_figures()["cesm_ft45_minutes"] == "12 minutes"
     probes.record("probe_features", [{"profile": "breast-lesions-usg", "variant": "image+age", "C": c, "auc": a,
                                       "setting": "levels=3,4,5 size=224 margin=0.15 pooling=mean"}
                                      for c, a in ((0.01, 0.8), (0.03, 0.82))], keys=["profile", "setting", "variant", "C"])
