@@ -58,6 +58,9 @@ def test_pages_show_no_setup_code_raw_json_or_local_path(profile):
         for setup in ("setup_notebook(", "load_results(", "injected-parameters", "Injected parameters"):
             assert setup not in text, f"{page.name} shows setup code ({setup})"
         assert "TqdmWarning" not in raw and "Traceback" not in raw, page.name
+        # a command quoted in prose (the real-data chapter names the command of each figure it lacks) keeps its
+        # double hyphens: typography turning `--profile` into an en dash would hand the reader a broken command
+        assert not re.search(r"\s\u2013[a-z][a-z-]+", text), (page.name, re.findall(r".{40}\s\u2013[a-z][a-z-]+", text)[:3])
     stats = _page_text(html / "book" / "10_statistics.html")
     assert '{"' not in stats and "detail" not in stats and "p_holm" not in stats
     assert re.search(r"AUC A\s+AUC B", stats) and "p (Holm)" in stats
