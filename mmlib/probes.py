@@ -228,6 +228,8 @@ def segmenter_figures(profile: str, key: str) -> dict[str, str]:
     """The lesion segmenter's Dice in a profile's study (``segmentation.csv``: held-out development patients of
     every fold, the classifiers' training rows (their cross-fitted masks) and the internal test), as text to glue;
     the command that measures them where absent."""
+    from .lesions import found_count
+
     cmd = f"python -m mmlib run --profile {profile}"
     path = paths.results_dir(profile) / "segmentation.csv"
     table = pd.read_csv(path, dtype={"fold": str}) if path.is_file() else pd.DataFrame()
@@ -241,8 +243,6 @@ def segmenter_figures(profile: str, key: str) -> dict[str, str]:
         r = rows.iloc[0]
         out[f"{key}_{name}"] = (f"{r['dice']:.3f} (95% CI {r['dice_ci_low']:.3f}–{r['dice_ci_high']:.3f}; "
                                 f"{int(r['n_patients'])} patients)")
-        from .lesions import found_count
-
         out[f"{key}_{name}_found"] = found_count(r["lesion_found"], r["n_images"])
     return out
 
