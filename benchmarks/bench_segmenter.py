@@ -65,7 +65,7 @@ def main(argv=None) -> int:
 
     from mmlib.cohort import load_manifest
     from mmlib.importers import import_cohort
-    from mmlib.lesions import segmentation_summary
+    from mmlib.lesions import found_count, segmentation_summary
     from mmlib.params import load_params, parse_overrides
     from mmlib.paths import SHARED_DATA
     from mmlib.segmentation import SegmenterSettings, StemCache, fit_segmenter
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
           f"BrEaST images in {fit_s:.0f} s; segmenting took {pred_s:.0f} s "
           f"({pred_s / max(1, r.n_images) * 1000:.0f} ms/image):")
     print(f"Dice {r.dice:.3f} ({r.dice_ci_low:.3f}-{r.dice_ci_high:.3f}), IoU {r.iou:.3f} ({r.iou_ci_low:.3f}-"
-          f"{r.iou_ci_high:.3f}), lesion found in {r.lesion_found:.0%} of images")
+          f"{r.iou_ci_high:.3f}), a lesion found in {found_count(r.lesion_found, r.n_images)} images")
     _target("Dice, BUS-BRA", float(r.dice), TARGETS["bus_bra_dice"])
     return 0
 
