@@ -103,6 +103,10 @@ def main(argv=None) -> int:
               f"Dice {np.mean([s['dice'] for s in part]):.3f} ({time.perf_counter() - t:.0f} s with prediction)",
               flush=True)
     if folds:
+        per_image = out / "cv_images.csv"  # per held-out image: a paired comparison of two settings reads these
+        pd.DataFrame(scores).assign(patient_id=lambda d: breast.patients["patient_id"].astype(str).to_numpy()[d["row"]]
+                                    ).to_csv(per_image, index=False)
+        print(f"per-image Dice: {per_image}")
         groups = breast.patients["group"].astype(str).to_numpy()
         table = segmentation_summary(pd.DataFrame(scores), groups, n_boot=2000)
         print(f"\nBrEaST cross-validation (development patients, {len(folds)} folds, "

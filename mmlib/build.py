@@ -432,6 +432,7 @@ def build(
     log: Callable[[str], None] = print,
     study: bool = True,
     fresh: bool = False,
+    jobs: int | None = None,
 ) -> BuildResult:
     """Run the study of one run profile, execute the book's notebooks (which only read its results), render them.
 
@@ -448,6 +449,8 @@ def build(
         study: run the study first (:func:`mmlib.experiment.run_experiment`, reusing finished work); False
             executes the notebooks on whatever results there are.
         fresh: the study ignores finished work and cached features.
+        jobs: chapters executed at once (each in its own kernel; they only read results); default: the cores
+            available, at most :data:`CHAPTER_JOBS`.
 
     Returns:
         a :class:`BuildResult`.
@@ -457,6 +460,7 @@ def build(
         NotebookExecutionError: a notebook failed; nothing was rendered.
         StrayOutputError: with ``strict``, a notebook wrote to stderr or drew a progress bar.
     """
+    t_build = time.perf_counter()
     root = Path(root).resolve()
     run_params = read_profile(profile, root / "params")  # fail early: a missing profile, an unknown key, a bad value
     results_dir = (Path(results_root) if results_root else paths.RESULTS).resolve() / profile
@@ -491,21 +495,8 @@ def build(
         timings["companion_studies"] = time.perf_counter() - t0
     stage_source(root, source_dir)
 
-    executed = []
-    for nb in todo:
-        dst = source_dir / nb.relative_to(root)
-        log(f"[mmlib.build] executing {nb.relative_to(root)} ...")
-        t0 = time.perf_counter()
-        execute_notebook(nb, dst, params, kernel_name=kernel, cwd=root)
-        stray = stray_outputs(dst)
-        if stray:
-            message = f"{nb.relative_to(root)} wrote outputs no page shows:\n  " + "\n  ".join(stray)
-            if strict:
-                raise StrayOutputError(message)
-            log(f"[mmlib.build] WARNING: {message}")
-        timings[nb.stem] = time.perf_counter() - t0
-        log(f"[mmlib.build] {nb.stem}: {timings[nb.stem]:.1f} s")
-        executed.append(dst)
+    executed = execute_chapters(todo, root, source_dir, params, kernel=kernel, strict=strict, jobs=jobs,
+                                log=log, timings=timings)
 
     index_html = None
     if render_html:
@@ -520,9 +511,57 @@ def build(
         index_html = render(source_dir, out_dir, strict=strict)
         timings["render"] = time.perf_counter() - t0
         log(f"[mmlib.build] render: {timings['render']:.1f} s -> {index_html}")
-    total = sum(timings.values())
+    total = time.perf_counter() - t_build  # chapters run side by side: their times overlap, the wall clock does not
     log("[mmlib.build] stage timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()) + f"; total {total:.1f} s")
     return BuildResult(source_dir=source_dir, executed=executed, index_html=index_html, timings=timings)
+
+
+#: At most this many chapters execute at once: a chapter's kernel spends most of its time starting and importing,
+#: and the chapters only read the study's results, so two side by side fill two cores.
+CHAPTER_JOBS = 4
+
+
+def execute_chapters(notebooks: Sequence[Path], root: Path, source_dir: Path, params: dict, *, kernel: str,
+                     strict: bool = False, jobs: int | None = None, log: Callable[[str], None] = print,
+                     timings: dict | None = None) -> list[Path]:
+    """Execute ``notebooks`` into ``source_dir``, ``jobs`` at a time, each in its own kernel.
+
+    Returns the executed copies in the book's order. A failing chapter stops the others not yet started and is
+    raised (the first in the book's order, if several failed); with ``strict``, so is a chapter that wrote output
+    no page shows (:class:`StrayOutputError`).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .scheduling import available_cores
+
+    jobs = max(1, int(jobs)) if jobs else max(1, min(CHAPTER_JOBS, available_cores()))
+    timings = {} if timings is None else timings
+
+    def one(nb: Path) -> Path:
+        dst = source_dir / nb.relative_to(root)
+        log(f"[mmlib.build] executing {nb.relative_to(root)} ...")
+        t0 = time.perf_counter()
+        execute_notebook(nb, dst, params, kernel_name=kernel, cwd=root)
+        stray = stray_outputs(dst)
+        if stray:
+            message = f"{nb.relative_to(root)} wrote outputs no page shows:\n  " + "\n  ".join(stray)
+            if strict:
+                raise StrayOutputError(message)
+            log(f"[mmlib.build] WARNING: {message}")
+        timings[nb.stem] = time.perf_counter() - t0
+        log(f"[mmlib.build] {nb.stem}: {timings[nb.stem]:.1f} s")
+        return dst
+
+    if jobs == 1 or len(notebooks) < 2:
+        return [one(nb) for nb in notebooks]
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="chapter") as pool:
+        futures = [pool.submit(one, nb) for nb in notebooks]
+        for f in futures:  # in the book's order: the first failure is the one reported
+            if f.exception() is not None:
+                for g in futures:
+                    g.cancel()
+                raise f.exception()
+        return [f.result() for f in futures]
 
 
 def _note_stale_results(results_dir: Path, profile: str, log: Callable[[str], None]) -> None:
@@ -595,10 +634,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="re-execute these chapters only (e.g. 06), from the existing results")
     parser.add_argument("--fresh", action="store_true", help="the study ignores finished work and cached features")
     parser.add_argument("--no-render", action="store_true", help="execute only, do not render")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help=f"chapters executed at once (default: the cores available, at most {CHAPTER_JOBS})")
     args = parser.parse_args(argv)
     try:
         result = build(args.profile, strict=args.strict, only=args.only, render_html=not args.no_render,
-                       fresh=args.fresh)
+                       fresh=args.fresh, jobs=args.jobs)
     except NotebookExecutionError as exc:
         print(f"[mmlib.build] FAILED: {exc}", file=sys.stderr)
         print("[mmlib.build] nothing was rendered.", file=sys.stderr)

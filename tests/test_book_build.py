@@ -128,12 +128,35 @@ def test_build_with_a_failing_chapter_renders_nothing(tmp_path, capsys):
                                  "02_fails": ["1 / 0"], "03_after": ["print('never')"]})
     logs = []
     with pytest.raises(build.NotebookExecutionError, match="ZeroDivisionError"):
-        build.build("tiny", root=root, results_root=tmp_path / "results", log=logs.append, study=False)
+        build.build("tiny", root=root, results_root=tmp_path / "results", log=logs.append, study=False, jobs=1)
     source = root / "_build" / "tiny" / "source" / "book"
     assert (source / "01_ok.ipynb").is_file()
     assert not (source / "03_after.ipynb").exists() and not (source / "index.ipynb").exists()
     assert not (root / "_build" / "tiny" / "_build").exists()  # never rendered
     assert any("01_ok" in line and " s" in line for line in logs)
+
+
+def test_chapters_run_side_by_side_in_the_books_order_and_the_first_failure_is_reported(tmp_path):
+    """Two kernels at once: each chapter sleeps long enough that sequential execution would take twice as long;
+    the executed copies come back in the book's order, and of two failures the earlier chapter's is raised."""
+    import time
+
+    root = _tiny_repo(tmp_path, {"index": ["print('front')"], **{f"0{i}_c": ["import time; time.sleep(2)"]
+                                                                 for i in range(1, 5)}})
+    notebooks = build.execution_order(root)
+    source = root / "_build" / "tiny" / "source"
+    kernel, logs, timings = build.ensure_kernel(), [], {}
+    t0 = time.perf_counter()
+    done = build.execute_chapters(notebooks, root, source, {"profile": "tiny"}, kernel=kernel, jobs=2,
+                                  log=logs.append, timings=timings)
+    wall = time.perf_counter() - t0
+    assert [p.stem for p in done] == [nb.stem for nb in notebooks] and all(p.is_file() for p in done)
+    assert set(timings) == {nb.stem for nb in notebooks}
+    assert wall < sum(timings.values()) - 3  # they overlapped: four 2-second sleeps, two at a time
+    _notebook(root / "book" / "02_c.ipynb", "raise KeyError('second')", params='profile = "x"')
+    _notebook(root / "book" / "03_c.ipynb", "raise ValueError('third')", params='profile = "x"')
+    with pytest.raises(build.NotebookExecutionError, match="KeyError"):
+        build.execute_chapters(notebooks, root, source, {"profile": "tiny"}, kernel=kernel, jobs=2, log=logs.append)
 
 
 def test_only_reexecutes_chapters_from_existing_results_and_says_when_there_are_none(tmp_path, monkeypatch):

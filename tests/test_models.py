@@ -440,3 +440,31 @@ def test_age_only_is_a_tabular_baseline():
         create_model("age_only", encoder="resnet18")
     with pytest.raises(ParamsError, match="not a savable network.*amw_cnn"):
         train_model("unused.csv", "age_only", "unused")
+
+
+@pytest.mark.parametrize("cross_modal", [True, False])
+def test_cuf_mt_leaves_out_tokens_absent_in_every_row_without_changing_any_output(cross_modal):
+    """Ultrasound absent for the whole batch (an ultrasound-free cohort): its tokens are left out of the
+    attention. Every output, the attention over all T tokens and the auxiliary logits match the same rows
+    run beside a patient who has ultrasound (where nothing is left out)."""
+    model = build("cuf_mt", cross_modal=cross_modal)
+    x = full_batch()
+    x["present"][:, 1] = False  # no ultrasound for patients 0-2
+    x["ultrasound_views"][:] = False
+    extra = full_batch(seed=7)  # patient 3 has everything
+    both = {k: torch.cat([x[k], extra[k][:1]]) for k in x}
+    with torch.no_grad():
+        out, inside = model.forward_with_internals(x)
+        aux = {m: v.clone() for m, v in model.aux_logits.items()}
+        out_all, inside_all = model.forward_with_internals(both)
+        aux_all = model.aux_logits
+    n_tokens = 1 + 2 * V * 16 + 1
+    assert inside["attention"].shape == (B, 2, n_tokens) and inside["token_mask"].shape == (B, n_tokens)
+    assert torch.allclose(out, out_all[:B], atol=1e-5)
+    assert torch.allclose(inside["attention"], inside_all["attention"][:B], atol=1e-6)
+    assert torch.equal(inside["token_mask"], inside_all["token_mask"][:B])
+    us = torch.tensor([i[0] == "ultrasound" for i in inside["token_index"]])
+    assert (inside["attention"][:, :, us] == 0).all()
+    assert torch.allclose(inside["attention"].sum(-1), torch.ones(B, 2))
+    for m in MODALITIES:
+        assert torch.allclose(aux[m], aux_all[m][:B], atol=1e-5), m

@@ -157,6 +157,22 @@ def test_output_stride_two_fits_and_round_trips(blobs, tmp_path):
         assert np.array_equal(a.mask, b.mask)
 
 
+@pytest.mark.slow  # fits a segmenter
+def test_bfloat16_training_learns_and_predicts_in_float32(blobs, tmp_path):
+    """precision bfloat16: the forward pass trains under bfloat16 autocast; the saved weights stay float32."""
+    images, masks = blobs
+    seg = fit_segmenter(images[:14], masks[:14], settings={**TINY, "precision": "bfloat16"}, seed=0, progress=False)
+    assert all(p.dtype == torch.float32 for p in seg.network.parameters())
+    predicted = seg.predict(images[14:])
+    assert np.mean([dice_iou(pm.mask, read_mask(m))[0] for pm, m in zip(predicted, masks[14:])]) > 0.8
+    again = Segmenter.load(seg.save(tmp_path / "seg"))
+    assert again.settings.precision == "bfloat16"
+    assert "precision" not in SegmenterSettings().key_dict()  # masks fitted before the setting keep their key
+    assert SegmenterSettings(precision="bfloat16").key_dict()["precision"] == "bfloat16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        SegmenterSettings(precision="float16")
+
+
 def test_fit_refuses_bad_input(blobs, tmp_path):
     images, masks = blobs
     with pytest.raises(ValueError, match="one mask per image"):

@@ -167,6 +167,15 @@ class CUFMT(MultimodalModel):
             group.extend([i] * tok.shape[1])
         tokens, keep = torch.cat(tokens, dim=1), torch.cat(keep, dim=1)
         group = torch.tensor(group, device=tokens.device)
+        full_keep, n_tokens = keep, keep.shape[1]
+        # A token absent in every row of the batch (a modality no patient has, as mammography in an ultrasound
+        # cohort, or a view slot nobody fills) is attended to by nothing but itself, so leaving it out changes no
+        # other token: the attention runs over the live tokens only, and its weights are scattered back to all T.
+        live = keep.any(dim=0)
+        pruned = not bool(live.all())
+        if pruned:
+            live_idx = torch.nonzero(live).squeeze(1)
+            tokens, keep, group = tokens[:, live_idx], keep[:, live_idx], group[live_idx]
 
         allowed = keep[:, None, :].expand(-1, keep.shape[1], -1)
         if not self.cross_modal:
@@ -180,7 +189,10 @@ class CUFMT(MultimodalModel):
         attention = []
         for layer in self.layers:
             tokens, weights = layer(tokens, mask)
-            attention.append(weights[:, 0])
+            cls = weights[:, 0]
+            if pruned:
+                cls = cls.new_zeros(cls.shape[0], n_tokens).index_copy(1, live_idx, cls)
+            attention.append(cls)
         tokens = self.norm(tokens)
         logits = self.head(tokens[:, 0]).squeeze(-1)
 
@@ -190,6 +202,6 @@ class CUFMT(MultimodalModel):
                 for i, m in enumerate(self.modalities)
             }
             self.aux_mask = self.presence(x)
-        internals = {"attention": torch.stack(attention, dim=1), "token_index": index, "token_mask": keep,
+        internals = {"attention": torch.stack(attention, dim=1), "token_index": index, "token_mask": full_keep,
                      "grid": grids}
         return logits, internals
