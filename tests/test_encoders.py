@@ -202,7 +202,9 @@ def test_mid_level_features_of_any_timm_cnn(name, levels, channels, reduction, g
         maps = enc.model.forward_intermediates(x, indices=[i + offset for i in levels], intermediates_only=True, **extra)
     assert out.shape == (2, channels, grid, grid) == (2, channels, 64 // reduction, 64 // reduction)
     expected = torch.cat([torch.nn.functional.adaptive_avg_pool2d(m, grid) for m in maps], 1)
-    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    # the encoder reads channels-last input (faster oneDNN kernels): the same maps up to float rounding
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    assert out.is_contiguous()
     assert encoder_spec(name)["num_features"] == create_encoder(name, weights="none").num_features
 
 
