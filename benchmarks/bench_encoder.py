@@ -46,11 +46,8 @@ def main(argv=None) -> int:
         return y
 
     cases = [
-        ("encoder efficientnet_lite0, blocks 3-5, 224 px", enc,
-         lambda x: torch.cat([o if o.shape[-2:] == (7, 7) else torch.nn.functional.adaptive_avg_pool2d(o, 7)
-                              for o in enc.model.forward_intermediates(x, indices=enc._timm_indices,
-                                                                       intermediates_only=True, stop_early=True,
-                                                                       **enc._extra)], 1), 224),
+        # ImageEncoder._forward_levels is the encoder's forward without the channels-last conversion
+        ("encoder efficientnet_lite0, blocks 3-5, 224 px", enc, enc._forward_levels, 224),
         ("segmenter stem (frozen blocks), 160 px", seg.stem, stem_nchw, 160),
     ]
     print(f"{args.threads} threads, batch {args.batch}, {torch.__version__}")
