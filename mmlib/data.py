@@ -422,14 +422,11 @@ class FeatureCache:
                             jobs.append((m, view, c))
         if not jobs:
             return self
-        from fastprogress.fastprogress import progress_bar
+        from .scheduling import progress_bar
 
         self.encoder.eval().to(self.device)
         starts = range(0, len(jobs), self.batch_size)
-        it = starts
-        if self.progress:
-            it = progress_bar(starts)
-            it.comment = f"encoding {len(jobs)} images"
+        it = progress_bar(starts, f"encoding {len(jobs)} images") if self.progress else starts
         with torch.no_grad():
             for s in it:
                 chunk = jobs[s:s + self.batch_size]

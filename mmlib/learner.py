@@ -249,10 +249,9 @@ def predict_proba(model: nn.Module, dataset, *, keep=None, bs: int = 64, device=
     out = []
     batches = DataLoader(dataset, batch_size=bs, shuffle=False, collate_fn=collate)
     if progress:
-        from fastprogress.fastprogress import progress_bar
+        from .scheduling import progress_bar
 
-        batches = progress_bar(batches)
-        batches.comment = f"predicting {len(dataset)} patients"
+        batches = progress_bar(batches, f"predicting {len(dataset)} patients")
     for x, _ in batches:
         if keep is not None:
             x = with_presence(x, keep)

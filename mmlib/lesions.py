@@ -10,12 +10,19 @@ evaluated on fold ``k``. Its training rows must see the kind of mask its held-ou
 from a segmenter fitted without the row's own fold *and* without fold ``k`` (:func:`segmenter_left_out`):
 
 - a held-out row of fold ``k``: the segmenter fitted on all folds but ``k``;
-- a training row of fold ``j``: the segmenter fitted on all folds but ``j`` and ``k``;
+- a training row of fold ``j``, by the run parameter ``segmenter_crossfit``:
+  ``pairs``: the segmenter fitted on all folds but ``j`` and ``k``;
+  ``halves``: fold ``k``'s training folds are split in two halves (:func:`training_halves`, consecutive folds in
+  cyclic order), and a row gets the segmenter fitted on the other half (two-fold cross-fitting inside the
+  training folds);
 - the refit on all development patients (saved models, ``test_model: refit``): a row of fold ``j`` gets the
   segmenter fitted on all folds but ``j``;
 - internal-test rows: the segmenter fitted on all development patients.
 
-That is ``1 + K + K(K-1)/2`` fits (16 for K = 5). Held-out patients' expert masks are read only to score the
+``pairs`` is ``1 + K + K(K-1)/2`` fits (16 for K = 5), its inner segmenters on ``(K-2)/K`` of the development
+patients; ``halves`` is ``1 + K + K`` fits for odd K (11 for K = 5; the same halves serve several outer folds),
+its inner segmenters on about half the training folds: cheaper, with training-row masks from smaller training
+sets. Held-out patients' expert masks are read only to score the
 segmenter (``segmentation.csv``). Predicted masks are written as PNG files under ``cache/lesions/``, in folders
 named by the segmenter's training set and the masks' content, and each fold gets a view of the cohort whose
 ``<modality>_mask`` columns point to them, so cropping, morphometry and the feature cache work unchanged.
@@ -52,35 +59,71 @@ def check_lesion_source(value) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- the schedule
-def segmenter_left_out(row_fold: int | None, outer_fold: int | None) -> frozenset[int]:
+#: Values of the run parameter ``segmenter_crossfit``: how the training rows' segmenters are chosen.
+CROSSFIT_SCHEMES: tuple[str, ...] = ("pairs", "halves")
+
+
+def training_halves(outer_fold: int, n_folds: int) -> tuple[frozenset[int], frozenset[int]]:
+    """The two halves of outer fold ``outer_fold``'s training folds under ``segmenter_crossfit: halves``: the other
+    folds in cyclic order from ``outer_fold + 1``, the first ``(n_folds - 1) // 2`` and the rest. Consecutive runs
+    in a cycle: for K = 5 the ten halves of the five outer folds are five distinct sets of two folds."""
+    if n_folds < 3:
+        raise ValueError(f"segmenter_crossfit 'halves' needs n_folds >= 3 (two non-empty halves of the training "
+                         f"folds), got {n_folds}")
+    others = [(int(outer_fold) + 1 + i) % int(n_folds) for i in range(int(n_folds) - 1)]
+    m = (int(n_folds) - 1) // 2
+    return frozenset(others[:m]), frozenset(others[m:])
+
+
+def segmenter_left_out(row_fold: int | None, outer_fold: int | None, n_folds: int | None = None,
+                       scheme: str = "pairs") -> frozenset[int]:
     """The development folds left out of the segmenter whose mask a row gets.
 
     Args:
         row_fold: the row's cross-validation fold; None for an internal-test row.
         outer_fold: the fold held out by the classifier being trained or evaluated; None for the refit on all
             development patients.
+        n_folds: the number of folds (needed by ``halves``).
+        scheme: ``pairs`` or ``halves`` (the run parameter ``segmenter_crossfit``).
     """
+    if scheme not in CROSSFIT_SCHEMES:
+        raise ValueError(f"parameter 'segmenter_crossfit' must be one of {list(CROSSFIT_SCHEMES)}, got {scheme!r}")
     if row_fold is None or row_fold < 0:
         return frozenset()
     if outer_fold is None or row_fold == outer_fold:
         return frozenset({int(row_fold)})
-    return frozenset({int(row_fold), int(outer_fold)})
+    if scheme == "pairs":
+        return frozenset({int(row_fold), int(outer_fold)})
+    if n_folds is None:
+        raise ValueError("segmenter_left_out: scheme 'halves' needs n_folds")
+    first, second = training_halves(int(outer_fold), int(n_folds))
+    trained_on = second if int(row_fold) in first else first
+    return frozenset(range(int(n_folds))) - trained_on
 
 
-def crossfit_plan(n_folds: int) -> list[frozenset[int]]:
-    """Every segmenter a study fits: all development patients, then each fold left out, then each pair."""
+def crossfit_plan(n_folds: int, scheme: str = "pairs") -> list[frozenset[int]]:
+    """Every segmenter a study fits (as the folds each leaves out): all development patients, then each fold left
+    out, then the training rows' segmenters of ``scheme`` (for ``pairs``: each pair of folds)."""
     folds = range(int(n_folds))
-    return [frozenset(), *(frozenset({k}) for k in folds), *(frozenset(p) for p in itertools.combinations(folds, 2))]
+    inner = {segmenter_left_out(j, k, int(n_folds), scheme) for k in folds for j in folds if j != k}
+    return [frozenset(), *(frozenset({k}) for k in folds), *sorted(inner, key=lambda s: (len(s), sorted(s)))]
 
 
-def segmenter_rows(left_out: frozenset[int], row_folds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(training rows, rows it segments)`` of the segmenter leaving out ``left_out`` (row fold -1: test)."""
+def segmenter_rows(left_out: frozenset[int], row_folds: np.ndarray, n_folds: int | None = None,
+                   scheme: str = "pairs") -> tuple[np.ndarray, np.ndarray]:
+    """``(training rows, rows it segments)`` of the segmenter leaving out ``left_out`` (row fold -1: test). A
+    training rows' segmenter segments the rows of the folds that get their masks from it."""
     row_folds = np.asarray(row_folds)
     dev = row_folds >= 0
     train = np.flatnonzero(dev & ~np.isin(row_folds, list(left_out)))
     if not left_out:
         return train, np.flatnonzero(~dev)
-    return train, np.flatnonzero(np.isin(row_folds, list(left_out)))
+    if len(left_out) == 1:
+        return train, np.flatnonzero(np.isin(row_folds, list(left_out)))
+    n_folds = int(n_folds) if n_folds is not None else int(row_folds.max()) + 1
+    served = {j for k in range(n_folds) for j in range(n_folds)
+              if j != k and segmenter_left_out(j, k, n_folds, scheme) == left_out}
+    return train, np.flatnonzero(np.isin(row_folds, sorted(served)))
 
 
 def _name(left_out: frozenset[int]) -> str:
@@ -95,6 +138,9 @@ class StudyLesions:
 
     source: str
     row_folds: np.ndarray
+    #: the run parameters ``n_folds`` and ``segmenter_crossfit`` (:func:`segmenter_left_out`)
+    n_folds: int = 0
+    crossfit: str = "pairs"
     masks: dict = field(default_factory=dict)
     found: dict = field(default_factory=dict)
     #: modality -> folder of the segmenter fitted on all development patients (the one saved with models)
@@ -106,6 +152,11 @@ class StudyLesions:
         state["_views"] = {}
         return state
 
+    def left_out(self, row_fold: int, outer_fold: int | None) -> frozenset[int]:
+        """The folds left out of the segmenter whose mask a row of ``row_fold`` gets under ``outer_fold``."""
+        n_folds = self.n_folds or int(np.max(self.row_folds, initial=-1)) + 1
+        return segmenter_left_out(row_fold, outer_fold, n_folds, self.crossfit)
+
     def cohort_view(self, cohort, outer_fold: int | None):
         """``cohort`` with the masks seen by the classifier holding out ``outer_fold`` (None: the refit)."""
         if outer_fold in self._views:
@@ -116,7 +167,7 @@ class StudyLesions:
             masks = [[None] * n for n in n_views]
             if self.source == "predicted":
                 for r, row_fold in enumerate(self.row_folds):
-                    stored = self.masks.get(segmenter_left_out(int(row_fold), outer_fold), {}).get(m, {}).get(r)
+                    stored = self.masks.get(self.left_out(int(row_fold), outer_fold), {}).get(m, {}).get(r)
                     if stored is not None:
                         masks[r] = [None if p is None else Path(p) for p in stored]
             patients[mask_column(m)] = pd.Series(masks, index=patients.index, dtype=object)
@@ -129,7 +180,7 @@ class StudyLesions:
         """Per row: every segmented view of it had a lesion (with the masks of ``outer_fold``'s classifier)."""
         out = []
         for r in np.asarray(rows, dtype=int):
-            left = segmenter_left_out(int(self.row_folds[r]), outer_fold)
+            left = self.left_out(int(self.row_folds[r]), outer_fold)
             flags = [f for m in IMAGE_MODALITIES for f in self.found.get(left, {}).get(m, {}).get(int(r), [])]
             out.append(all(flags))
         return np.asarray(out, dtype=bool)
@@ -173,7 +224,8 @@ def prepare_lesions(study, *, fresh: bool = False) -> StudyLesions | None:
     if source == "expert":
         study.lesions = None
         return None
-    lesions = StudyLesions(source, row_folds)
+    lesions = StudyLesions(source, row_folds, n_folds=int(p["n_folds"]),
+                           crossfit=p.get("segmenter_crossfit", "pairs"))
     if source == "predicted":
         _predict_masks(study, lesions, fresh=fresh)
     study.lesions = lesions
@@ -239,13 +291,17 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
     from .experiment import cohort_fingerprint
 
     base_key = [MASKS_VERSION, settings.key_dict(), seed, cohort_fingerprint(cohort)]
-    plan = crossfit_plan(int(p["n_folds"]))
+    n_folds, scheme = int(p["n_folds"]), lesions.crossfit
+    if n_folds < 3:
+        raise ValueError(f"lesion_source 'predicted' cross-fits segmenters inside the training folds and needs "
+                         f"parameter 'n_folds' >= 3, got {n_folds}")
+    plan = crossfit_plan(n_folds, scheme)
     folder = study.out / "cache" / "lesions"
     stems: dict[str, StemCache] = {}
     scores = []
     n = len(plan) * len(modalities)
     for i, (m, left_out) in enumerate(itertools.product(modalities, plan)):
-        train_rows, target_rows = segmenter_rows(left_out, lesions.row_folds)
+        train_rows, target_rows = segmenter_rows(left_out, lesions.row_folds, n_folds, scheme)
         pairs = [(image, mask) for _, _, image, mask in _expert_views(cohort, train_rows, m) if mask is not None]
         targets = _expert_views(cohort, target_rows, m)
         key = hashlib.sha256(json.dumps([*base_key, m, sorted(cohort.patients["patient_id"].iloc[train_rows])],
@@ -271,7 +327,7 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
         if not left_out:
             lesions.segmenters[m] = str(folder / f"{m}-{_name(left_out)}-{key}" / "segmenter")
         # Every mask is scored against the expert's: the held-out fold's and the internal test's (what the study
-        # reports), and the training rows' from the pair segmenters ('crossfit': how close the masks the classifier
+        # reports), and the training rows' from the inner segmenters ('crossfit': how close the masks the classifier
         # trains on come to the masks it is evaluated on).
         scores += _score(targets, record, m, left_out, lesions.row_folds)
         study.log(f"({i + 1}/{n}) {m} segmenter {_name(left_out)}: {what}, {len(targets)} images segmented "
@@ -390,8 +446,9 @@ def _score(targets, record, modality, left_out, row_folds) -> list[dict]:
 def segmentation_summary(views: pd.DataFrame, groups: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Per fold (cross-validation, held-out patients), all folds together and the internal test: mean Dice and
     IoU per patient with percentile bootstrap 95% CIs resampling patients (whole groups). Split ``crossfit`` scores
-    the masks the classifiers' training rows get (from the segmenters that leave out two folds; each development
-    patient's masks from its four such segmenters averaged), all folds together.
+    the masks the classifiers' training rows get (from the segmenters that leave out the row's fold and the outer
+    fold; each development patient's masks from every such segmenter that gives it one averaged), all folds
+    together.
 
     Args:
         views: one row per scored image: ``row, modality, split, fold, dice, iou, found``.

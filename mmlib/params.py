@@ -75,6 +75,10 @@ class RunParams(BaseModel):
     """Where ROI crops and outlines come from: ``expert`` (the manifest's masks/boxes), ``predicted`` (a lesion
     segmenter cross-fitted inside the training folds, ``mmlib.lesions``), ``none`` (whole images: roi and
     outline_features are then off)."""
+    segmenter_crossfit: Literal["pairs", "halves"] = "pairs"
+    """How the classifier's training rows get their predicted masks (``mmlib.lesions``): ``pairs``, from the
+    segmenter fitted without the row's fold and the held-out fold (16 segmenters for 5 folds); ``halves``, two-fold
+    cross-fitting inside the training folds (11 segmenters for 5 folds, the inner ones on about half the data)."""
     segmenter: dict = Field(default_factory=dict)
     """Settings of the lesion segmenter for ``lesion_source: predicted`` (fields of
     ``mmlib.segmentation.SegmenterSettings``, e.g. ``{image_size: 192, epochs: 25}``); empty: its defaults."""

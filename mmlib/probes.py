@@ -244,7 +244,26 @@ def segmenter_figures(profile: str, key: str) -> dict[str, str]:
         out[f"{key}_{name}"] = (f"{r['dice']:.3f} (95% CI {r['dice_ci_low']:.3f}–{r['dice_ci_high']:.3f}; "
                                 f"{int(r['n_patients'])} patients)")
         out[f"{key}_{name}_found"] = found_count(r["lesion_found"], r["n_images"])
+    out[f"{key}_plan"] = crossfit_text(_study(profile), cmd)
     return out
+
+
+def crossfit_text(res, cmd: str) -> str:
+    """How a study's training rows got their masks (the run parameter ``segmenter_crossfit``), with the number of
+    segmenters fitted, as text to glue; the command that runs the study where it is absent."""
+    from .lesions import crossfit_plan
+
+    if res is None:
+        return figure(float("nan"), cmd)
+    p = res.run["params"]
+    scheme, k = p.get("segmenter_crossfit", "pairs"), int(p["n_folds"])
+    n = len(crossfit_plan(k, scheme))
+    if scheme == "halves":
+        return (f"{n} segmenters for {k} folds, `segmenter_crossfit: halves`: each outer fold's training folds are "
+                f"split into two halves that segment each other, so a training row's mask comes from a segmenter "
+                f"fitted on about half the training folds")
+    return (f"{n} segmenters for {k} folds, `segmenter_crossfit: pairs`: a training row's mask comes from the "
+            f"segmenter fitted without its own fold and the held-out fold")
 
 
 def chapter_figures() -> dict[str, str]:
@@ -321,6 +340,7 @@ def chapter_figures() -> dict[str, str]:
     for key, profile, label in (("us_outline", "breast-lesions-usg", "outline_features=False"),
                                 ("us_levels", "breast-lesions-usg", "encoder_levels=None"),
                                 ("us_expert", "breast-lesions-usg", "lesion_source=expert"),
+                                ("us_crossfit", "breast-lesions-usg", "segmenter_crossfit=pairs"),
                                 ("cesm_levels456", "cdd-cesm", "encoder_levels=[4, 5, 6]")):
         cmd = f"python benchmarks/bench_real.py --profile {profile} --set {label.replace('False', 'false').replace('None', 'null').replace(' ', '')}"
         g = gains[(gains["profile"] == profile) & (gains["comparison"] == f"profile vs {label}")] if len(gains) else gains

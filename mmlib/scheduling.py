@@ -96,6 +96,31 @@ class StudyProgress:
                   f"elapsed {_clock(elapsed)} | left ~{_clock(left)}")
 
 
+def progress_bar(items, comment: str = "", *, stream=None, marks: int = 4):
+    """Iterate over ``items`` showing progress: fastprogress's bar in a notebook or a terminal; where stdout is not a
+    terminal (a log file, CI), a line ``[mmlib] <comment>: done/total (share) elapsed`` at every ``1/marks`` of the
+    way, instead of one line of carriage returns that grows with every step."""
+    from fastprogress.fastprogress import IN_NOTEBOOK
+    from fastprogress.fastprogress import progress_bar as bar
+
+    out = stream or sys.stdout
+    if stream is None and (IN_NOTEBOOK or out.isatty()):
+        b = bar(items)
+        b.comment = comment
+        return b
+    return _progress_lines(items, comment, out, max(1, int(marks)))
+
+
+def _progress_lines(items, comment, stream, marks):
+    total, t0, mark = len(items), time.perf_counter(), 1
+    for i, item in enumerate(items, 1):
+        yield item
+        if i * marks >= mark * total:
+            print(f"[mmlib] {comment}: {i}/{total} ({i / total:.0%}) {_clock(time.perf_counter() - t0)}",
+                  file=stream, flush=True)
+            mark = i * marks // total + 1
+
+
 def _clock(seconds: float) -> str:
     if seconds != seconds:  # nan: nothing finished yet
         return "?"

@@ -362,9 +362,9 @@ class Segmenter:
         paths = [Path(p) for p in images]
         starts = range(0, len(paths), bs)
         if progress:
-            from fastprogress.fastprogress import progress_bar
+            from .scheduling import progress_bar
 
-            starts = progress_bar(starts)
+            starts = progress_bar(starts, f"segmenting {len(paths)} images")
         with torch.no_grad():
             for s in starts:
                 batch = []
@@ -457,10 +457,9 @@ class StemCache:
             return self
         starts = range(0, len(jobs), bs)
         if progress:
-            from fastprogress.fastprogress import progress_bar
+            from .scheduling import progress_bar
 
-            starts = progress_bar(starts)
-            starts.comment = f"segmenter: encoding {len(jobs)} images"
+            starts = progress_bar(starts, f"segmenter: encoding {len(jobs)} images")
         decoded: dict[tuple[str, str], tuple] = {}
         with torch.no_grad():
             for s in starts:

@@ -170,6 +170,7 @@ def test_segmenter_figures_read_the_studys_segmentation_table(results):
     figs = probes.segmenter_figures("breast-lesions-usg", "s")
     assert "python -m mmlib run --profile breast-lesions-usg" in figs.pop("s_crossfit")  # a study of before the rows
     figs.pop("s_crossfit_found")
+    assert "python -m mmlib run --profile breast-lesions-usg" in figs.pop("s_plan")  # no run.json: no schedule
     assert figs == {"s_cv": "0.760 (95% CI 0.730–0.790; 200 patients)", "s_cv_found": "197 of 200",
                     "s_test": "0.800 (95% CI 0.750–0.840; 50 patients)", "s_test_found": "50 of 50"}
     rows.append({**rows[1], "split": "crossfit", "n_images": 800, "dice": 0.74, "dice_ci_low": 0.71,
@@ -179,6 +180,16 @@ def test_segmenter_figures_read_the_studys_segmentation_table(results):
     assert probes.chapter_figures()["us_seg_cv"] == figs["s_cv"]
     # one image without a lesion in 202 is not "100%" (a percentage rounds it away)
     assert found_count(201 / 202, 202) == "201 of 202" and found_count(1.0, 50) == "50 of 50"
+
+
+def test_the_crossfit_schedule_is_said_from_the_studys_own_parameters():
+    from types import SimpleNamespace
+
+    pairs = probes.crossfit_text(SimpleNamespace(run={"params": {"n_folds": 5}}), "cmd")  # a study of before the key
+    halves = probes.crossfit_text(SimpleNamespace(run={"params": {"n_folds": 5, "segmenter_crossfit": "halves"}}), "cmd")
+    assert pairs.startswith("16 segmenters for 5 folds, `segmenter_crossfit: pairs`")
+    assert halves.startswith("11 segmenters for 5 folds, `segmenter_crossfit: halves`")
+    assert "cmd" in probes.crossfit_text(None, "cmd")
 
 
 def test_study_time_says_when_the_run_reused_finished_work():

@@ -157,3 +157,20 @@ def test_ray_cluster_of_two_nodes_gives_the_local_results_and_names_a_failing_un
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_progress_in_a_log_file_is_a_line_per_quarter_not_one_growing_line():
+    """Where stdout is not a terminal (a log file, CI), long loops print whole lines at each quarter of the way, with
+    no carriage returns, and every item still comes through once, in order."""
+    import io
+
+    from mmlib.scheduling import progress_bar
+
+    log = io.StringIO()
+    assert list(progress_bar(range(10), "encoding 10 images", stream=log)) == list(range(10))
+    lines = log.getvalue().splitlines()
+    assert [ln.split(": ")[1].split(" ")[0] for ln in lines] == ["3/10", "5/10", "8/10", "10/10"]
+    assert all(ln.startswith("[mmlib] encoding 10 images: ") for ln in lines) and "\r" not in log.getvalue()
+    short = io.StringIO()
+    assert list(progress_bar([1, 2], "x", stream=short)) == [1, 2] and len(short.getvalue().splitlines()) == 2
+    assert list(progress_bar([], "nothing", stream=short)) == []

@@ -188,28 +188,54 @@ def test_fit_refuses_bad_input(blobs, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- in the study
-def test_crossfitting_never_lets_a_held_out_mask_reach_its_segmenters():
+@pytest.mark.parametrize("scheme", ["pairs", "halves"])
+@pytest.mark.parametrize("n_folds", [3, 4, 5, 6])
+def test_crossfitting_never_lets_a_held_out_mask_reach_its_segmenters(scheme, n_folds):
     """Every segmenter whose mask a classifier of outer fold k reads for its held-out or training rows was fitted
-    without fold k and without the row's own fold; internal-test rows are in no segmenter's training."""
+    without fold k and without the row's own fold; internal-test rows are in no segmenter's training; every
+    segmenter of the plan gives some row its mask, and segments only rows that get their mask from it."""
     from mmlib.lesions import crossfit_plan, segmenter_left_out, segmenter_rows
 
-    n_folds = 5
     row_folds = np.array([-1, -1] + [k for k in range(n_folds) for _ in range(3)])
-    plan = crossfit_plan(n_folds)
-    assert len(plan) == 1 + n_folds + n_folds * (n_folds - 1) // 2 == len(set(plan))
+    plan = crossfit_plan(n_folds, scheme)
+    assert len(plan) == len(set(plan))
+    used = {}
     for outer in [*range(n_folds), None]:
         for r, fold in enumerate(row_folds):
-            left = segmenter_left_out(int(fold), outer)
+            left = segmenter_left_out(int(fold), outer, n_folds, scheme)
             assert left in plan
-            train, targets = segmenter_rows(left, row_folds)
+            used.setdefault(left, set()).add(r)
+            train, targets = segmenter_rows(left, row_folds, n_folds, scheme)
             assert r in targets  # the segmenter that gives the row its mask segments it
             assert r not in train and not np.isin(row_folds[train], [-1]).any()
             if fold >= 0:  # a development row: neither its own fold's nor the held-out fold's expert masks
                 assert fold not in row_folds[train]
                 assert outer is None or outer not in row_folds[train]
-    # the held-out fold's masks come from one segmenter, the training rows' from the pairs with that fold
-    assert segmenter_left_out(2, 2) == {2} and segmenter_left_out(1, 2) == {1, 2}
-    assert segmenter_left_out(1, None) == {1} and segmenter_left_out(-1, 3) == frozenset()
+                assert len(train) >= 3  # trained on at least one fold
+    for left in plan:  # nothing fitted that no row reads; nothing segmented that no classifier reads
+        assert set(segmenter_rows(left, row_folds, n_folds, scheme)[1]) == used[left]
+    # the held-out fold's masks come from one segmenter; the refit's rows from the segmenter without their fold
+    assert segmenter_left_out(2, 2, n_folds, scheme) == {2} and segmenter_left_out(1, None, n_folds, scheme) == {1}
+    assert segmenter_left_out(-1, 2, n_folds, scheme) == frozenset()
+    if scheme == "pairs":
+        assert len(plan) == 1 + n_folds + n_folds * (n_folds - 1) // 2
+        assert segmenter_left_out(1, 2, n_folds, scheme) == {1, 2}
+
+
+def test_halves_crossfit_is_two_fold_cross_fitting_inside_the_training_folds():
+    """For K = 5: each outer fold's four training folds split into two halves of two folds that segment each
+    other, and the ten halves are five distinct segmenters (a cycle), so 11 fits instead of 16."""
+    from mmlib.lesions import crossfit_plan, segmenter_left_out, training_halves
+
+    assert training_halves(0, 5) == ({1, 2}, {3, 4}) and training_halves(3, 5) == ({4, 0}, {1, 2})
+    # outer fold 0: a row of fold 3 gets the segmenter trained on folds 1 and 2, a row of fold 1 the one on 3 and 4
+    assert segmenter_left_out(3, 0, 5, "halves") == {0, 3, 4}
+    assert segmenter_left_out(1, 0, 5, "halves") == {0, 1, 2}
+    assert len(crossfit_plan(5, "halves")) == 11 and len(crossfit_plan(5, "pairs")) == 16
+    with pytest.raises(ValueError, match="segmenter_crossfit.*pairs.*halves"):
+        segmenter_left_out(1, 0, 5, "thirds")
+    with pytest.raises(ValueError, match="n_folds >= 3"):
+        training_halves(0, 2)
 
 
 def test_lesion_source_is_checked():
