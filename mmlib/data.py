@@ -422,7 +422,7 @@ class FeatureCache:
                             jobs.append((m, view, c))
         if not jobs:
             return self
-        from .scheduling import progress_bar
+        from .progress import progress_bar
 
         self.encoder.eval().to(self.device)
         starts = range(0, len(jobs), self.batch_size)

@@ -249,7 +249,7 @@ def predict_proba(model: nn.Module, dataset, *, keep=None, bs: int = 64, device=
     out = []
     batches = DataLoader(dataset, batch_size=bs, shuffle=False, collate_fn=collate)
     if progress:
-        from .scheduling import progress_bar
+        from .progress import progress_bar
 
         batches = progress_bar(batches, f"predicting {len(dataset)} patients")
     for x, _ in batches:

@@ -362,7 +362,7 @@ class Segmenter:
         paths = [Path(p) for p in images]
         starts = range(0, len(paths), bs)
         if progress:
-            from .scheduling import progress_bar
+            from .progress import progress_bar
 
             starts = progress_bar(starts, f"segmenting {len(paths)} images")
         with torch.no_grad():
@@ -457,7 +457,7 @@ class StemCache:
             return self
         starts = range(0, len(jobs), bs)
         if progress:
-            from .scheduling import progress_bar
+            from .progress import progress_bar
 
             starts = progress_bar(starts, f"segmenter: encoding {len(jobs)} images")
         decoded: dict[tuple[str, str], tuple] = {}

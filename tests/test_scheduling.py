@@ -164,7 +164,7 @@ def test_progress_in_a_log_file_is_a_line_per_quarter_not_one_growing_line():
     no carriage returns, and every item still comes through once, in order."""
     import io
 
-    from mmlib.scheduling import progress_bar
+    from mmlib.progress import progress_bar
 
     log = io.StringIO()
     assert list(progress_bar(range(10), "encoding 10 images", stream=log)) == list(range(10))
