@@ -595,6 +595,9 @@ def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | No
         "threshold_fallbacks": tables["threshold_fallbacks"],
         "synthetic": bool(study.cohort_info.get("synthetic")),
     }
+    lesions = getattr(study, "lesions", None)
+    if lesions is not None and lesions.source == "predicted":  # a build that reused them did not pay for them
+        record["segmenters"] = dict(lesions.fits)
     if gpu_peaks:  # the colophon shows it
         record["gpu_peak_memory_mb"] = max(gpu_peaks)
     if "oracle_auc" in study.cohort_info:

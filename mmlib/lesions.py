@@ -20,9 +20,9 @@ from a segmenter fitted without the row's own fold *and* without fold ``k`` (:fu
 - internal-test rows: the segmenter fitted on all development patients.
 
 ``pairs`` is ``1 + K + K(K-1)/2`` fits (16 for K = 5), its inner segmenters on ``(K-2)/K`` of the development
-patients; ``halves`` is ``1 + K + K`` fits for odd K (11 for K = 5; the same halves serve several outer folds),
-its inner segmenters on about half the training folds: cheaper, with training-row masks from smaller training
-sets. Held-out patients' expert masks are read only to score the
+patients; ``halves`` is ``1 + K + K`` fits for odd K (11 for K = 5; the same halves serve several outer folds) and
+``1 + K + 2K`` for even K (more than ``pairs`` for K = 4), its inner segmenters on about half the training folds:
+for K = 5 cheaper, with training-row masks from smaller training sets. Held-out patients' expert masks are read only to score the
 segmenter (``segmentation.csv``). Predicted masks are written as PNG files under ``cache/lesions/``, in folders
 named by the segmenter's training set and the masks' content, and each fold gets a view of the cohort whose
 ``<modality>_mask`` columns point to them, so cropping, morphometry and the feature cache work unchanged.
@@ -142,6 +142,8 @@ class StudyLesions:
     n_folds: int = 0
     crossfit: str = "pairs"
     masks: dict = field(default_factory=dict)
+    #: segmenters the study needed and how many of them it reused from a cache (``run.json``: ``segmenters``)
+    fits: dict = field(default_factory=lambda: {"total": 0, "reused": 0})
     found: dict = field(default_factory=dict)
     #: modality -> folder of the segmenter fitted on all development patients (the one saved with models)
     segmenters: dict = field(default_factory=dict)
@@ -309,6 +311,8 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
         t = time.perf_counter()
         record = None if fresh else _stored(folder, m, left_out, key, elsewhere=_sibling_caches(study.out))
         what = "reused"
+        lesions.fits["total"] += 1
+        lesions.fits["reused"] += record is not None
         if record is None:
             from .segmentation import fit_segmenter
 

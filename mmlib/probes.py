@@ -107,12 +107,14 @@ def study_time(run: dict, profile: str) -> str:
     minutes = float(run.get("wall_time_seconds", float("nan"))) / 60
     if not np.isfinite(minutes):
         return figure(minutes, f"python -m mmlib run --profile {profile}")
-    units = run.get("units") or {}
+    units, segs = run.get("units") or {}, run.get("segmenters") or {}
     shown = f"{minutes:.0f} minute{'' if round(minutes) == 1 else 's'}"
-    if not units.get("reused"):
+    reused = [f"{n['reused']} of {n.get('total', n['reused'])} {what}" for n, what in
+              ((units, "finished units of work"), (segs, "lesion segmenters")) if n.get("reused")]
+    if not reused:
         return f"in {shown}"
-    return (f"in {shown} of this build, which reused {units['reused']} of {units.get('total', units['reused'])} "
-            f"finished units of work (`python benchmarks/bench_real.py --profile {profile}` times a run from scratch)")
+    return (f"in {shown} of this build, which reused {' and '.join(reused)} "
+            f"(`python -m mmlib run --profile {profile} --fresh` times a run from scratch)")
 
 
 def variant_dir(profile: str, overrides: dict | None = None) -> Path:

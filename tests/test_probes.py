@@ -195,5 +195,14 @@ def test_the_crossfit_schedule_is_said_from_the_studys_own_parameters():
 def test_study_time_says_when_the_run_reused_finished_work():
     assert probes.study_time({"wall_time_seconds": 1862.8, "units": {"total": 66, "reused": 0}}, "p") == "in 31 minutes"
     reused = probes.study_time({"wall_time_seconds": 43.9, "units": {"total": 66, "reused": 66}}, "p")
-    assert reused.startswith("in 1 minute of this build, which reused 66 of 66") and "bench_real.py --profile p" in reused
+    assert reused.startswith("in 1 minute of this build, which reused 66 of 66") and "mmlib run --profile p --fresh" in reused
+    # reused lesion segmenters are work the build did not pay for either, even when every classifier was retrained
+    segs = probes.study_time({"wall_time_seconds": 600.0, "units": {"total": 66, "reused": 0},
+                              "segmenters": {"total": 11, "reused": 11}}, "p")
+    assert segs.startswith("in 10 minutes of this build, which reused 11 of 11 lesion segmenters (")
+    both = probes.study_time({"wall_time_seconds": 60.0, "units": {"total": 66, "reused": 6},
+                              "segmenters": {"total": 11, "reused": 5}}, "p")
+    assert "reused 6 of 66 finished units of work and 5 of 11 lesion segmenters" in both
+    assert probes.study_time({"wall_time_seconds": 1466.2, "units": {"total": 66, "reused": 0},
+                              "segmenters": {"total": 11, "reused": 0}}, "p") == "in 24 minutes"
     assert "python -m mmlib run --profile p" in probes.study_time({}, "p")
