@@ -24,17 +24,6 @@ import numpy as np
 import pandas as pd
 
 
-def _full(seg, prob, shape):
-    import torch
-    import torch.nn.functional as F
-
-    from mmlib.segmentation import _letterbox
-
-    top, left, nh, nw = _letterbox(shape, int(seg.settings.image_size))
-    inner = torch.from_numpy(np.ascontiguousarray(prob[top:top + nh, left:left + nw]))[None, None]
-    return F.interpolate(inner, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", required=True, help="a study's results folder (lesion_source: predicted)")
@@ -64,7 +53,7 @@ def main(argv=None) -> int:
         ps, shapes = seg.probabilities(images)
         for r, p, shape in zip(idx, ps, shapes):
             truth = read_mask(pats[f"{a.modality}_mask"].iloc[r][0])
-            full = _full(seg, p, shape)
+            full = seg.full_probability(p, shape)
             probs[(left_out, r)] = full
             if truth.shape != full.shape:
                 continue

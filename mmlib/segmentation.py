@@ -384,12 +384,16 @@ class Segmenter:
         probs, shapes = self.probabilities(images, progress=progress)
         return [self._mask(p, shape) for p, shape in zip(probs, shapes)]
 
-    def _mask(self, prob: np.ndarray, shape: tuple[int, int]) -> PredictedMask:
+    def full_probability(self, prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """A letterboxed probability map of :meth:`probabilities` back at the original image's ``shape``."""
         import torch.nn.functional as F
 
         top, left, nh, nw = _letterbox(shape, int(self.settings.image_size))
         inner = torch.from_numpy(np.ascontiguousarray(prob[top:top + nh, left:left + nw]))[None, None]
-        full = F.interpolate(inner, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
+        return F.interpolate(inner, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+    def _mask(self, prob: np.ndarray, shape: tuple[int, int]) -> PredictedMask:
+        full = self.full_probability(prob, shape)
         mask = largest_component(full > float(self.settings.threshold))
         found = bool(mask.sum() >= max(1.0, float(self.settings.min_area) * mask.size))
         if not found:
