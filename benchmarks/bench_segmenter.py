@@ -35,13 +35,32 @@ def _score(segmenter, views, split, fold):
     from mmlib.imaging import read_mask
     from mmlib.segmentation import dice_iou
 
-    predicted = segmenter.predict([image for _, _, image, _ in views])
+    images = [image for _, _, image, _ in views]
+    predicted = segmenter.predict(images)
+    # with a refiner, the whole-image network's own outline too: a paired comparison on the same patients
+    coarse = segmenter.predict(images, refine=False) if segmenter.refiner is not None else [None] * len(views)
     out = []
-    for (r, j, _, truth), pm in zip(views, predicted):
-        dice, iou = dice_iou(pm.mask, read_mask(truth))
+    for (r, j, _, truth), pm, pc in zip(views, predicted, coarse):
+        expert = read_mask(truth)
+        dice, iou = dice_iou(pm.mask, expert)
         out.append({"row": r, "view": j, "modality": "ultrasound", "split": split, "fold": fold, "dice": dice,
-                    "iou": iou, "found": pm.found})
+                    "iou": iou, "found": pm.found, **({} if pc is None else {"dice_coarse": dice_iou(pc.mask, expert)[0]})})
     return out
+
+
+def _refiner_gain(scores, patient_ids) -> None:
+    """Refined against whole-image Dice on the same images (mmlib.lesions.refiner_gain: a patient bootstrap)."""
+    import pandas as pd
+
+    from mmlib.lesions import WHOLE_IMAGE_SPLIT, refiner_gain
+
+    d = pd.DataFrame(scores).assign(group=list(patient_ids), split="cv")
+    if "dice_coarse" not in d:
+        return
+    g = refiner_gain(pd.concat([d, d.assign(split=WHOLE_IMAGE_SPLIT, dice=d["dice_coarse"])]))
+    print(f"refiner: Dice {g['dice']:.3f} against {g['dice_whole_image']:.3f} from the whole image alone (paired "
+          f"difference {g['diff']:+.3f}, patient bootstrap 95% CI {g['ci_low']:+.3f} to {g['ci_high']:+.3f}; "
+          f"{g['n_patients']} patients)")
 
 
 def _target(what: str, value: float, target: float) -> None:
@@ -114,6 +133,7 @@ def main(argv=None) -> int:
         print(table.drop(columns=["modality"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         _target("Dice, BrEaST cross-validation", float(table.loc[table["fold"] == "all", "dice"].iloc[0]),
                 TARGETS["breast_cv_dice"])
+        _refiner_gain(scores, breast.patients["patient_id"].astype(str).to_numpy()[[s["row"] for s in scores]])
     if args.skip_bus_bra:
         return 0
     if not bus_src.is_dir():
@@ -137,6 +157,7 @@ def main(argv=None) -> int:
     print(f"Dice {r.dice:.3f} ({r.dice_ci_low:.3f}-{r.dice_ci_high:.3f}), IoU {r.iou:.3f} ({r.iou_ci_low:.3f}-"
           f"{r.iou_ci_high:.3f}), a lesion found in {found_count(r.lesion_found, r.n_images)} images")
     _target("Dice, BUS-BRA", float(r.dice), TARGETS["bus_bra_dice"])
+    _refiner_gain(ext, bus.patients["patient_id"].astype(str).to_numpy()[[s["row"] for s in ext]])
     return 0
 
 

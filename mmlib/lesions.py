@@ -334,6 +334,8 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
         # reports), and the training rows' from the inner segmenters ('crossfit': how close the masks the classifier
         # trains on come to the masks it is evaluated on).
         scores += _score(targets, record, m, left_out, lesions.row_folds)
+        if len(left_out) == 1 and int(settings.refine_size):
+            scores += _whole_image_scores(folder / f"{m}-{_name(left_out)}-{key}", targets, m, lesions.row_folds)
         study.log(f"({i + 1}/{n}) {m} segmenter {_name(left_out)}: {what}, {len(targets)} images segmented "
                   f"({sum(not ok for *_, ok in record)} without a lesion), {time.perf_counter() - t:.1f} s")
     write_segmentation_table(study, pd.DataFrame(scores), lesions)
@@ -447,6 +449,49 @@ def _score(targets, record, modality, left_out, row_folds) -> list[dict]:
     return out
 
 
+#: ``segmentation.csv`` split of the held-out masks the whole-image network drew before a refiner redrew them.
+WHOLE_IMAGE_SPLIT = "cv_whole_image"
+
+
+def _whole_image_scores(home: Path, targets, modality, row_folds) -> list[dict]:
+    """Held-out Dice of a refined segmenter's whole-image network alone (split :data:`WHOLE_IMAGE_SPLIT`): what the
+    refiner adds, on the same images. Kept in ``whole_image.csv`` beside the segmenter, computed once."""
+    from .imaging import read_mask, resize_mask
+    from .segmentation import Segmenter, dice_iou
+
+    stored = home / "whole_image.csv"
+    if not stored.is_file():
+        scored = [t for t in targets if t[3] is not None]
+        predicted = Segmenter.load(home / "segmenter").predict([image for _, _, image, _ in scored], refine=False)
+        rows = []
+        for (r, j, _, truth), pm in zip(scored, predicted):
+            expert = read_mask(truth)
+            dice, iou = dice_iou(pm.mask, resize_mask(expert, pm.mask.shape))
+            rows.append({"row": int(r), "view": int(j), "dice": dice, "iou": iou, "found": bool(pm.found)})
+        pd.DataFrame(rows, columns=["row", "view", "dice", "iou", "found"]).to_csv(stored, index=False)
+    table = pd.read_csv(stored)
+    return [{"row": int(t.row), "view": int(t.view), "modality": modality, "split": WHOLE_IMAGE_SPLIT,
+             "fold": int(row_folds[int(t.row)]), "dice": float(t.dice), "iou": float(t.iou), "found": bool(t.found)}
+            for t in table.itertuples()]
+
+
+def refiner_gain(images: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> dict | None:
+    """What a refiner adds to held-out Dice: ``segmentation_images.csv``'s split ``cv`` (refined) against
+    :data:`WHOLE_IMAGE_SPLIT` (the whole-image network alone) on the same images, with a 95% CI from a bootstrap
+    of patients (``group``). None where the study has no refiner."""
+    cv = images[images["split"] == "cv"]
+    whole = images[images["split"] == WHOLE_IMAGE_SPLIT]
+    if cv.empty or whole.empty:
+        return None
+    both = cv.merge(whole, on=["row", "view", "modality"], suffixes=("", "_whole"))
+    diff = (both["dice"] - both["dice_whole"]).groupby(both["group"]).agg(["sum", "count"])
+    draws = np.random.default_rng(seed).integers(0, len(diff), (int(n_boot), len(diff)))
+    boot = diff["sum"].to_numpy()[draws].sum(1) / diff["count"].to_numpy()[draws].sum(1)
+    return {"dice": float(both["dice"].mean()), "dice_whole_image": float(both["dice_whole"].mean()),
+            "diff": float((both["dice"] - both["dice_whole"]).mean()), "ci_low": float(np.quantile(boot, 0.025)),
+            "ci_high": float(np.quantile(boot, 0.975)), "n_images": len(both), "n_patients": len(diff)}
+
+
 def segmentation_summary(views: pd.DataFrame, groups: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Per fold (cross-validation, held-out patients), all folds together and the internal test: mean Dice and
     IoU per patient with percentile bootstrap 95% CIs resampling patients (whole groups). Split ``crossfit`` scores
@@ -492,7 +537,13 @@ def write_segmentation_table(study, views: pd.DataFrame, lesions: StudyLesions) 
                                  seed=int(study.params.get("split_seed", 0)))
     path = study.out / "segmentation.csv"
     table.to_csv(path, index=False)
-    what = {"cv": "held-out patients", "crossfit": "training rows' cross-fitted masks", "test": "internal test"}
+    pats = study.cohort.patients
+    if not views.empty:  # per image: which images the segmenter missed, and paired comparisons
+        rows = views["row"].to_numpy(dtype=int)
+        views.assign(patient_id=pats["patient_id"].astype(str).to_numpy()[rows], group=groups[rows]).to_csv(
+            study.out / "segmentation_images.csv", index=False)
+    what = {"cv": "held-out patients", "crossfit": "training rows' cross-fitted masks", "test": "internal test",
+            WHOLE_IMAGE_SPLIT: "held-out patients, whole-image network alone (before the refiner)"}
     for r in table[table["fold"] == "all"].itertuples():
         study.log(f"segmenter ({r.modality}), {what.get(r.split, r.split)}: Dice {r.dice:.3f} ({r.dice_ci_low:.3f}-"
                   f"{r.dice_ci_high:.3f}), IoU {r.iou:.3f}, a lesion found in {found_count(r.lesion_found, r.n_images)} "

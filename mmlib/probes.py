@@ -247,7 +247,25 @@ def segmenter_figures(profile: str, key: str) -> dict[str, str]:
                                 f"{int(r['n_patients'])} patients)")
         out[f"{key}_{name}_found"] = found_count(r["lesion_found"], r["n_images"])
     out[f"{key}_plan"] = crossfit_text(_study(profile), cmd)
+    out[f"{key}_refiner"] = refiner_text(paths.results_dir(profile), cmd)
     return out
+
+
+def refiner_text(folder: Path, cmd: str) -> str:
+    """What the segmenter's refiner (``segmenter: refine_size``) added to held-out Dice in a study, as text to glue
+    (``segmentation_images.csv``: the refined masks against the whole-image network's own, same images); says so
+    where the study ran without one, and names the command where the study is absent."""
+    from .lesions import refiner_gain
+
+    path = Path(folder) / "segmentation_images.csv"
+    if not path.is_file():
+        return figure(float("nan"), cmd)
+    g = refiner_gain(pd.read_csv(path, dtype={"group": str, "patient_id": str}))
+    if g is None:
+        return "this build's study ran without a refiner (`refine_size: 0`)"
+    return (f"{g['dice']:.3f} against {g['dice_whole_image']:.3f} from the whole-image network alone on the same "
+            f"{g['n_images']} held-out images (paired difference {g['diff']:+.3f}, patient bootstrap 95% CI "
+            f"{g['ci_low']:+.3f} to {g['ci_high']:+.3f})")
 
 
 def crossfit_text(res, cmd: str) -> str:

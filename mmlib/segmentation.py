@@ -39,10 +39,12 @@ __all__ = [
     "largest_component",
     "SEGMENTER_WEIGHTS",
     "SEGMENTER_CONFIG",
+    "REFINER_WEIGHTS",
 ]
 
 SEGMENTER_WEIGHTS = "segmenter.safetensors"
 SEGMENTER_CONFIG = "segmenter.json"
+REFINER_WEIGHTS = "segmenter-refiner.safetensors"
 SEGMENTER_FORMAT = "mmlib-segmenter/1"
 TRAIN_MODES = ("frozen", "finetune")
 PRECISIONS = ("float32", "bfloat16")
@@ -70,6 +72,13 @@ class SegmenterSettings:
         precision: ``float32``, or ``bfloat16``: training's forward pass under bfloat16 autocast (the weights and
             the optimiser stay float32; prediction always runs in float32). Meant for GPUs: on this project's
             2-core CPU a BrEaST fit was 2% faster and 0.004 lower in Dice (params/breast-lesions-usg.yaml).
+        refine_size: 0 segments the whole image once. Above 0, a second network of the same kind (the refiner)
+            is trained on square crops around the expert's lesion, ``refine_size`` pixels a side, and at prediction
+            re-segments a crop around the lesion the first network found (coarse to fine: the lesion fills the
+            refiner's input, so its outline is drawn at a higher resolution than the whole image allows).
+        refine_margin: the crop around the lesion's box, as a fraction of its height and width added on each side;
+            training crops draw it from half to one and a half times this, their centre shifted by up to 15% of
+            the crop's side (the coarse lesion's box is never exact).
     """
 
     encoder: str = "efficientnet_lite0"
@@ -88,6 +97,8 @@ class SegmenterSettings:
     tta: bool = True
     output_stride: int = 1
     precision: str = "float32"
+    refine_size: int = 0
+    refine_margin: float = 0.3
 
     def __post_init__(self):
         self.decoder_channels = tuple(int(c) for c in self.decoder_channels)
@@ -113,6 +124,11 @@ class SegmenterSettings:
             raise ValueError(f"segmenter precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 0 <= float(self.min_area) < 1:
             raise ValueError(f"segmenter min_area must be in [0, 1), got {self.min_area!r}")
+        if int(self.refine_size) and (int(self.refine_size) < 32 or int(self.refine_size) % 32):
+            raise ValueError(f"segmenter refine_size must be 0 (no refiner) or a multiple of 32, got "
+                             f"{self.refine_size!r}")
+        if not 0 <= float(self.refine_margin) <= 2:
+            raise ValueError(f"segmenter refine_margin must be in [0, 2], got {self.refine_margin!r}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SegmenterSettings":
@@ -129,7 +145,7 @@ class SegmenterSettings:
         return d
 
     #: Settings added after segmenters were first cached, with the value that behaves as before they existed.
-    ADDED_LATER = {"output_stride": 1, "precision": "float32"}
+    ADDED_LATER = {"output_stride": 1, "precision": "float32", "refine_size": 0, "refine_margin": 0.3}
 
     def key_dict(self) -> dict:
         """:meth:`to_dict` for reuse keys: a setting added later enters only when it differs from the behaviour
@@ -244,11 +260,15 @@ class _CachedHead(nn.Module):
         return self.net.head([c.float().contiguous(memory_format=torch.channels_last) for c in cached])
 
 
+def _network_of(settings: SegmenterSettings) -> LesionUNet:
+    return LesionUNet(encoder=settings.encoder, decoder_channels=settings.decoder_channels,
+                      frozen_blocks=int(settings.frozen_blocks) if settings.train_mode == "frozen" else 0,
+                      output_stride=int(settings.output_stride))
+
+
 def build_network(settings: SegmenterSettings) -> LesionUNet:
     """The segmenter's network with the encoder's ImageNet weights (offline for efficientnet_lite0)."""
-    net = LesionUNet(encoder=settings.encoder, decoder_channels=settings.decoder_channels,
-                     frozen_blocks=int(settings.frozen_blocks) if settings.train_mode == "frozen" else 0,
-                     output_stride=int(settings.output_stride))
+    net = _network_of(settings)
     if settings.encoder_weights == "imagenet":
         from .encoders import create_encoder
 
@@ -280,8 +300,9 @@ def _normalise(img: torch.Tensor) -> torch.Tensor:
     return (img.expand(*img.shape[:-3], 3, *img.shape[-2:]) - mean) / std
 
 
-def _read_pair(image: Path, mask: Path | None, size: int) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
-    from .imaging import read_image, read_mask, resize_mask, resize_square
+def _read_full(image: Path, mask: Path | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """An image and its expert mask (bool, at the image's size; None without a mask)."""
+    from .imaging import read_image, read_mask, resize_mask
 
     img = read_image(image)
     m = None
@@ -291,8 +312,63 @@ def _read_pair(image: Path, mask: Path | None, size: int) -> tuple[np.ndarray, n
             m = resize_mask(m, img.shape)  # refuses another aspect, naming the sizes
         if not m.any():
             raise ValueError(f"lesion mask {mask} (of image {image}) is empty: an expert mask must outline the lesion")
-        m = resize_square(m.astype(np.float32), size) > 0.5
-    return resize_square(img, size), m, img.shape
+    return img, m
+
+
+def _read_pair(image: Path, mask: Path | None, size: int) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+    """An image and its mask letterboxed into ``size``, with the image's original shape."""
+    from .imaging import resize_square
+
+    img, m = _read_full(image, mask)
+    return resize_square(img, size), None if m is None else resize_square(m.astype(np.float32), size) > 0.5, img.shape
+
+
+def _crop_box(mask: np.ndarray, margin: float, seed: int | None = None) -> tuple[int, int, int, int]:
+    """The refiner's square crop ``(y0, y1, x0, x1)`` around the lesion of a bool ``mask`` at the image's size.
+
+    With a ``seed`` (training copies) the margin is drawn from half to one and a half times ``margin`` and the
+    centre shifted by up to 15% of the side, as a coarse lesion's box would miss the true one."""
+    from .imaging import roi_box
+
+    if seed is None:
+        return roi_box(mask, margin=float(margin), shape=mask.shape, square=True)
+    rng = np.random.default_rng(seed)
+    y0, y1, x0, x1 = roi_box(mask, margin=float(margin) * rng.uniform(0.5, 1.5), shape=mask.shape, square=True)
+    dy, dx = (rng.uniform(-0.15, 0.15, size=2) * [y1 - y0, x1 - x0]).round().astype(int)
+    dy, dx = int(np.clip(dy, -y0, mask.shape[0] - y1)), int(np.clip(dx, -x0, mask.shape[1] - x1))
+    return y0 + dy, y1 + dy, x0 + dx, x1 + dx
+
+
+def _crop(img: np.ndarray, mask: np.ndarray | None, box, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``img`` (and ``mask``) cut to ``box`` and letterboxed into ``size``."""
+    from .imaging import resize_square
+
+    y0, y1, x0, x1 = box
+    x = resize_square(img[y0:y1, x0:x1], size)
+    return x, None if mask is None else resize_square(mask[y0:y1, x0:x1].astype(np.float32), size) > 0.5
+
+
+def _sample(decoded, image: Path, copy: int, seed: int, settings: "SegmenterSettings", crops: bool):
+    """One training item ``(x (1, S, S), y (1, S, S))``: copy 0 as it is, the others a seeded augmented draw. With
+    ``crops`` (the refiner) ``decoded`` is the full-size pair and the item a crop around the expert's lesion."""
+    if crops:
+        full, fm = decoded
+        box = _crop_box(fm, float(settings.refine_margin), None if copy == 0 else _seed_of(image, copy, seed + 7919))
+        img, m = _crop(full, fm, box, int(settings.refine_size))
+    else:
+        img, m = decoded[:2]
+    if copy == 0:
+        return torch.from_numpy(img)[None], torch.from_numpy(m)[None]
+    return _augment(img, m, _seed_of(image, copy, seed))
+
+
+def _unletterbox(prob: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
+    """A letterboxed ``(size, size)`` probability map back at ``shape`` (bilinear)."""
+    import torch.nn.functional as F
+
+    top, left, nh, nw = _letterbox(shape, size)
+    inner = torch.from_numpy(np.ascontiguousarray(prob[top:top + nh, left:left + nw]))[None, None]
+    return F.interpolate(inner, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def _seed_of(path: Path, copy: int, seed: int) -> int:
@@ -348,11 +424,25 @@ class UnsafeSegmenterFolder(ValueError):
 
 @dataclass
 class Segmenter:
-    """A fitted lesion segmenter: network, settings (image size, threshold) and what it was trained on."""
+    """A fitted lesion segmenter: network, settings (image size, threshold) and what it was trained on; with
+    ``settings.refine_size`` also the refiner, which re-segments a crop around the lesion the network found."""
 
     network: LesionUNet
     settings: SegmenterSettings = field(default_factory=SegmenterSettings)
     info: dict = field(default_factory=dict)
+    refiner: LesionUNet | None = None
+
+    def __post_init__(self):
+        if bool(int(self.settings.refine_size)) != (self.refiner is not None):
+            raise ValueError(f"segmenter refine_size {self.settings.refine_size} "
+                             f"{'needs' if self.refiner is None else 'takes no'} refiner network")
+
+    def _sigmoid(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Lesion probabilities of a batch, averaged with its horizontal mirror's when ``tta``."""
+        p = torch.sigmoid(net(x))
+        if self.settings.tta:
+            p = (p + torch.sigmoid(net(torch.flip(x, dims=[-1]))).flip(dims=[-1])) / 2
+        return p
 
     def probabilities(self, images: Sequence[Path | str], *, bs: int = 16, progress: bool = False):
         """Lesion probability maps ``(S, S)`` of letterboxed images, with the original shapes."""
@@ -372,28 +462,49 @@ class Segmenter:
                     img, _, shape = _read_pair(p, None, size)
                     batch.append(torch.from_numpy(img)[None])
                     shapes.append(shape)
-                x = _normalise(torch.stack(batch))
-                p = torch.sigmoid(net(x))
-                if self.settings.tta:
-                    p = (p + torch.sigmoid(net(torch.flip(x, dims=[-1]))).flip(dims=[-1])) / 2
-                probs.extend(p[:, 0].numpy())
+                probs.extend(self._sigmoid(net, _normalise(torch.stack(batch)))[:, 0].numpy())
         return probs, shapes
 
-    def predict(self, images: Sequence[Path | str], *, progress: bool = False) -> list[PredictedMask]:
-        """One :class:`PredictedMask` per image, at the image's size."""
+    def predict(self, images: Sequence[Path | str], *, progress: bool = False,
+                refine: bool = True) -> list[PredictedMask]:
+        """One :class:`PredictedMask` per image, at the image's size (``refine=False``: the whole-image network's
+        outline alone, where the segmenter has a refiner: for comparisons)."""
         probs, shapes = self.probabilities(images, progress=progress)
-        return [self._mask(p, shape) for p, shape in zip(probs, shapes)]
+        masks = [self._mask(p, shape) for p, shape in zip(probs, shapes)]
+        return masks if self.refiner is None or not refine else self._refine([Path(p) for p in images], masks)
+
+    def _refine(self, paths: list[Path], coarse: list[PredictedMask], bs: int = 16) -> list[PredictedMask]:
+        """The refiner's outline in a crop around each lesion found; the coarse one where the refiner finds none."""
+        from .imaging import read_image
+
+        size, net, out = int(self.settings.refine_size), self.refiner.eval(), list(coarse)
+        found = [i for i, pm in enumerate(coarse) if pm.found]
+        with torch.no_grad():
+            for s in range(0, len(found), bs):
+                chunk, crops, boxes = found[s:s + bs], [], []
+                for i in chunk:
+                    box = _crop_box(coarse[i].mask, float(self.settings.refine_margin))
+                    crops.append(torch.from_numpy(_crop(read_image(paths[i]), None, box, size)[0])[None])
+                    boxes.append(box)
+                probs = self._sigmoid(net, _normalise(torch.stack(crops)))[:, 0].numpy()
+                for i, (y0, y1, x0, x1), prob in zip(chunk, boxes, probs):
+                    full = np.zeros(coarse[i].mask.shape, dtype=np.float32)
+                    full[y0:y1, x0:x1] = _unletterbox(prob, (y1 - y0, x1 - x0), size)
+                    refined = self._outline(full)
+                    if refined.found:
+                        out[i] = refined
+        return out
 
     def full_probability(self, prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """A letterboxed probability map of :meth:`probabilities` back at the original image's ``shape``."""
-        import torch.nn.functional as F
-
-        top, left, nh, nw = _letterbox(shape, int(self.settings.image_size))
-        inner = torch.from_numpy(np.ascontiguousarray(prob[top:top + nh, left:left + nw]))[None, None]
-        return F.interpolate(inner, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
+        return _unletterbox(prob, shape, int(self.settings.image_size))
 
     def _mask(self, prob: np.ndarray, shape: tuple[int, int]) -> PredictedMask:
-        full = self.full_probability(prob, shape)
+        return self._outline(self.full_probability(prob, shape))
+
+    def _outline(self, full: np.ndarray) -> PredictedMask:
+        """The largest component above the threshold of a probability map at the image's size."""
+        shape = full.shape
         mask = largest_component(full > float(self.settings.threshold))
         found = bool(mask.sum() >= max(1.0, float(self.settings.min_area) * mask.size))
         if not found:
@@ -409,6 +520,8 @@ class Segmenter:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_model(self.network, str(folder / SEGMENTER_WEIGHTS))
+        if self.refiner is not None:
+            save_model(self.refiner, str(folder / REFINER_WEIGHTS))
         meta = {"format": SEGMENTER_FORMAT, "mmlib_version": __version__, "settings": self.settings.to_dict(),
                 "info": json.loads(json.dumps(self.info, default=str))}
         (folder / SEGMENTER_CONFIG).write_text(json.dumps(meta, indent=2))
@@ -436,22 +549,34 @@ class Segmenter:
             raise ValueError(f"{folder / SEGMENTER_CONFIG}: unknown format {meta.get('format')!r}, "
                              f"expected {SEGMENTER_FORMAT!r}")
         settings = SegmenterSettings.from_dict(meta["settings"])
-        net = LesionUNet(encoder=settings.encoder, decoder_channels=settings.decoder_channels,
-                         frozen_blocks=int(settings.frozen_blocks) if settings.train_mode == "frozen" else 0,
-                         output_stride=int(settings.output_stride))
-        load_model(net, str(folder / SEGMENTER_WEIGHTS), strict=True)
-        return cls(net.eval(), settings, meta.get("info", {}))
+        nets = []
+        for name in (SEGMENTER_WEIGHTS, REFINER_WEIGHTS) if int(settings.refine_size) else (SEGMENTER_WEIGHTS,):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder} lacks {name}: {SEGMENTER_CONFIG} says the segmenter has a refiner "
+                                        f"(refine_size {settings.refine_size})")
+            net = _network_of(settings)
+            load_model(net, str(folder / name), strict=True)
+            nets.append(net.eval())
+        return cls(nets[0], settings, meta.get("info", {}), nets[1] if len(nets) > 1 else None)
 
 
 # ----------------------------------------------------------------------------------------------- fitting
 class StemCache:
     """Frozen stem outputs (float16) per image and augmented copy, computed once and shared by every fit that
-    uses the same network settings (in the study, the 16 cross-fitted segmenters)."""
+    uses the same network settings (in the study, the cross-fitted segmenters). With ``crops`` the items are the
+    refiner's crops around the expert's lesion (:meth:`crop_cache` holds them beside the whole images')."""
 
-    def __init__(self, settings: SegmenterSettings, *, seed: int = 0):
-        self.settings, self.seed = settings, int(seed)
-        self.network = build_network(settings).eval()
+    def __init__(self, settings: SegmenterSettings, *, seed: int = 0, crops: bool = False, network=None):
+        self.settings, self.seed, self.crops = settings, int(seed), bool(crops)
+        self.network = build_network(settings).eval() if network is None else network
         self.items: dict[tuple[str, str, int], tuple[list[torch.Tensor], torch.Tensor]] = {}
+        self._crop_cache: StemCache | None = None
+
+    def crop_cache(self) -> "StemCache":
+        """The cache of the refiner's crops, sharing this cache's frozen network."""
+        if self._crop_cache is None:
+            self._crop_cache = StemCache(self.settings, seed=self.seed, crops=True, network=self.network)
+        return self._crop_cache
 
     def build(self, images: Sequence[Path], masks: Sequence[Path], *, progress: bool = True, bs: int = 32):
         size = int(self.settings.image_size)
@@ -463,20 +588,16 @@ class StemCache:
         if progress:
             from .progress import progress_bar
 
-            starts = progress_bar(starts, f"segmenter: encoding {len(jobs)} images")
+            starts = progress_bar(starts, f"segmenter: encoding {len(jobs)} {'crops' if self.crops else 'images'}")
         decoded: dict[tuple[str, str], tuple] = {}
         with torch.no_grad():
             for s in starts:
                 xs, ys = [], []
                 for image, mask, copy in jobs[s:s + bs]:
                     key = (str(image), str(mask))
-                    if key not in decoded:
-                        decoded = {key: _read_pair(image, mask, size)}  # one image's decode, reused by its copies
-                    img, m, _ = decoded[key]
-                    if copy == 0:
-                        x, y = torch.from_numpy(img)[None], torch.from_numpy(m)[None]
-                    else:
-                        x, y = _augment(img, m, _seed_of(image, copy, self.seed))
+                    if key not in decoded:  # one image's decode, reused by its copies
+                        decoded = {key: _read_full(image, mask) if self.crops else _read_pair(image, mask, size)}
+                    x, y = _sample(decoded[key], image, copy, self.seed, self.settings, self.crops)
                     xs.append(x)
                     ys.append(y)
                 feats = self.network.stem(_normalise(torch.stack(xs)))
@@ -499,24 +620,23 @@ class _StemDataset(torch.utils.data.Dataset):
 
 
 class _ImageDataset(torch.utils.data.Dataset):
-    """Images decoded once; a fresh seeded augmentation per epoch (end-to-end training)."""
+    """Images decoded once; a fresh seeded augmentation per epoch (end-to-end training). With ``crops`` (the
+    refiner) full-size pairs, cut around the expert's lesion per draw."""
 
-    def __init__(self, images, masks, settings: SegmenterSettings, seed: int):
+    def __init__(self, images, masks, settings: SegmenterSettings, seed: int, crops: bool = False):
         size = int(settings.image_size)
-        self.pairs = [_read_pair(Path(i), Path(m), size)[:2] for i, m in zip(images, masks)]
-        self.paths, self.seed, self.draws = [Path(i) for i in images], seed, 0
+        self.pairs = [_read_full(Path(i), Path(m)) if crops else _read_pair(Path(i), Path(m), size)[:2]
+                      for i, m in zip(images, masks)]
+        self.paths, self.seed, self.draws, self.settings, self.crops = [Path(i) for i in images], seed, 0, settings, crops
         self.augment = int(settings.n_augment) > 0
 
     def __len__(self):
         return len(self.pairs)
 
     def __getitem__(self, i):
-        img, m = self.pairs[i]
         if self.augment:
             self.draws += 1
-            x, y = _augment(img, m, _seed_of(self.paths[i], self.draws, self.seed))
-        else:
-            x, y = torch.from_numpy(img)[None], torch.from_numpy(m)[None]
+        x, y = _sample(self.pairs[i], self.paths[i], self.draws, self.seed, self.settings, self.crops)
         return _normalise(x), y.float()
 
 
@@ -536,8 +656,6 @@ def fit_segmenter(images: Sequence[Path], masks: Sequence[Path], *, settings: di
     Returns:
         the fitted :class:`Segmenter` (on the CPU, in eval mode).
     """
-    from .learner import set_seed
-
     settings = settings if isinstance(settings, SegmenterSettings) else SegmenterSettings.from_dict(settings)
     images, masks = [Path(p) for p in images], [Path(p) for p in masks]
     if len(images) != len(masks):
@@ -545,13 +663,36 @@ def fit_segmenter(images: Sequence[Path], masks: Sequence[Path], *, settings: di
     if len(images) < 2:
         raise ValueError(f"fit_segmenter needs at least 2 images with expert masks, got {len(images)}")
     t0 = time.perf_counter()
+    if settings.train_mode == "frozen" and stem_cache is not None and (
+            stem_cache.settings.to_dict() != settings.to_dict() or stem_cache.crops):
+        raise ValueError("fit_segmenter: stem_cache was built with other settings")
+    net, dice, retried = _fit_network(images, masks, settings, seed, progress, stem_cache, device, crops=False)
+    info = {"trained_on_images": len(images), "seed": int(seed), "training_dice": round(float(dice), 3)}
+    if retried:
+        info["refit"] = retried
+    refiner = None
+    if int(settings.refine_size):
+        refiner, rdice, rretried = _fit_network(images, masks, settings, seed, progress,
+                                                stem_cache.crop_cache() if stem_cache is not None else None, device,
+                                                crops=True)
+        info["refiner_training_dice"] = round(float(rdice), 3)
+        if rretried:
+            info["refiner_refit"] = rretried
+    info["fit_seconds"] = round(time.perf_counter() - t0, 1)
+    return Segmenter(net, settings, info, refiner)
+
+
+def _fit_network(images: list[Path], masks: list[Path], settings: SegmenterSettings, seed: int, progress: bool,
+                 stem_cache: StemCache | None, device: str, *, crops: bool) -> tuple[LesionUNet, float, dict | None]:
+    """One network of a segmenter (the whole-image one, or with ``crops`` the refiner), with the collapse guard.
+    Returns ``(network on the CPU in eval mode, its training Dice, the refit record or None)``."""
+    from .learner import set_seed
+
     set_seed(seed)
     frozen = settings.train_mode == "frozen"
     if frozen:
         if stem_cache is None:
-            stem_cache = StemCache(settings, seed=seed)
-        elif stem_cache.settings.to_dict() != settings.to_dict():
-            raise ValueError("fit_segmenter: stem_cache was built with other settings")
+            stem_cache = StemCache(settings, seed=seed, crops=crops)
         stem_cache.build(images, masks, progress=progress)
         net = build_network(settings)
         net.body.load_state_dict(stem_cache.network.body.state_dict())  # same frozen weights as the cache
@@ -561,7 +702,7 @@ def fit_segmenter(images: Sequence[Path], masks: Sequence[Path], *, settings: di
         train_ds, model = _StemDataset(stem_cache, keys), _CachedHead(net)
     else:
         net = build_network(settings)
-        train_ds, model = _ImageDataset(images, masks, settings, seed), net
+        train_ds, model = _ImageDataset(images, masks, settings, seed, crops=crops), net
     dice = _fit_once(model, train_ds, settings, seed=seed, lr=float(settings.lr), progress=progress, device=device)
     retried = None
     if dice < COLLAPSED_TRAINING_DICE:
@@ -579,16 +720,12 @@ def fit_segmenter(images: Sequence[Path], masks: Sequence[Path], *, settings: di
         if again < dice:
             model.load_state_dict(first)
         dice = max(dice, again)
-        warnings.warn(f"fit_segmenter: the fit on {len(images)} images reached training Dice "
+        warnings.warn(f"fit_segmenter: the {'refiner' if crops else 'segmenter'} fit on {len(images)} images "
+                      f"reached training Dice "
                       f"{retried['first_training_dice']}; refitted at lr {float(settings.lr) / 3:g}: "
                       f"{retried['refit_training_dice']}" + ("" if dice >= COLLAPSED_TRAINING_DICE else
                                                              " (still collapsed: it will find few lesions)"))
-    net = net.cpu().eval()
-    info = {"trained_on_images": len(images), "seed": int(seed), "fit_seconds": round(time.perf_counter() - t0, 1),
-            "training_dice": round(float(dice), 3)}
-    if retried:
-        info["refit"] = retried
-    return Segmenter(net, settings, info)
+    return net.cpu().eval(), dice, retried
 
 
 #: Below this Dice on its own training images a fit has collapsed (a working fit is far above it).

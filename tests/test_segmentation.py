@@ -287,6 +287,11 @@ def test_study_with_predicted_lesions(blob_manifest, tmp_path):
     assert seg.loc[(seg["split"] == "cv") & (seg["fold"] == "all"), "dice"].item() > 0.3
     assert "lesion_found" in res.predictions and res.predictions["lesion_found"].dtype == bool
     assert "segmentation" in res.run["timings"]
+    images = pd.read_csv(res.folder / "segmentation_images.csv")  # per image, with its patient
+    assert len(images) == seg.query("fold == 'all'")["n_images"].sum() and images["patient_id"].notna().all()
+    from mmlib.probes import refiner_text
+
+    assert "without a refiner" in refiner_text(res.folder, "cmd")
     # 1 + 3 + 3 segmenters, each with its masks in a folder named by their content
     done = sorted((res.folder / "cache" / "lesions").glob("*/done.json"))
     assert len(done) == 7
@@ -346,3 +351,87 @@ def seg_collapse_bar() -> float:
     from mmlib.segmentation import COLLAPSED_TRAINING_DICE
 
     return COLLAPSED_TRAINING_DICE
+
+
+@pytest.mark.slow  # fits a segmenter with a refiner
+def test_refiner_outlines_a_crop_around_the_found_lesion_and_round_trips(blobs, tmp_path):
+    """refine_size: a second network trained on crops around the expert's lesion re-segments a crop around the
+    lesion the first one found; masks stay at the image's size; both networks are saved (safetensors)."""
+    from mmlib import segmentation as S
+
+    images, masks = blobs
+    seg = fit_segmenter(images[:14], masks[:14], settings={**TINY, "refine_size": 64, "refine_margin": 0.3}, seed=0,
+                        progress=False)
+    assert seg.refiner is not None and "refiner_training_dice" in seg.info
+    predicted = seg.predict(images[14:])
+    coarse = [seg._mask(p, s) for p, s in zip(*seg.probabilities(images[14:]))]
+    assert [pm.mask.shape for pm in predicted] == [read_mask(m).shape for m in masks[14:]]
+    assert np.mean([dice_iou(pm.mask, read_mask(m))[0] for pm, m in zip(predicted, masks[14:])]) > 0.8
+    assert any(not np.array_equal(a.mask, b.mask) for a, b in zip(predicted, coarse))  # the refiner drew them
+    for pm, c in zip(predicted, coarse):  # inside the crop around the coarse lesion
+        y0, y1, x0, x1 = S._crop_box(c.mask, 0.3)
+        assert not pm.mask[:y0].any() and not pm.mask[y1:].any()
+        assert not pm.mask[:, :x0].any() and not pm.mask[:, x1:].any()
+    folder = seg.save(tmp_path / "seg")
+    assert sorted(p.name for p in folder.iterdir()) == ["segmenter-refiner.safetensors", "segmenter.json",
+                                                       "segmenter.safetensors"]
+    again = Segmenter.load(folder)
+    for a, b in zip(predicted, again.predict(images[14:])):
+        assert np.array_equal(a.mask, b.mask)
+    (folder / "segmenter-refiner.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="segmenter-refiner.safetensors"):
+        Segmenter.load(folder)
+    # masks fitted before the setting existed keep their reuse key
+    assert "refine_size" not in SegmenterSettings().key_dict()
+    assert SegmenterSettings(refine_size=128).key_dict()["refine_size"] == 128
+    with pytest.raises(ValueError, match="refine_size must be 0"):
+        SegmenterSettings(refine_size=100)
+
+
+def test_refiner_training_crops_hold_the_lesion_and_jitter():
+    from mmlib import segmentation as S
+
+    mask = np.zeros((200, 300), bool)
+    mask[80:120, 100:160] = True
+    assert S._crop_box(mask, 0.25) == (55, 145, 85, 175)  # 40x60 lesion + 10/15 px a side, squared on 90 px
+    boxes = {S._crop_box(mask, 0.25, seed=s) for s in range(20)}
+    assert len(boxes) > 10
+    for y0, y1, x0, x1 in boxes:
+        assert 0 <= y0 < y1 <= 200 and 0 <= x0 < x1 <= 300 and y1 - y0 == x1 - x0
+        assert mask[y0:y1, x0:x1].sum() > 0.7 * mask.sum()  # the shift never loses most of the lesion
+
+
+@pytest.mark.slow  # a small study that fits segmenters with refiners
+def test_study_with_a_refiner_scores_what_it_adds(blob_manifest, tmp_path):
+    """refine_size in the study: the held-out masks are the refiner's; the whole-image network's own masks of the same
+    images are scored beside them (split cv_whole_image), and the chapter's sentence reads the paired difference."""
+    from mmlib import experiment as ex
+    from mmlib.lesions import WHOLE_IMAGE_SPLIT, refiner_gain
+    from mmlib.probes import refiner_text
+
+    params = ex.load_params(dict(
+        profile="seg", cohort=str(blob_manifest), n_folds=3, image_size=32, roi=True, roi_margin=0.0,
+        outline_features=True, encoder_weights="none", n_augment=1, epochs=1, early_stopping=0, bs=8, dim=16,
+        models=["amw_cnn"], baselines=[], ablations=False, scenarios=False, n_boot=50, progress=False,
+        lesion_source="predicted", segmenter_crossfit="halves",
+        segmenter=dict(TINY, image_size=32, epochs=4, n_augment=0, refine_size=32),
+        results_dir=str(tmp_path / "results")))
+    res = ex.load_results(ex.run_experiment(params))
+    seg = pd.read_csv(res.folder / "segmentation.csv")
+    assert set(seg["split"]) == {"cv", "crossfit", "test", WHOLE_IMAGE_SPLIT}
+    cv = seg.query("split == 'cv' and fold == 'all'").iloc[0]
+    whole = seg.query(f"split == '{WHOLE_IMAGE_SPLIT}'").iloc[0]
+    assert whole["n_images"] == cv["n_images"] and whole["fold"] == "all"
+    g = refiner_gain(pd.read_csv(res.folder / "segmentation_images.csv"))
+    assert g["dice"] == pytest.approx(cv["dice"]) and g["dice_whole_image"] == pytest.approx(whole["dice"])
+    assert g["ci_low"] <= g["diff"] <= g["ci_high"] and g["n_images"] == cv["n_images"]
+    text = refiner_text(res.folder, "cmd")
+    assert f"{g['dice']:.3f} against {g['dice_whole_image']:.3f}" in text and "95% CI" in text
+    assert (res.folder / "models" / "amw_cnn" / "segmenter" / "segmenter-refiner.safetensors").is_file()
+    # the whole-image scores are kept beside each held-out segmenter: a rerun reads them, it loads no segmenter
+    import mmlib.segmentation
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mmlib.segmentation.Segmenter, "load", classmethod(lambda *a: pytest.fail("loaded a segmenter")))
+        again = ex.load_results(ex.run_experiment(params))
+    pd.testing.assert_frame_equal(seg, pd.read_csv(again.folder / "segmentation.csv"))
