@@ -21,24 +21,6 @@ import time
 from pathlib import Path
 
 
-
-def parse_overrides(items: list[str]) -> dict:
-    """``["key=value", ...]`` -> ``{key: yaml value}``.
-
-    Raises:
-        ValueError: an item without ``=``.
-    """
-    import yaml
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
 def results_folder(profile: str, overrides: dict) -> Path:
     """``results/<profile>/`` without overrides, else ``results/<profile>-<8 hex of the overrides>/``."""
     from mmlib.probes import variant_dir
@@ -67,6 +49,8 @@ def main(argv=None) -> int:
     if not SHARED_DATA.is_dir():
         print(f"skipped: the public collections are not at {SHARED_DATA} (see the real-data chapter for downloads)")
         return 0
+    from mmlib.params import parse_overrides
+
     overrides = parse_overrides(a.overrides)
     params = ex.load_params(a.profile, **overrides)
     out = results_folder(params["profile"], overrides)

@@ -267,7 +267,8 @@ def load_params(profile: str | Path | dict | None = None, overrides: dict | None
 
     Args:
         profile: a profile name in ``params_dir``, a YAML path, a dict of parameters, or None (defaults only).
-        overrides: values that win over the profile (``--set``, papermill, tests).
+        overrides: values that win over the profile (``--set``, papermill, tests); ``segmenter.<setting>`` changes
+            one setting of the grouped parameter and keeps the profile's others.
         params_dir: where profile names are looked up.
         overrides_from: how error messages name the overrides (``--set`` on the command line).
 
@@ -286,6 +287,14 @@ def load_params(profile: str | Path | dict | None = None, overrides: dict | None
         source = {k: str(path) for k in data}
         given["profile"] = path.stem
     for k, v in (overrides or {}).items():
+        top, dot, sub = k.partition(".")
+        if dot:  # one setting of a grouped parameter: --set segmenter.refine_size=0
+            if top not in GROUPED_PARAMETERS or not sub:
+                raise ParamsError(f"{overrides_from} {k!r}: a dotted key names one setting of "
+                                  f"{' or '.join(GROUPED_PARAMETERS)} (e.g. segmenter.epochs=4), got {top!r}")
+            given[top] = {**dict(given.get(top) or {}), sub: v}
+            source[top] = overrides_from
+            continue
         given[k] = v
         source[k] = overrides_from
     try:

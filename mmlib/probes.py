@@ -361,6 +361,7 @@ def chapter_figures() -> dict[str, str]:
                                 ("us_levels", "breast-lesions-usg", "encoder_levels=None"),
                                 ("us_expert", "breast-lesions-usg", "lesion_source=expert"),
                                 ("us_crossfit", "breast-lesions-usg", "segmenter_crossfit=pairs"),
+                                ("us_refiner", "breast-lesions-usg", "segmenter.refine_size=0"),
                                 ("cesm_levels456", "cdd-cesm", "encoder_levels=[4, 5, 6]")):
         cmd = f"python benchmarks/bench_real.py --profile {profile} --set {label.replace('False', 'false').replace('None', 'null').replace(' ', '')}"
         g = gains[(gains["profile"] == profile) & (gains["comparison"] == f"profile vs {label}")] if len(gains) else gains

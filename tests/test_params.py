@@ -86,3 +86,14 @@ def test_cli_refuses_a_typo_before_any_work():
     assert proc.returncode == 2
     assert "'epohcs'" in proc.stderr and "did you mean 'epochs'" in proc.stderr
     assert "results in" not in proc.stdout
+
+
+def test_a_dotted_override_changes_one_segmenter_setting_and_keeps_the_profiles_others():
+    p = load_params("breast-lesions-usg", parse_overrides(["segmenter.refine_size=0", "segmenter.epochs=4"]),
+                    overrides_from="--set")
+    profile = load_params("breast-lesions-usg")["segmenter"]
+    assert p["segmenter"] == {**profile, "refine_size": 0, "epochs": 4}
+    with pytest.raises(ParamsError, match="dotted key names one setting of segmenter"):
+        load_params("smoke", parse_overrides(["epochs.x=3"]), overrides_from="--set")
+    with pytest.raises(ParamsError, match="unknown segmenter settings"):
+        load_params("smoke", parse_overrides(["segmenter.refine=3"]), overrides_from="--set")
