@@ -8,7 +8,9 @@ once per image and augmented copy, and only the deeper blocks and the decoder tr
 
 A :class:`Segmenter` is the fitted whole: network, image settings and the probability threshold. Its
 :meth:`~Segmenter.predict` returns one :class:`PredictedMask` per image, at the image's own size, keeping the
-largest connected component (the lesion). :func:`fit_segmenter` trains one; it lives here as a function over
+largest connected component (the lesion). With ``refine_size`` it works coarse to fine: a second network of the
+same kind (the refiner), trained on jittered square crops around the expert's lesion, redraws the outline in a crop
+around the lesion the whole-image network found. :func:`fit_segmenter` trains one; it lives here as a function over
 fastai's ``Learner``, not in the network.
 
 Shapes: the network takes ``(N, 3, S, S)`` normalised letterboxed images and returns ``(N, 1, S, S)`` logits.
