@@ -468,7 +468,9 @@ def _whole_image_scores(home: Path, targets, modality, row_folds) -> list[dict]:
             expert = read_mask(truth)
             dice, iou = dice_iou(pm.mask, resize_mask(expert, pm.mask.shape))
             rows.append({"row": int(r), "view": int(j), "dice": dice, "iou": iou, "found": bool(pm.found)})
-        pd.DataFrame(rows, columns=["row", "view", "dice", "iou", "found"]).to_csv(stored, index=False)
+        tmp = stored.with_name(stored.name + ".tmp")  # whole or not at all: a stopped run leaves no half table
+        pd.DataFrame(rows, columns=["row", "view", "dice", "iou", "found"]).to_csv(tmp, index=False)
+        tmp.replace(stored)
     table = pd.read_csv(stored)
     return [{"row": int(t.row), "view": int(t.view), "modality": modality, "split": WHOLE_IMAGE_SPLIT,
              "fold": int(row_folds[int(t.row)]), "dice": float(t.dice), "iou": float(t.iou), "found": bool(t.found)}
