@@ -171,6 +171,7 @@ def test_segmenter_figures_read_the_studys_segmentation_table(results):
     assert "python -m mmlib run --profile breast-lesions-usg" in figs.pop("s_crossfit")  # a study of before the rows
     figs.pop("s_crossfit_found")
     assert "python -m mmlib run --profile breast-lesions-usg" in figs.pop("s_plan")  # no run.json: no schedule
+    assert "python -m mmlib run --profile breast-lesions-usg" in figs.pop("s_refiner")  # no per-image table
     assert figs == {"s_cv": "0.760 (95% CI 0.730–0.790; 200 patients)", "s_cv_found": "197 of 200",
                     "s_test": "0.800 (95% CI 0.750–0.840; 50 patients)", "s_test_found": "50 of 50"}
     rows.append({**rows[1], "split": "crossfit", "n_images": 800, "dice": 0.74, "dice_ci_low": 0.71,
@@ -178,6 +179,16 @@ def test_segmenter_figures_read_the_studys_segmentation_table(results):
     pd.DataFrame(rows).to_csv(folder / "segmentation.csv", index=False)
     assert probes.segmenter_figures("breast-lesions-usg", "s")["s_crossfit"] == "0.740 (95% CI 0.710–0.770; 200 patients)"
     assert probes.chapter_figures()["us_seg_cv"] == figs["s_cv"]
+    # with a refiner the per-image table holds the whole-image network's masks of the same images: a paired difference
+    images = pd.DataFrame([{"row": r, "view": 0, "modality": "ultrasound", "split": split, "fold": r % 2,
+                            "dice": d + (0.05 if split == "cv" else 0), "iou": d, "found": True, "group": f"p{r}"}
+                           for r, d in enumerate(np.linspace(0.6, 0.9, 20)) for split in ("cv", "cv_whole_image")])
+    images.to_csv(folder / "segmentation_images.csv", index=False)
+    text = probes.segmenter_figures("breast-lesions-usg", "s")["s_refiner"]
+    assert text.startswith("0.800 against 0.750 from the whole-image network alone on the same 20 held-out images")
+    assert "paired difference +0.050, patient bootstrap 95% CI +0.050 to +0.050" in text
+    images[images["split"] == "cv"].to_csv(folder / "segmentation_images.csv", index=False)
+    assert "without a refiner" in probes.segmenter_figures("breast-lesions-usg", "s")["s_refiner"]
     # one image without a lesion in 202 is not "100%" (a percentage rounds it away)
     assert found_count(201 / 202, 202) == "201 of 202" and found_count(1.0, 50) == "50 of 50"
 
