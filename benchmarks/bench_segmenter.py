@@ -37,10 +37,9 @@ def _score(segmenter, views, split, fold):
 
     images = [image for _, _, image, _ in views]
     predicted = segmenter.predict(images)
-    # with a refiner, the whole-image network's own outline too: a paired comparison on the same patients
-    coarse = segmenter.predict(images, refine=False) if segmenter.refiner is not None else [None] * len(views)
     out = []
-    for (r, j, _, truth), pm, pc in zip(views, predicted, coarse):
+    for (r, j, _, truth), pm in zip(views, predicted):
+        pc = pm.whole_image  # with a refiner, the whole-image network's own outline: a paired comparison
         expert = read_mask(truth)
         dice, iou = dice_iou(pm.mask, expert)
         out.append({"row": r, "view": j, "modality": "ultrasound", "split": split, "fold": fold, "dice": dice,

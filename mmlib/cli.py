@@ -115,7 +115,7 @@ def _train(a):
 
 @_reports_user_errors
 def _predict(a):
-    from .deploy import predict_manifest, write_csv_atomic
+    from .deploy import NOT_REFINED_NOTE, predict_manifest, write_csv_atomic
 
     df = predict_manifest(a.model_dir, a.manifest, progress=True)
     write_csv_atomic(df, a.out)
@@ -123,6 +123,10 @@ def _predict(a):
     if "lesion_found" in df and not df["lesion_found"].all():
         n = int((~df["lesion_found"]).sum())
         print(f"  {n} patient(s) without a lesion found: whole image used (see the 'note' column)")
+    said = NOT_REFINED_NOTE.split("{view}")[0]
+    refined_not = int(df["note"].str.contains(said, regex=False).sum()) if "note" in df else 0
+    if refined_not:
+        print(f"  {refined_not} patient(s) where the refiner found nothing: the whole-image outline used (see 'note')")
     return 0
 
 

@@ -7,7 +7,9 @@ A model folder records where its lesion comes from (``model.json`` -> ``lesion``
   ``<modality>_bbox``). Rows without them are refused with an error naming the rows and the column.
 - ``predicted``: the folder holds a lesion segmenter per modality (``segmenter/``: safetensors + JSON, see
   :mod:`mmlib.segmentation`). Every image is segmented and the crop and outline come from the predicted mask;
-  where nothing is found the whole image is used and the row says so (``lesion_found`` False and a ``note``).
+  where nothing is found the whole image is used and the row says so (``lesion_found`` False and a ``note``);
+  where the segmenter's refiner finds nothing in its crop, the whole-image network's outline is used and the
+  ``note`` says so too.
   The manifest's masks and boxes are not read.
 - ``none``: whole images; no mask or box is read.
 
@@ -37,6 +39,10 @@ SEGMENTER_FOLDER = "segmenter"
 #: The record :func:`segment_manifest` writes beside its masks (also marks the folder as an mmlib output).
 SEGMENT_RECORD = "segment.json"
 NOT_FOUND_NOTE = "no lesion found in {view}: whole image used"
+#: Where the segmenter's refiner found no lesion in its crop and the whole-image network's outline was used.
+NOT_REFINED_NOTE = "the refiner found no lesion around the lesion found in {view}: the whole-image outline used"
+#: The columns of :func:`segment_cohort`'s table.
+VIEW_COLUMNS = ["row", "patient_id", "modality", "view", "image", "mask", "lesion_found", "refined", "score"]
 
 
 # ----------------------------------------------------------------------------------------------- writing safely
@@ -193,7 +199,9 @@ def segment_cohort(cohort: Cohort, segmenters: dict, folder, *, progress: bool =
 
     Returns:
         One row per image: ``row`` (position in the cohort), ``patient_id``, ``modality``, ``view`` (0-based),
-        ``image``, ``mask`` (the written file), ``lesion_found``, ``score``.
+        ``image``, ``mask`` (the written file), ``lesion_found``, ``refined`` (True: the refiner drew the outline;
+        False: it found nothing in its crop and the whole-image network's outline was kept; None: no refiner, or
+        no lesion), ``score``.
     """
     from .imaging import image_size
 
@@ -218,9 +226,9 @@ def segment_cohort(cohort: Cohort, segmenters: dict, folder, *, progress: bool =
             _write_mask(pm.mask, folder / name)
             records.append({"row": i, "patient_id": str(cohort.patients["patient_id"].iloc[i]), "modality": m,
                             "view": j, "image": image, "mask": folder / name,
-                            "lesion_found": bool(pm.found and np.asarray(pm.mask).any()), "score": float(pm.score)})
-    return pd.DataFrame(records, columns=["row", "patient_id", "modality", "view", "image", "mask", "lesion_found",
-                                          "score"])
+                            "lesion_found": bool(pm.found and np.asarray(pm.mask).any()),
+                            "refined": getattr(pm, "refined", None), "score": float(pm.score)})
+    return pd.DataFrame(records, columns=VIEW_COLUMNS)
 
 
 def with_predicted_lesions(cohort: Cohort, views: pd.DataFrame, *, keep_empty: bool = False) -> Cohort:
@@ -254,9 +262,12 @@ def _notes(cohort: Cohort, views: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
     found = np.ones(len(cohort.patients), dtype=bool)
     notes = [[] for _ in range(len(cohort.patients))]
     for r in views.itertuples():
+        view = f"{r.modality} view {r.view + 1} ({Path(r.image).name})"
         if not r.lesion_found:
             found[r.row] = False
-            notes[r.row].append(NOT_FOUND_NOTE.format(view=f"{r.modality} view {r.view + 1} ({Path(r.image).name})"))
+            notes[r.row].append(NOT_FOUND_NOTE.format(view=view))
+        elif r.refined is False:
+            notes[r.row].append(NOT_REFINED_NOTE.format(view=view))
     return found, ["; ".join(n) for n in notes]
 
 
@@ -296,7 +307,7 @@ def predict_cohort(model, meta: dict, cohort: Cohort, *, model_dir=None, bs: int
 
     rec = lesion_record(meta)
     spec: SampleSpec = meta["spec"]
-    views = pd.DataFrame(columns=["row", "patient_id", "modality", "view", "image", "mask", "lesion_found", "score"])
+    views = pd.DataFrame(columns=VIEW_COLUMNS)
     with contextlib.ExitStack() as stack:
         if rec["source"] == "predicted":
             if workdir is None:
@@ -390,6 +401,8 @@ def segment_manifest(model_dir, manifest, out, *, progress: bool = False) -> Pat
         write_csv_atomic(copy, tmp / cohort.manifest.name)
         record = {"manifest": str(cohort.manifest), "model": str(model_dir.resolve()), "images": len(views),
                   "lesion_found": int(views["lesion_found"].sum()),
+                  "refined": int((views["refined"] == True).sum()),  # noqa: E712 (None, True or False)
+                  "refiner_found_nothing": int((views["refined"] == False).sum()),  # noqa: E712
                   "modalities": sorted(segmenters)}
         (tmp / SEGMENT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return Path(out) / cohort.manifest.name

@@ -310,7 +310,7 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
                                         default=str).encode()).hexdigest()[:12]
         t = time.perf_counter()
         record = None if fresh else _stored(folder, m, left_out, key, elsewhere=_sibling_caches(study.out))
-        what = "reused"
+        what, predicted = "reused", None
         lesions.fits["total"] += 1
         lesions.fits["reused"] += record is not None
         if record is None:
@@ -323,6 +323,9 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
             predicted = segmenter.predict([image for _, _, image, _ in targets])
             record = _write_masks(folder, m, left_out, key, targets, predicted, segmenter)
             what = f"fitted on {len(pairs)} images"
+            kept = sum(pm.refined is False for pm in predicted)
+            if kept:  # the refiner found nothing around the lesion the whole-image network found: its outline stays
+                what += f"; {kept} kept the whole-image outline (the refiner found nothing in its crop)"
         masks, found = lesions.masks.setdefault(left_out, {}).setdefault(m, {}), \
             lesions.found.setdefault(left_out, {}).setdefault(m, {})
         for r, j, mask, ok in record:
@@ -335,7 +338,8 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
         # trains on come to the masks it is evaluated on).
         scores += _score(targets, record, m, left_out, lesions.row_folds)
         if len(left_out) == 1 and int(settings.refine_size):
-            scores += _whole_image_scores(folder / f"{m}-{_name(left_out)}-{key}", targets, m, lesions.row_folds)
+            scores += _whole_image_scores(folder / f"{m}-{_name(left_out)}-{key}", targets, m, lesions.row_folds,
+                                          predicted)
         study.log(f"({i + 1}/{n}) {m} segmenter {_name(left_out)}: {what}, {len(targets)} images segmented "
                   f"({sum(not ok for *_, ok in record)} without a lesion), {time.perf_counter() - t:.1f} s")
     write_segmentation_table(study, pd.DataFrame(scores), lesions)
@@ -453,16 +457,23 @@ def _score(targets, record, modality, left_out, row_folds) -> list[dict]:
 WHOLE_IMAGE_SPLIT = "cv_whole_image"
 
 
-def _whole_image_scores(home: Path, targets, modality, row_folds) -> list[dict]:
+def _whole_image_scores(home: Path, targets, modality, row_folds, predicted=None) -> list[dict]:
     """Held-out Dice of a refined segmenter's whole-image network alone (split :data:`WHOLE_IMAGE_SPLIT`): what the
-    refiner adds, on the same images. Kept in ``whole_image.csv`` beside the segmenter, computed once."""
+    refiner adds, on the same images. Kept in ``whole_image.csv`` beside the segmenter, computed once: from the
+    whole-image answers the fit's own prediction carried (``predicted``, one per target), or, for a segmenter
+    cached without the table, by running its whole-image network again."""
     from .imaging import read_mask, resize_mask
     from .segmentation import Segmenter, dice_iou
 
     stored = home / "whole_image.csv"
     if not stored.is_file():
-        scored = [t for t in targets if t[3] is not None]
-        predicted = Segmenter.load(home / "segmenter").predict([image for _, _, image, _ in scored], refine=False)
+        keep = [i for i, t in enumerate(targets) if t[3] is not None]
+        scored = [targets[i] for i in keep]
+        if predicted is not None:
+            predicted = [predicted[i].whole_image for i in keep]
+        if predicted is None or any(pm is None for pm in predicted):
+            predicted = Segmenter.load(home / "segmenter").predict([image for _, _, image, _ in scored],
+                                                                   refine=False)
         rows = []
         for (r, j, _, truth), pm in zip(scored, predicted):
             expert = read_mask(truth)

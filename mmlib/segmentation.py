@@ -23,7 +23,7 @@ import json
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,8 @@ REFINER_WEIGHTS = "segmenter-refiner.safetensors"
 SEGMENTER_FORMAT = "mmlib-segmenter/1"
 TRAIN_MODES = ("frozen", "finetune")
 PRECISIONS = ("float32", "bfloat16")
+#: Settings the refiner may set apart from the whole-image network's (``SegmenterSettings.refiner_overrides``).
+REFINER_OVERRIDABLE = ("epochs", "n_augment", "lr", "wd", "bs", "output_stride", "decoder_channels", "precision")
 
 
 @dataclass
@@ -81,6 +83,8 @@ class SegmenterSettings:
         refine_margin: the crop around the lesion's box, as a fraction of its height and width added on each side;
             training crops draw it from half to one and a half times this, their centre shifted by up to 15% of
             the crop's side (the coarse lesion's box is never exact).
+        refiner_overrides: settings of the refiner that differ from the whole-image network's, among
+            :data:`REFINER_OVERRIDABLE` (e.g. ``{"epochs": 4}``); the frozen stem is always shared.
     """
 
     encoder: str = "efficientnet_lite0"
@@ -101,9 +105,22 @@ class SegmenterSettings:
     precision: str = "float32"
     refine_size: int = 0
     refine_margin: float = 0.3
+    refiner_overrides: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.decoder_channels = tuple(int(c) for c in self.decoder_channels)
+        if not isinstance(self.refiner_overrides, dict):
+            raise ValueError(f"segmenter refiner_overrides must be a mapping of settings, got "
+                             f"{self.refiner_overrides!r}")
+        self.refiner_overrides = dict(self.refiner_overrides)
+        bad = sorted(set(self.refiner_overrides) - set(REFINER_OVERRIDABLE))
+        if bad:
+            raise ValueError(f"segmenter refiner_overrides: {bad} cannot differ for the refiner; it may override "
+                             f"{list(REFINER_OVERRIDABLE)}")
+        if self.refiner_overrides and not int(self.refine_size):
+            raise ValueError("segmenter refiner_overrides needs a refiner (refine_size > 0)")
+        if "decoder_channels" in self.refiner_overrides:
+            self.refiner_overrides["decoder_channels"] = [int(c) for c in self.refiner_overrides["decoder_channels"]]
         if self.train_mode not in TRAIN_MODES:
             raise ValueError(f"segmenter train_mode must be one of {TRAIN_MODES}, got {self.train_mode!r}")
         if self.encoder_weights not in ("imagenet", "none"):
@@ -131,6 +148,12 @@ class SegmenterSettings:
                              f"{self.refine_size!r}")
         if not 0 <= float(self.refine_margin) <= 2:
             raise ValueError(f"segmenter refine_margin must be in [0, 2], got {self.refine_margin!r}")
+        if self.refiner_overrides:
+            self.refiner_settings()  # the refiner's own settings are checked too
+
+    def refiner_settings(self) -> "SegmenterSettings":
+        """The refiner's settings: these, with :attr:`refiner_overrides` applied."""
+        return replace(self, refiner_overrides={}, **self.refiner_overrides)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SegmenterSettings":
@@ -147,7 +170,8 @@ class SegmenterSettings:
         return d
 
     #: Settings added after segmenters were first cached, with the value that behaves as before they existed.
-    ADDED_LATER = {"output_stride": 1, "precision": "float32", "refine_size": 0, "refine_margin": 0.3}
+    ADDED_LATER = {"output_stride": 1, "precision": "float32", "refine_size": 0, "refine_margin": 0.3,
+                   "refiner_overrides": {}}
 
     def key_dict(self) -> dict:
         """:meth:`to_dict` for reuse keys: a setting added later enters only when it differs from the behaviour
@@ -164,11 +188,18 @@ class PredictedMask:
         mask: bool ``(H, W)`` at the original image's size: the largest lesion component (all False if none).
         found: whether a component passed the threshold and the minimum area.
         score: mean lesion probability inside the mask (the highest probability anywhere when nothing is found).
+        refined: None without a refiner or where the whole-image network found no lesion; True where the refiner
+            redrew the outline; False where the refiner found no lesion in its crop and the whole-image network's
+            outline was kept (the row says so: :data:`mmlib.deploy.NOT_REFINED_NOTE`).
+        whole_image: with a refiner, the whole-image network's own answer for the same image (for comparisons);
+            None without one.
     """
 
     mask: np.ndarray
     found: bool
     score: float
+    refined: bool | None = None
+    whole_image: "PredictedMask | None" = None
 
 
 # ----------------------------------------------------------------------------------------------- network
@@ -469,8 +500,9 @@ class Segmenter:
 
     def predict(self, images: Sequence[Path | str], *, progress: bool = False,
                 refine: bool = True) -> list[PredictedMask]:
-        """One :class:`PredictedMask` per image, at the image's size (``refine=False``: the whole-image network's
-        outline alone, where the segmenter has a refiner: for comparisons)."""
+        """One :class:`PredictedMask` per image, at the image's size. With a refiner each answer carries the
+        whole-image network's own in ``whole_image`` (one pass of each network); ``refine=False`` returns the
+        whole-image network's outlines alone."""
         probs, shapes = self.probabilities(images, progress=progress)
         masks = [self._mask(p, shape) for p, shape in zip(probs, shapes)]
         return masks if self.refiner is None or not refine else self._refine([Path(p) for p in images], masks)
@@ -479,7 +511,8 @@ class Segmenter:
         """The refiner's outline in a crop around each lesion found; the coarse one where the refiner finds none."""
         from .imaging import read_image
 
-        size, net, out = int(self.settings.refine_size), self.refiner.eval(), list(coarse)
+        size, net = int(self.settings.refine_size), self.refiner.eval()
+        out = [replace(pm, whole_image=pm) for pm in coarse]  # nothing found: nothing to refine
         found = [i for i, pm in enumerate(coarse) if pm.found]
         with torch.no_grad():
             for s in range(0, len(found), bs):
@@ -493,8 +526,8 @@ class Segmenter:
                     full = np.zeros(coarse[i].mask.shape, dtype=np.float32)
                     full[y0:y1, x0:x1] = _unletterbox(prob, (y1 - y0, x1 - x0), size)
                     refined = self._outline(full)
-                    if refined.found:
-                        out[i] = refined
+                    out[i] = replace(refined if refined.found else coarse[i], refined=refined.found,
+                                                 whole_image=coarse[i])
         return out
 
     def full_probability(self, prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -556,7 +589,7 @@ class Segmenter:
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder} lacks {name}: {SEGMENTER_CONFIG} says the segmenter has a refiner "
                                         f"(refine_size {settings.refine_size})")
-            net = _network_of(settings)
+            net = _network_of(settings if name == SEGMENTER_WEIGHTS else settings.refiner_settings())
             load_model(net, str(folder / name), strict=True)
             nets.append(net.eval())
         return cls(nets[0], settings, meta.get("info", {}), nets[1] if len(nets) > 1 else None)
@@ -577,7 +610,8 @@ class StemCache:
     def crop_cache(self) -> "StemCache":
         """The cache of the refiner's crops, sharing this cache's frozen network."""
         if self._crop_cache is None:
-            self._crop_cache = StemCache(self.settings, seed=self.seed, crops=True, network=self.network)
+            self._crop_cache = StemCache(self.settings.refiner_settings(), seed=self.seed, crops=True,
+                                         network=self.network)
         return self._crop_cache
 
     def build(self, images: Sequence[Path], masks: Sequence[Path], *, progress: bool = True, bs: int = 32):
@@ -674,7 +708,7 @@ def fit_segmenter(images: Sequence[Path], masks: Sequence[Path], *, settings: di
         info["refit"] = retried
     refiner = None
     if int(settings.refine_size):
-        refiner, rdice, rretried = _fit_network(images, masks, settings, seed, progress,
+        refiner, rdice, rretried = _fit_network(images, masks, settings.refiner_settings(), seed, progress,
                                                 stem_cache.crop_cache() if stem_cache is not None else None, device,
                                                 crops=True)
         info["refiner_training_dice"] = round(float(rdice), 3)

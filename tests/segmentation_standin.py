@@ -1,7 +1,8 @@
 """A stand-in for :mod:`mmlib.segmentation` (tests only): the same API, no network, instant.
 
 It "segments" the central ellipse of every image, finds nothing in images whose file stem is listed in
-``Segmenter.not_found``, and saves itself as the real one does (``segmenter.safetensors`` + ``segmenter.json``), so the
+``Segmenter.not_found``, marks as not refined (``refined`` False: a refiner found nothing in its crop) those listed
+in ``Segmenter.not_refined``, and saves itself as the real one does (``segmenter.safetensors`` + ``segmenter.json``), so the
 model-folder, prediction and evaluation code can be tested quickly and deterministically.
 """
 
@@ -22,10 +23,13 @@ class PredictedMask:
     mask: np.ndarray
     found: bool
     score: float
+    refined: bool | None = None
+    whole_image: "PredictedMask | None" = None
 
 
 class Segmenter:
     not_found: set = set()
+    not_refined: set = set()
     fits: list = []
 
     def __init__(self, info: dict | None = None):
@@ -42,7 +46,7 @@ class Segmenter:
                 continue
             yy, xx = np.mgrid[:h, :w]
             mask = ((yy - h / 2) / (h / 4)) ** 2 + ((xx - w / 2) / (w / 3)) ** 2 <= 1
-            out.append(PredictedMask(mask, True, 0.9))
+            out.append(PredictedMask(mask, True, 0.9, refined=False if Path(path).stem in self.not_refined else None))
         return out
 
     def save(self, folder):

@@ -31,6 +31,7 @@ def standin(monkeypatch):
     monkeypatch.setitem(sys.modules, "mmlib.segmentation", segmentation_standin)
     monkeypatch.setattr(mmlib, "segmentation", segmentation_standin, raising=False)
     monkeypatch.setattr(segmentation_standin.Segmenter, "not_found", set())
+    monkeypatch.setattr(segmentation_standin.Segmenter, "not_refined", set())
     monkeypatch.setattr(segmentation_standin.Segmenter, "fits", [])
     return segmentation_standin
 
@@ -145,16 +146,20 @@ def test_expert_model_without_masks_names_the_rows_and_column(expert_model, mask
     assert "lesion_source 'expert'" in err and not out.exists()
 
 
-def test_predicted_model_segments_and_flags_the_fallback(predicted_model, masked, standin, tmp_path):
+def test_predicted_model_segments_and_flags_the_fallback(predicted_model, masked, standin, tmp_path, capsys):
     bare = _strip(masked, tmp_path / "bare.csv")
     standin.Segmenter.not_found = {"SYN0007"}
+    standin.Segmenter.not_refined = {"SYN0009"}
     out = tmp_path / "p.csv"
     assert main(["predict", str(predicted_model), str(bare), "--out", str(out)]) == 0
+    assert "1 patient(s) where the refiner found nothing" in capsys.readouterr().out
     pred = pd.read_csv(out, keep_default_na=False).set_index("patient_id")
     assert len(pred) == 36 and (pred["lesion_source"] == "predicted").all()
     assert not pred.loc["SYN0007", "lesion_found"] and pred.drop(index="SYN0007")["lesion_found"].all()
     assert pred.loc["SYN0007", "note"] == "no lesion found in ultrasound view 1 (SYN0007.png): whole image used"
-    assert (pred.drop(index="SYN0007")["note"] == "").all()
+    assert pred.loc["SYN0009", "note"] == ("the refiner found no lesion around the lesion found in ultrasound view 1 "
+                                           "(SYN0009.png): the whole-image outline used")
+    assert (pred.drop(index=["SYN0007", "SYN0009"])["note"] == "").all()
     # The expert's masks, when present, are not read: the same probabilities with them.
     again = predict_manifest(predicted_model, masked).set_index("patient_id")
     np.testing.assert_allclose(again.loc[pred.index, "prob_malignant"], pred["prob_malignant"], atol=1e-6)
@@ -176,6 +181,7 @@ def test_mask_file_names_follow_the_image():
 
 def test_segment_writes_one_mask_per_image_and_a_manifest_copy(predicted_model, masked, standin, tmp_path):
     standin.Segmenter.not_found = {"SYN0003"}
+    standin.Segmenter.not_refined = {"SYN0005"}
     out = tmp_path / "seg"
     assert main(["segment", str(predicted_model), str(masked), "--out", str(out)]) == 0
     copy = out / masked.name
@@ -192,7 +198,8 @@ def test_segment_writes_one_mask_per_image_and_a_manifest_copy(predicted_model, 
     # The copy reads from its own folder; its masks are the segmenter's, ready to correct.
     cohort = load_manifest(copy)
     assert cohort.patients["ultrasound_mask"].iloc[0][0] == out / f"{cohort.patients['patient_id'].iloc[0]}_mask.png"
-    assert json.loads((out / "segment.json").read_text())["lesion_found"] == len(table) - 1
+    record = json.loads((out / "segment.json").read_text())
+    assert record["lesion_found"] == len(table) - 1 and record["refiner_found_nothing"] == 1
     # An earlier output is replaced; a folder that is not one is left alone.
     assert main(["segment", str(predicted_model), str(masked), "--out", str(out)]) == 0
     other = tmp_path / "mine"

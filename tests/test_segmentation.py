@@ -368,6 +368,8 @@ def test_refiner_outlines_a_crop_around_the_found_lesion_and_round_trips(blobs, 
     assert [pm.mask.shape for pm in predicted] == [read_mask(m).shape for m in masks[14:]]
     assert np.mean([dice_iou(pm.mask, read_mask(m))[0] for pm, m in zip(predicted, masks[14:])]) > 0.8
     assert any(not np.array_equal(a.mask, b.mask) for a, b in zip(predicted, coarse))  # the refiner drew them
+    for pm, c in zip(predicted, coarse):  # each answer carries the whole-image network's own, from the same pass
+        assert pm.refined is True and np.array_equal(pm.whole_image.mask, c.mask)
     for pm, c in zip(predicted, coarse):  # inside the crop around the coarse lesion
         y0, y1, x0, x1 = S._crop_box(c.mask, 0.3)
         assert not pm.mask[:y0].any() and not pm.mask[y1:].any()
@@ -386,6 +388,58 @@ def test_refiner_outlines_a_crop_around_the_found_lesion_and_round_trips(blobs, 
     assert SegmenterSettings(refine_size=128).key_dict()["refine_size"] == 128
     with pytest.raises(ValueError, match="refine_size must be 0"):
         SegmenterSettings(refine_size=100)
+
+
+def _constant_network(settings, logit: float):
+    """A network whose every pixel's logit is ``logit`` (lesion everywhere, or nowhere)."""
+    from mmlib.segmentation import _network_of
+
+    net = _network_of(settings)
+    conv = net.net.segmentation_head[0]
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.fill_(logit)
+    return net.eval()
+
+
+def test_where_the_refiner_finds_nothing_the_whole_image_outline_is_kept_and_said(blobs, fitted):
+    """A refiner that finds no lesion in its crop: the whole-image network's outline is the answer, marked
+    refined=False; without a refiner nothing is marked."""
+    images, _ = blobs
+    settings = SegmenterSettings(**{**TINY, "refine_size": 64})
+    seg = Segmenter(_constant_network(settings, 20.0), settings, {}, _constant_network(settings, -20.0))
+    for pm in seg.predict(images[14:16]):
+        assert pm.found and pm.mask.all() and pm.refined is False
+        assert np.array_equal(pm.mask, pm.whole_image.mask)
+    for pm in fitted.predict(images[14:16]):
+        assert pm.refined is None and pm.whole_image is None
+    nothing = Segmenter(_constant_network(settings, -20.0), settings, {}, _constant_network(settings, 20.0))
+    for pm in nothing.predict(images[14:16]):  # nothing found: nothing to refine, the whole image's answer kept
+        assert not pm.found and pm.refined is None and not pm.whole_image.found
+
+
+def test_refiner_overrides_set_the_refiner_apart_and_round_trip(blobs, tmp_path):
+    """refiner_overrides: the refiner's own schedule and decoder (the whole-image network keeps the rest); saved
+    in the JSON, rebuilt on load; only head settings may differ, and only where there is a refiner."""
+    images, masks = blobs
+    settings = {**TINY, "epochs": 2, "refine_size": 64, "refiner_overrides": {"output_stride": 2, "epochs": 1,
+                                                                            "decoder_channels": [16, 16, 8, 8, 8]}}
+    seg = fit_segmenter(images[:6], masks[:6], settings=settings, seed=0, progress=False)
+    assert seg.network.output_stride == 1 and seg.refiner.output_stride == 2
+    assert seg.settings.refiner_settings().epochs == 1 and seg.settings.epochs == 2
+    again = Segmenter.load(seg.save(tmp_path / "seg"))
+    assert again.refiner.output_stride == 2 and again.settings == seg.settings
+    for a, b in zip(seg.predict(images[14:16]), again.predict(images[14:16])):
+        assert np.array_equal(a.mask, b.mask)
+    assert SegmenterSettings(refine_size=64, refiner_overrides={"epochs": 4}).key_dict()["refiner_overrides"] == {
+        "epochs": 4}
+    assert "refiner_overrides" not in SegmenterSettings(refine_size=64).key_dict()  # older caches keep their key
+    with pytest.raises(ValueError, match=r"\['image_size'\] cannot differ for the refiner"):
+        SegmenterSettings(refine_size=64, refiner_overrides={"image_size": 96})
+    with pytest.raises(ValueError, match="needs a refiner"):
+        SegmenterSettings(refiner_overrides={"epochs": 4})
+    with pytest.raises(ValueError, match="output_stride must be 1 or 2"):
+        SegmenterSettings(refine_size=64, refiner_overrides={"output_stride": 3})
 
 
 def test_refiner_training_crops_hold_the_lesion_and_jitter():
@@ -416,7 +470,11 @@ def test_study_with_a_refiner_scores_what_it_adds(blob_manifest, tmp_path):
         lesion_source="predicted", segmenter_crossfit="halves",
         segmenter=dict(TINY, image_size=32, epochs=4, n_augment=0, refine_size=32),
         results_dir=str(tmp_path / "results")))
-    res = ex.load_results(ex.run_experiment(params))
+    import mmlib.segmentation
+
+    with pytest.MonkeyPatch.context() as mp:  # the whole-image scores come from the fit's own prediction
+        mp.setattr(mmlib.segmentation.Segmenter, "load", classmethod(lambda *a: pytest.fail("loaded a segmenter")))
+        res = ex.load_results(ex.run_experiment(params))
     seg = pd.read_csv(res.folder / "segmentation.csv")
     assert set(seg["split"]) == {"cv", "crossfit", "test", WHOLE_IMAGE_SPLIT}
     cv = seg.query("split == 'cv' and fold == 'all'").iloc[0]
@@ -429,8 +487,6 @@ def test_study_with_a_refiner_scores_what_it_adds(blob_manifest, tmp_path):
     assert f"{g['dice']:.3f} against {g['dice_whole_image']:.3f}" in text and "95% CI" in text
     assert (res.folder / "models" / "amw_cnn" / "segmenter" / "segmenter-refiner.safetensors").is_file()
     # the whole-image scores are kept beside each held-out segmenter: a rerun reads them, it loads no segmenter
-    import mmlib.segmentation
-
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(mmlib.segmentation.Segmenter, "load", classmethod(lambda *a: pytest.fail("loaded a segmenter")))
         again = ex.load_results(ex.run_experiment(params))
