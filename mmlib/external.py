@@ -223,6 +223,8 @@ def external_validation(model_dir, manifest, out, *, n_boot: int = 2000, seed: i
             "labels": {"benign": int((y == 0).sum()), "malignant": int((y == 1).sum())},
             "lesion_not_found": int((~pred["lesion_found"]).sum()) if "lesion_found" in pred else 0,
             "images_segmented": int(len(views)),
+            # the segmenter's refiner found nothing around the found lesion: the whole-image outline was used
+            "refiner_found_nothing": int((views["refined"] == False).sum()) if len(views) else 0,  # noqa: E712
             "images_with_expert_mask": int(seg["expert_mask"].sum()) if seg is not None else 0,
             "n_boot": int(n_boot), "seed": int(seed), "bootstrap_unit": "group",
             "metrics": {r.metric: {"value": _num(r.value), "ci_low": _num(r.ci_low), "ci_high": _num(r.ci_high)}

@@ -310,7 +310,7 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
                                         default=str).encode()).hexdigest()[:12]
         t = time.perf_counter()
         record = None if fresh else _stored(folder, m, left_out, key, elsewhere=_sibling_caches(study.out))
-        what, predicted = "reused", None
+        what, predicted, kept = "reused", None, ""
         lesions.fits["total"] += 1
         lesions.fits["reused"] += record is not None
         if record is None:
@@ -323,9 +323,9 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
             predicted = segmenter.predict([image for _, _, image, _ in targets])
             record = _write_masks(folder, m, left_out, key, targets, predicted, segmenter)
             what = f"fitted on {len(pairs)} images"
-            kept = sum(pm.refined is False for pm in predicted)
-            if kept:  # the refiner found nothing around the lesion the whole-image network found: its outline stays
-                what += f"; {kept} kept the whole-image outline (the refiner found nothing in its crop)"
+            n_kept = sum(pm.refined is False for pm in predicted)
+            if n_kept:  # the refiner found nothing around the lesion the whole-image network found: its outline stays
+                kept = f"; {n_kept} with the whole-image outline, the refiner finding nothing in its crop"
         masks, found = lesions.masks.setdefault(left_out, {}).setdefault(m, {}), \
             lesions.found.setdefault(left_out, {}).setdefault(m, {})
         for r, j, mask, ok in record:
@@ -341,7 +341,7 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
             scores += _whole_image_scores(folder / f"{m}-{_name(left_out)}-{key}", targets, m, lesions.row_folds,
                                           predicted)
         study.log(f"({i + 1}/{n}) {m} segmenter {_name(left_out)}: {what}, {len(targets)} images segmented "
-                  f"({sum(not ok for *_, ok in record)} without a lesion), {time.perf_counter() - t:.1f} s")
+                  f"({sum(not ok for *_, ok in record)} without a lesion{kept}), {time.perf_counter() - t:.1f} s")
     write_segmentation_table(study, pd.DataFrame(scores), lesions)
 
 

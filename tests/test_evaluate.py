@@ -54,6 +54,7 @@ def test_evaluate_writes_tidy_results_with_grouped_cis(whole_image_model, masked
 
 def test_evaluate_scores_the_segmenter_where_masks_exist(predicted_model, masked, standin, tmp_path):
     standin.Segmenter.not_found = {"SYN0002"}
+    standin.Segmenter.not_refined = {"SYN0006", "SYN0008"}
     out = external_validation(predicted_model, masked, tmp_path / "ext", n_boot=100)
     seg = pd.read_csv(out / "segmentation.csv")
     assert len(seg) == 36 and seg["expert_mask"].all() and seg["dice"].between(0, 1).all()
@@ -63,6 +64,7 @@ def test_evaluate_scores_the_segmenter_where_masks_exist(predicted_model, masked
     assert metrics.loc["dice", "ci_low"] < metrics.loc["dice", "value"] < metrics.loc["dice", "ci_high"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["lesion_source"] == "predicted" and summary["lesion_not_found"] == 1
+    assert summary["refiner_found_nothing"] == 2 and seg["refined"].eq(False).sum() == 2
     assert len(list((out / "masks").glob("*_mask.png"))) == 36
 
 
