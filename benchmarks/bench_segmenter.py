@@ -36,7 +36,7 @@ def _score(segmenter, views, split, fold):
     from mmlib.segmentation import dice_iou
 
     images = [image for _, _, image, _ in views]
-    predicted = segmenter.predict(images)
+    predicted = segmenter.predict(images, whole_image=True)
     out = []
     for (r, j, _, truth), pm in zip(views, predicted):
         pc = pm.whole_image  # with a refiner, the whole-image network's own outline: a paired comparison

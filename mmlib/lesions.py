@@ -320,7 +320,7 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
                 stems[m] = StemCache(settings, seed=seed)
             segmenter = fit_segmenter([a for a, _ in pairs], [b for _, b in pairs], settings=settings, seed=seed,
                                       progress=False, stem_cache=stems.get(m), device=_device(p))
-            predicted = segmenter.predict([image for _, _, image, _ in targets])
+            predicted = segmenter.predict([image for _, _, image, _ in targets], whole_image=True)
             record = _write_masks(folder, m, left_out, key, targets, predicted, segmenter)
             what = f"fitted on {len(pairs)} images"
             n_kept = sum(pm.refined is False for pm in predicted)

@@ -191,8 +191,8 @@ class PredictedMask:
         refined: None without a refiner or where the whole-image network found no lesion; True where the refiner
             redrew the outline; False where the refiner found no lesion in its crop and the whole-image network's
             outline was kept (the row says so: :data:`mmlib.deploy.NOT_REFINED_NOTE`).
-        whole_image: with a refiner, the whole-image network's own answer for the same image (for comparisons);
-            None without one.
+        whole_image: with a refiner, when asked (``Segmenter.predict(whole_image=True)``), the whole-image
+            network's own answer for the same image (for comparisons); None otherwise.
     """
 
     mask: np.ndarray
@@ -498,21 +498,25 @@ class Segmenter:
                 probs.extend(self._sigmoid(net, _normalise(torch.stack(batch)))[:, 0].numpy())
         return probs, shapes
 
-    def predict(self, images: Sequence[Path | str], *, progress: bool = False,
-                refine: bool = True) -> list[PredictedMask]:
-        """One :class:`PredictedMask` per image, at the image's size. With a refiner each answer carries the
-        whole-image network's own in ``whole_image`` (one pass of each network); ``refine=False`` returns the
-        whole-image network's outlines alone."""
+    def predict(self, images: Sequence[Path | str], *, progress: bool = False, refine: bool = True,
+                whole_image: bool = False) -> list[PredictedMask]:
+        """One :class:`PredictedMask` per image, at the image's size. With a refiner and ``whole_image``, each answer
+        also carries the whole-image network's own (``PredictedMask.whole_image``: a comparison from one pass of
+        each network; off by default, as it doubles the masks held); ``refine=False`` returns the whole-image
+        network's outlines alone."""
         probs, shapes = self.probabilities(images, progress=progress)
         masks = [self._mask(p, shape) for p, shape in zip(probs, shapes)]
-        return masks if self.refiner is None or not refine else self._refine([Path(p) for p in images], masks)
+        if self.refiner is None or not refine:
+            return masks
+        return self._refine([Path(p) for p in images], masks, keep_whole_image=whole_image)
 
-    def _refine(self, paths: list[Path], coarse: list[PredictedMask], bs: int = 16) -> list[PredictedMask]:
+    def _refine(self, paths: list[Path], coarse: list[PredictedMask], bs: int = 16, *,
+                keep_whole_image: bool = False) -> list[PredictedMask]:
         """The refiner's outline in a crop around each lesion found; the coarse one where the refiner finds none."""
         from .imaging import read_image
 
         size, net = int(self.settings.refine_size), self.refiner.eval()
-        out = [replace(pm, whole_image=pm) for pm in coarse]  # nothing found: nothing to refine
+        out = [replace(pm, whole_image=pm if keep_whole_image else None) for pm in coarse]  # none found: kept
         found = [i for i, pm in enumerate(coarse) if pm.found]
         with torch.no_grad():
             for s in range(0, len(found), bs):
@@ -527,7 +531,7 @@ class Segmenter:
                     full[y0:y1, x0:x1] = _unletterbox(prob, (y1 - y0, x1 - x0), size)
                     refined = self._outline(full)
                     out[i] = replace(refined if refined.found else coarse[i], refined=refined.found,
-                                                 whole_image=coarse[i])
+                                     whole_image=coarse[i] if keep_whole_image else None)
         return out
 
     def full_probability(self, prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -35,7 +35,7 @@ class Segmenter:
     def __init__(self, info: dict | None = None):
         self.info = dict(info or {})
 
-    def predict(self, images, *, progress=False):
+    def predict(self, images, *, progress=False, whole_image=False):
         from mmlib.imaging import image_size
 
         out = []

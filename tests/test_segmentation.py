@@ -363,13 +363,15 @@ def test_refiner_outlines_a_crop_around_the_found_lesion_and_round_trips(blobs, 
     seg = fit_segmenter(images[:14], masks[:14], settings={**TINY, "refine_size": 64, "refine_margin": 0.3}, seed=0,
                         progress=False)
     assert seg.refiner is not None and "refiner_training_dice" in seg.info
-    predicted = seg.predict(images[14:])
+    predicted = seg.predict(images[14:], whole_image=True)
     coarse = [seg._mask(p, s) for p, s in zip(*seg.probabilities(images[14:]))]
     assert [pm.mask.shape for pm in predicted] == [read_mask(m).shape for m in masks[14:]]
     assert np.mean([dice_iou(pm.mask, read_mask(m))[0] for pm, m in zip(predicted, masks[14:])]) > 0.8
     assert any(not np.array_equal(a.mask, b.mask) for a, b in zip(predicted, coarse))  # the refiner drew them
     for pm, c in zip(predicted, coarse):  # each answer carries the whole-image network's own, from the same pass
         assert pm.refined is True and np.array_equal(pm.whole_image.mask, c.mask)
+    for pm, again in zip(predicted, seg.predict(images[14:])):  # only when asked for
+        assert again.whole_image is None and again.refined is True and np.array_equal(pm.mask, again.mask)
     for pm, c in zip(predicted, coarse):  # inside the crop around the coarse lesion
         y0, y1, x0, x1 = S._crop_box(c.mask, 0.3)
         assert not pm.mask[:y0].any() and not pm.mask[y1:].any()
@@ -408,13 +410,13 @@ def test_where_the_refiner_finds_nothing_the_whole_image_outline_is_kept_and_sai
     images, _ = blobs
     settings = SegmenterSettings(**{**TINY, "refine_size": 64})
     seg = Segmenter(_constant_network(settings, 20.0), settings, {}, _constant_network(settings, -20.0))
-    for pm in seg.predict(images[14:16]):
+    for pm in seg.predict(images[14:16], whole_image=True):
         assert pm.found and pm.mask.all() and pm.refined is False
         assert np.array_equal(pm.mask, pm.whole_image.mask)
-    for pm in fitted.predict(images[14:16]):
+    for pm in fitted.predict(images[14:16], whole_image=True):
         assert pm.refined is None and pm.whole_image is None
     nothing = Segmenter(_constant_network(settings, -20.0), settings, {}, _constant_network(settings, 20.0))
-    for pm in nothing.predict(images[14:16]):  # nothing found: nothing to refine, the whole image's answer kept
+    for pm in nothing.predict(images[14:16], whole_image=True):  # nothing found: nothing to refine, the whole image's answer kept
         assert not pm.found and pm.refined is None and not pm.whole_image.found
 
 
