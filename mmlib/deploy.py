@@ -227,7 +227,7 @@ def segment_cohort(cohort: Cohort, segmenters: dict, folder, *, progress: bool =
             records.append({"row": i, "patient_id": str(cohort.patients["patient_id"].iloc[i]), "modality": m,
                             "view": j, "image": image, "mask": folder / name,
                             "lesion_found": bool(pm.found and np.asarray(pm.mask).any()),
-                            "refined": getattr(pm, "refined", None), "score": float(pm.score)})
+                            "refined": pm.refined, "score": float(pm.score)})
     return pd.DataFrame(records, columns=VIEW_COLUMNS)
 
 
