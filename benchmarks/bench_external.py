@@ -1,7 +1,7 @@
 """External validation benchmark: trained on BrEaST-Lesions_USG, evaluated on BUS-BRA (Brazil, four scanners).
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/bench_external.py \
-        [--model amw_cnn] [--sources expert predicted none] [--n-boot 2000] [--set KEY=VALUE ...]
+        [--model amw_cnn] [--sources expert predicted none] [--n-boot 2000] [--set KEY=VALUE ...] [--model-from DIR]
 
 An AMW-CNN (the profile ``params/breast-lesions-usg.yaml``) is trained on the BrEaST **development** patients (the
 study's split: 80% of the 252 patients, seed 0; the internal test patients are not used) once per lesion source:
@@ -43,6 +43,10 @@ def main(argv=None) -> int:
                     help="a profile parameter for training (value read as YAML), e.g. --set n_folds=3")
     ap.add_argument("--evaluate-only", action="store_true",
                     help="evaluate the models already in OUT/models again, without training")
+    ap.add_argument("--model-from", default=None, metavar="DIR",
+                    help="evaluate this saved model folder for the lesion source 'predicted' instead of training one, "
+                         "e.g. results/breast-lesions-usg/models/mm_abmil (the BrEaST study's own, as the paper's "
+                         "build does); --model must name its model")
     a = ap.parse_args(argv)
     import yaml
 
@@ -56,7 +60,8 @@ def main(argv=None) -> int:
     manifests = {k: import_cohort(k, p, COHORTS / "external" / f"{k}.csv") for k, p in sources.items()}
     out = external_study(manifests["breast-lesions-usg"], manifests["bus-bra"], a.out, model=a.model,
                          sources=tuple(a.sources), n_boot=a.n_boot, overrides=overrides,
-                         retrain=not a.evaluate_only)
+                         retrain=not a.evaluate_only,
+                         models={"predicted": Path(a.model_from)} if a.model_from else None)
     table, record = load_external(out)
     predict_source = next((s for s in ("predicted", "none") if (out / "models" / s).is_dir()), None)
     predict_seconds = None

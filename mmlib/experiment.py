@@ -21,7 +21,9 @@ per run profile under ``params/``) and writes tidy results under ``results/<prof
                      and ECE and their change
 ``run.json``         the record of the run: git commit, parameters, versions, device, wall time per stage,
                      thresholds, ``oracle_auc`` for a synthetic cohort
-``models/<model>/``  the models of ablation ``none`` refitted on all development patients (safe folders)
+``models/<model>/``  the models of ablation ``none`` refitted on all development patients (safe folders), one
+                     member per seed (a :class:`mmlib.learner.SeedEnsemble`: the seed average the metrics describe;
+                     each member stays in its unit's ``work/<config>__s<seed>/model/``)
 ``logs/``            fastai CSV logs per model, ablation and fold
 
 Protocol choices (the paper's abstract is silent on them; these are the field's best practice):
@@ -562,6 +564,8 @@ def run_experiment(params: dict | str | None = None, *, out_dir: str | Path | No
 
     t = time.perf_counter()
     preds = train_and_predict(study)
+    if p["save_models"]:
+        assemble_models(study)
     stage("training", t)
     peaks = study.worker_peaks  # per unit, measured where it ran (a worker process or a Ray node)
     if peaks:
@@ -649,6 +653,7 @@ def train_and_predict(study: Study) -> pd.DataFrame:
         work = study.out / "work" / f"{unit.config.id}__s{unit.seed}"
         marker = work / "done.json"
         if (not study.fresh and marker.is_file() and (work / "predictions.csv").is_file()
+                and (not saves_member(p, unit.config) or (work / MEMBER / "model.json").is_file())
                 and json.loads(marker.read_text()).get("hash") == unit_key(parts, unit.config, unit.seed)):
             frames[unit.index] = pd.read_csv(work / "predictions.csv", dtype={"patient_id": str})
         else:
@@ -712,6 +717,56 @@ def store_unit(study: Study, config: Config, seed: int, h: str, result: dict) ->
     return pd.read_csv(work / "predictions.csv", dtype={"patient_id": str})
 
 
+#: A unit's refitted model, in its work folder (``work/<config>__s<seed>/model/``): one seed's member of the
+#: model :func:`assemble_models` saves under ``models/<model>/``.
+MEMBER = "model"
+
+
+def saves_member(params: dict, config: Config) -> bool:
+    """Whether the units of ``config`` refit and keep a member of a saved model (``save_models``: every seed of
+    each network model and baseline, ablation ``none``)."""
+    from .models import model_class
+
+    return bool(params["save_models"]) and config.ablation == "none" and not model_class(config.model).tabular
+
+
+def assemble_models(study: Study) -> list[Path]:
+    """Save ``models/<model>/`` for every network model and baseline of the run: the members its units refitted
+    on all development patients, one per seed of ``seeds``, as one :class:`mmlib.learner.SeedEnsemble` (a single
+    model with one seed), with the mean of the members' thresholds and, for predicted lesions, the segmenter
+    fitted on all development patients. The saved model is the seed average the study's metrics describe.
+
+    Raises:
+        FileNotFoundError: a unit's member is missing (naming its folder); nothing of that model is replaced.
+    """
+    from .deploy import output_folder
+    from .learner import SeedEnsemble, ensemble_threshold, load_model, save_model
+    from .lesions import model_lesion
+
+    p = study.params
+    saved = []
+    for config in experiment_configs(p):
+        if not saves_member(p, config):
+            continue
+        folders = [study.out / "work" / f"{config.id}__s{seed}" / MEMBER for seed in p["seeds"]]
+        missing = [str(f) for f in folders if not (f / "model.json").is_file()]
+        if missing:
+            raise FileNotFoundError(f"assemble_models: {config.model} lacks the members {missing}; run the study "
+                                    f"again with fresh=True to refit them")
+        loaded = [load_model(f) for f in folders]
+        metas = [meta for _, meta in loaded]
+        thresholds = [meta.get("threshold") for meta in metas]
+        model = loaded[0][0] if len(loaded) == 1 else SeedEnsemble([m for m, _ in loaded], p["seeds"], thresholds)
+        info = {k: v for k, v in metas[0]["info"].items() if k != "seed"}
+        info["seeds"] = [int(s) for s in p["seeds"]]
+        target = study.out / "models" / config.model
+        with output_folder(target, marker="model.json") as tmp:
+            save_model(model, tmp, name=config.model, spec=metas[0]["spec"], threshold=ensemble_threshold(thresholds),
+                       info=info, lesion=model_lesion(study, tmp))
+        saved.append(target)
+    return saved
+
+
 def _train_unit(study: Study, config: Config, seed: int, root: Path) -> float:
     """Every fold of one config and seed, the test predictions, the refit and saved model, written under
     ``root`` (``work/``, ``logs/``, ``models/``). Returns the seconds it took."""
@@ -745,8 +800,7 @@ def _train_unit(study: Study, config: Config, seed: int, root: Path) -> float:
         for sc in dict.fromkeys(s for s, _, _ in test_probs):
             mean = np.mean([pr for s, _, pr in test_probs if s == sc], axis=0)
             rows.append(_rows(pats, test_rows, mean, config, sc, "test", -1, seed))
-    refit = (p["save_models"] and config.ablation == "none" and seed == p["seeds"][0]) or (
-        p["test_model"] == "refit" and len(test_rows))
+    refit = saves_member(p, config) or (p["test_model"] == "refit" and len(test_rows))
     if refit:
         log = root / "logs" / config.id / f"seed{seed}_refit.csv"
         predict, model, spec = fit_config(study_view(study, None), config, dev_rows, seed, log_path=log)
@@ -756,17 +810,16 @@ def _train_unit(study: Study, config: Config, seed: int, root: Path) -> float:
         if p["test_model"] == "refit" and len(test_rows):
             for keep in scenarios:
                 rows.append(_rows(pats, test_rows, predict(test_rows, keep), config, scenario_name(keep), "test", -1, seed))
-        if p["save_models"] and config.ablation == "none" and not model_class(config.model).tabular:
+        if saves_member(p, config):  # this seed's member of the saved model (assemble_models joins them)
             from .metrics import youden_threshold
 
             labels = pats["label"].to_numpy()[inner]
-            save_model(model.cpu(), root / "models" / config.model, name=config.model, spec=spec,
+            save_model(model.cpu(), work / MEMBER, name=config.model, spec=spec,
                        threshold=(youden_threshold(labels, predict(inner, MODALITIES)) if len(np.unique(labels)) == 2
                                   else None),
                        info={"cohort": study.cohort_info.get("manifest"), "trained_on_patients": int(len(dev_rows)),
                              "summary": _summary(study), "seed": seed,
-                             "params": {k: p[k] for k in result_keys() if k not in UNIT_SELECTION}},
-                       lesion=model_lesion(study, root / "models" / config.model))
+                             "params": {k: p[k] for k in result_keys() if k not in UNIT_SELECTION}})
     pd.concat(rows, ignore_index=True).to_csv(work / "predictions.csv", index=False)
     return time.perf_counter() - t
 
@@ -1204,7 +1257,10 @@ def load_results(folder) -> Results:
 def train_model(manifest, model: str, out_dir, params: dict | str | None = None, **overrides) -> Path:
     """Train one registered model on a manifest's development patients and save it as a safe model folder.
 
-    The decision threshold saved with it is Youden's J on the inner validation patients (training data only).
+    One member is trained per seed of the profile's ``seeds`` (the study averages its seeds' predictions, so its
+    metrics describe that average): with two or more the folder holds a :class:`mmlib.learner.SeedEnsemble`,
+    whose probability is the mean of its members'. The decision threshold saved with it is Youden's J on each
+    member's inner validation patients (training data only; :func:`threshold_rows`), averaged over the members.
     With ``lesion_source: predicted`` the folder also holds the lesion segmenter (``segmenter/``), fitted on the
     development patients' expert masks, and the model is trained on cross-fitted predicted masks
     (:func:`mmlib.deploy.crossfit_lesions`), so that it needs only images; ``none`` trains on whole images.
@@ -1212,7 +1268,7 @@ def train_model(manifest, model: str, out_dir, params: dict | str | None = None,
     """
     from .cohort import load_manifest
     from .deploy import crossfit_lesions, lesion_modalities, output_folder, segmenter_folder
-    from .learner import MODEL_CONFIG, save_model
+    from .learner import MODEL_CONFIG, SeedEnsemble, ensemble_threshold, save_model
     from .metrics import youden_threshold
     from .splits import make_splits
 
@@ -1255,12 +1311,21 @@ def train_model(manifest, model: str, out_dir, params: dict | str | None = None,
         enc = create_encoder(p["encoder"], weights="none", levels=p["encoder_levels"])
         study.encoder_spec = {"mean": list(enc.mean), "std": list(enc.std)}
     config = Config(model)
-    predict, fitted, spec = fit_config(study, config, dev_rows, seed)
-    _, val_rows = _inner_split(study, dev_rows, seed)
-    threshold = None
-    if len(val_rows) and study.cohort.patients["label"].iloc[val_rows].nunique() == 2:
-        threshold = youden_threshold(study.cohort.patients["label"].to_numpy()[val_rows], predict(val_rows, MODALITIES))
+    members, thresholds = [], []
+    labels = study.cohort.patients["label"].to_numpy()
+    for s in p["seeds"]:  # one member per seed: the model the study's seed-averaged metrics describe
+        if len(p["seeds"]) > 1:
+            study.log(f"{model}: seed {s} ({len(members) + 1} of {len(p['seeds'])})")
+        predict, fitted, spec = fit_config(study, config, dev_rows, int(s))
+        val_rows = threshold_rows(study, dev_rows, int(s))
+        thresholds.append(youden_threshold(labels[val_rows], predict(val_rows, MODALITIES))
+                          if len(np.unique(labels[val_rows])) == 2 else None)
+        members.append(fitted.cpu())
+    if len(members) > 1:
+        fitted = SeedEnsemble(members, p["seeds"], thresholds)
+    threshold = ensemble_threshold(thresholds)
     info = {"cohort": str(manifest), "trained_on_patients": int(len(dev_rows)), "summary": _summary(study),
+            "seeds": [int(s) for s in p["seeds"]],
             "params": {k: v for k, v in p.items() if not k.startswith("_")}}
     if crossfit is not None:
         info["crossfit_segmentation"] = {

@@ -134,9 +134,24 @@ def layer_table(model) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def explained_model(meta: dict) -> str:
+    """Which model the explanations read, in words, from :func:`load_run_model`'s ``meta``."""
+    if meta.get("ensemble_members"):
+        return (f"the first member (seed {meta['explained_seed']}) of the saved model, which averages "
+                f"{meta['ensemble_members']} seeds' refits on all development patients")
+    return "the model trained on all development patients"
+
+
 def load_run_model(results_dir, name: str):
-    """``(model, meta)`` of a model a run saved (``results_dir/models/<name>``)."""
-    from .learner import load_model
+    """``(model, meta)`` of a model a run saved (``results_dir/models/<name>``), for explanation: of a seed
+    ensemble (:class:`mmlib.learner.SeedEnsemble`) its first member, the seed ``meta["explained_seed"]``
+    (the members' internals differ, and the explanations read one model's)."""
+    from .learner import SeedEnsemble, load_model
 
     folder = Path(results_dir) / "models" / name
-    return load_model(folder)
+    model, meta = load_model(folder)
+    if isinstance(model, SeedEnsemble):
+        meta["explained_seed"] = model.seeds[0]
+        meta["ensemble_members"] = len(model.members)
+        model = model.members[0]
+    return model, meta

@@ -331,6 +331,7 @@ def external_study(train_manifest, test_manifest, out, *, model: str = "amw_cnn"
             **({"model_from": str(model_dir)} if source in given else {}),
             "predict_seconds": summary["predict_seconds"], "evaluate_seconds": summary["wall_seconds"],
             "trained_on_patients": meta["info"]["trained_on_patients"],
+            "seeds": model_seeds(meta),
             "threshold": summary["threshold"], "lesion_not_found": summary["lesion_not_found"],
             "crossfit_segmentation": meta["info"].get("crossfit_segmentation"),
             "n_patients": summary["n_patients"], "labels": summary["labels"]}
@@ -371,6 +372,15 @@ def record_predict_time(out, seconds: float, source: str) -> None:
     record = json.loads(path.read_text())
     record["predict_100_seconds"], record["predict_100_lesion_source"] = float(seconds), source
     path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def model_seeds(meta: dict) -> list[int] | None:
+    """The training seeds of a saved model (one per member of a seed ensemble), or None where it does not say."""
+    info = meta.get("info", {})
+    seeds = (meta.get("ensemble") or {}).get("seeds") or info.get("seeds")
+    if seeds is None and info.get("seed") is not None:
+        seeds = [info["seed"]]
+    return None if seeds is None else [int(s) for s in seeds]
 
 
 def _check_given_model(model_dir: Path, model: str, source: str, train_manifest) -> None:
@@ -470,9 +480,12 @@ def external_results(folder=None) -> dict | None:
         from .report import display_name
 
         name = display_name(record.get("model", "amw_cnn"))
+        seeds = sources["predicted"].get("seeds") or []
         glue["external_predicted_model"] = (
             f"the {Path(given).parent.parent.name} study's own saved {name} (`{Path(given).parent.parent.name}/models/"
-            f"{Path(given).name}`), not a second copy" if given else f"an {name} trained for this comparison")
+            f"{Path(given).name}`), not a second copy" if given else f"an {name} trained for this comparison") + (
+            f", the mean of {len(seeds)} training seeds' probabilities (as the study averages its seeds)"
+            if len(seeds) > 1 else "")
     if record.get("predict_100_seconds") is not None:
         source = record.get("predict_100_lesion_source")
         glue["external_predict_timing"] = (f"took {record['predict_100_seconds']:.0f} seconds, from starting the "

@@ -28,6 +28,9 @@ from .batch import PRESENT, with_presence
 from .data import SampleSpec, collate
 
 MODEL_WEIGHTS = "model.safetensors"
+MODEL_FORMAT = "mmlib-model/1"
+#: A seed ensemble (:class:`SeedEnsemble`): read by mmlib from the release that wrote it on; an older one refuses it.
+ENSEMBLE_FORMAT = "mmlib-model/2"
 MODEL_CONFIG = "model.json"
 #: File name endings that can carry pickled code: a model folder holding one is refused.
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pth", ".pt", ".bin", ".ckpt", ".joblib", ".npy", ".npz", ".dill")
@@ -260,6 +263,77 @@ def predict_proba(model: nn.Module, dataset, *, keep=None, bs: int = 64, device=
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
+# ----------------------------------------------------------------------------------------------- seed ensembles
+class SeedEnsemble(nn.Module):
+    """One model trained with several seeds, used as one: its probability of malignancy is the mean of its
+    members' (as the study averages its seeds' predictions), returned as that mean's logit so that every caller
+    that applies a sigmoid reads the mean. ``thresholds`` are the members' decision thresholds (or None).
+
+    Members whose image encoders hold the same weights (the frozen ImageNet encoder of the CPU profile) share one
+    encoder module, so a saved ensemble stores it once: ``tie_encoders`` None ties them where the weights are
+    equal, True always (loading a saved ensemble that was tied), False never."""
+
+    def __init__(self, members, seeds, thresholds=None, *, tie_encoders: bool | None = None):
+        super().__init__()
+        members, seeds = list(members), [int(s) for s in seeds]
+        if len(members) < 2 or len(members) != len(seeds):
+            raise ValueError(f"SeedEnsemble needs two or more members, one per seed; got {len(members)} members "
+                             f"for seeds {seeds}")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"SeedEnsemble seeds must differ, got {seeds}")
+        configs = [m.config() for m in members]
+        if any(c != configs[0] for c in configs[1:]):
+            raise ValueError("SeedEnsemble members must be the same model with the same settings")
+        self.members = nn.ModuleList(members)
+        self.seeds = seeds
+        self.thresholds = None if thresholds is None else [None if t is None else float(t) for t in thresholds]
+        self.tied_encoders = self._tie_encoders() if tie_encoders is None else bool(tie_encoders)
+        if tie_encoders:
+            for m in self.members[1:]:
+                m.encoders = self.members[0].encoders
+
+    def _tie_encoders(self) -> bool:
+        first = self.members[0].encoders.state_dict()
+        for m in self.members[1:]:
+            other = m.encoders.state_dict()
+            if other.keys() != first.keys() or not all(torch.equal(first[k], other[k]) for k in first):
+                return False
+        for m in self.members[1:]:
+            m.encoders = self.members[0].encoders
+        return True
+
+    def config(self) -> dict:
+        return self.members[0].config()
+
+    def _tied_key(self, key: str) -> bool:
+        """Whether ``key`` of the state dict is a later member's view of the shared encoder."""
+        return self.tied_encoders and key.startswith("members.") and not key.startswith("members.0.") and (
+            key.split(".", 2)[2].startswith("encoders."))
+
+    def stored_state(self) -> dict:
+        """The tensors a saved ensemble holds: its state dict, the shared encoder once (under member 0)."""
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not self._tied_key(k)}
+
+    def load_stored(self, tensors: dict, *, source="") -> None:
+        """Load :meth:`stored_state`'s tensors; any other missing or unexpected key is an error naming it."""
+        missing, unexpected = self.load_state_dict(tensors, strict=False)
+        missing = [k for k in missing if not self._tied_key(k)]
+        if missing or unexpected:
+            raise RuntimeError(f"{source}: the ensemble's weights do not fit its members: missing {missing[:5]}, "
+                               f"unexpected {list(unexpected)[:5]}")
+
+    def forward(self, x):
+        p = torch.stack([torch.sigmoid(m(x).float()) for m in self.members]).mean(0)
+        return torch.logit(p, eps=1e-7)
+
+
+def ensemble_threshold(thresholds) -> float | None:
+    """An ensemble's decision threshold: the mean of its members' (the study's rule for averaged seeds), or None
+    when a member has none."""
+    ts = list(thresholds)
+    return None if not ts or any(t is None for t in ts) else float(np.mean(ts))
+
+
 # ----------------------------------------------------------------------------------------------- model folders
 def save_model(model: nn.Module, folder, *, name: str, spec: SampleSpec, threshold: float | None = None,
                info: dict | None = None, lesion: dict | None = None) -> Path:
@@ -276,9 +350,15 @@ def save_model(model: nn.Module, folder, *, name: str, spec: SampleSpec, thresho
     folder.mkdir(parents=True, exist_ok=True)
     config = dict(model.config())
     config["input_kind"] = "images"  # a saved model reads images; the feature cache is a training detail
-    st_save(model, str(folder / MODEL_WEIGHTS))
+    ensemble = isinstance(model, SeedEnsemble)
+    if ensemble:
+        from safetensors.torch import save_file
+
+        save_file(model.stored_state(), str(folder / MODEL_WEIGHTS))
+    else:
+        st_save(model, str(folder / MODEL_WEIGHTS))
     meta = {
-        "format": "mmlib-model/1",
+        "format": ENSEMBLE_FORMAT if ensemble else MODEL_FORMAT,
         "mmlib_version": __version__,
         "model": name,
         "model_kwargs": config,
@@ -288,6 +368,9 @@ def save_model(model: nn.Module, folder, *, name: str, spec: SampleSpec, thresho
     }
     if lesion is not None:
         meta["lesion"] = _jsonable(lesion)
+    if ensemble:
+        meta["ensemble"] = {"seeds": model.seeds, "thresholds": model.thresholds,
+                            "tied_encoders": model.tied_encoders, "combine": "mean probability"}
     (folder / MODEL_CONFIG).write_text(json.dumps(meta, indent=2))
     return folder
 
@@ -324,13 +407,28 @@ def load_model(folder, *, input_kind: str = "images", device="cpu"):
         if not (folder / needed).is_file():
             raise FileNotFoundError(f"{folder / needed} is missing: not an mmlib model folder")
     meta = json.loads((folder / MODEL_CONFIG).read_text())
-    if meta.get("format") != "mmlib-model/1":
-        raise ValueError(f"{folder / MODEL_CONFIG}: unknown format {meta.get('format')!r}, expected 'mmlib-model/1'")
+    if meta.get("format") not in (MODEL_FORMAT, ENSEMBLE_FORMAT):
+        raise ValueError(f"{folder / MODEL_CONFIG}: unknown format {meta.get('format')!r}, expected "
+                         f"{MODEL_FORMAT!r} or {ENSEMBLE_FORMAT!r}")
     kwargs = dict(meta["model_kwargs"])
     kwargs["input_kind"] = input_kind
     kwargs["encoder_weights"] = "none"  # the weights come from the safetensors file
-    model = create_model(meta["model"], **kwargs)
-    missing, unexpected = st_load(model, str(folder / MODEL_WEIGHTS), strict=True, device=str(device))
+    if meta["format"] == ENSEMBLE_FORMAT:
+        ens = meta.get("ensemble") or {}
+        if not isinstance(ens.get("seeds"), list) or len(ens["seeds"]) < 2:
+            raise ValueError(f"{folder / MODEL_CONFIG}: format {ENSEMBLE_FORMAT!r} needs 'ensemble.seeds', a list "
+                             f"of two or more seeds; got {ens.get('seeds')!r}")
+        model = SeedEnsemble([create_model(meta["model"], **kwargs) for _ in ens["seeds"]], ens["seeds"],
+                             ens.get("thresholds"), tie_encoders=bool(ens.get("tied_encoders")))
+    else:
+        model = create_model(meta["model"], **kwargs)
+    if isinstance(model, SeedEnsemble):
+        from safetensors.torch import load_file
+
+        model.load_stored(load_file(str(folder / MODEL_WEIGHTS), device=str(device)), source=str(folder))
+        model.to(device)
+    else:
+        st_load(model, str(folder / MODEL_WEIGHTS), strict=True, device=str(device))
     meta["spec"] = SampleSpec.from_dict(meta["sample_spec"])
     return model.eval(), meta
 

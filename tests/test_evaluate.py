@@ -165,10 +165,11 @@ def test_chapter_reads_the_external_results_or_says_how_to_get_them(tmp_path, ma
     assert list(res["table"]["lesion from"]) == ["none"]
     # Another source run alone joins the table; the first source's rows stay, in the order expert, predicted, none.
     external_study(masked, masked, out, profile=profile, sources=("expert",), n_boot=50, progress=False,
-                   overrides={"epochs": 1})
+                   overrides={"epochs": 1, "seeds": [0, 1]})
     table, record = load_external(out)
+    assert record["sources"]["expert"]["seeds"] == [0, 1] and record["sources"]["none"]["seeds"] == [0]
     assert list(table["lesion_source"].unique()) == ["expert", "none"] and list(record["sources"]) == ["expert", "none"]
-    assert record["sources"]["expert"]["overrides"] == {"epochs": 1} and record["sources"]["none"]["overrides"] == {}
+    assert record["sources"]["expert"]["overrides"] == {"epochs": 1, "seeds": [0, 1]} and record["sources"]["none"]["overrides"] == {}
     assert table.query("lesion_source == 'none' and metric == 'auc'")["value"].iloc[0] == auc
 
 
@@ -227,3 +228,20 @@ def test_external_study_evaluates_a_model_trained_elsewhere(masked, standin, tmp
     with pytest.raises(ValueError, match="not among the sources"):
         external_study(masked, masked, out, profile=profile, sources=("none",), n_boot=50, progress=False,
                        models={"predicted": elsewhere})
+
+
+def test_chapter_says_the_external_model_averages_its_seeds(tmp_path):
+    from mmlib.external import EXTERNAL_RECORD, EXTERNAL_TABLE, external_results, model_seeds
+
+    pd.DataFrame([{"lesion_source": "predicted", "metric": "auc", "value": 0.8, "ci_low": 0.7, "ci_high": 0.9,
+                   "n_valid": 50}]).to_csv(tmp_path / EXTERNAL_TABLE, index=False)
+    source = {"n_patients": 10, "trained_on_patients": 20, "seeds": [0, 1, 2]}
+    (tmp_path / EXTERNAL_RECORD).write_text(json.dumps({"model": "amw_cnn", "sources": {"predicted": source}}))
+    glue = external_results(tmp_path)["glue"]
+    assert glue["external_predicted_model"].endswith("the mean of 3 training seeds' probabilities (as the study "
+                                                     "averages its seeds)")
+    source["seeds"] = [0]
+    (tmp_path / EXTERNAL_RECORD).write_text(json.dumps({"model": "amw_cnn", "sources": {"predicted": source}}))
+    assert external_results(tmp_path)["glue"]["external_predicted_model"] == "an AMW-CNN trained for this comparison"
+    assert model_seeds({"ensemble": {"seeds": [1, 2]}, "info": {}}) == [1, 2]
+    assert model_seeds({"info": {"seed": 4}}) == [4] and model_seeds({"info": {}}) is None

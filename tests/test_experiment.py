@@ -368,3 +368,46 @@ def test_clustered_metrics_have_wider_intervals_and_say_so():
     from mmlib.metrics import expected_calibration_error
 
     assert five.loc["ece", "value"] == pytest.approx(expected_calibration_error(g["label"], g["prob_malignant"], n_bins=5))
+
+
+@pytest.mark.slow
+def test_the_saved_model_is_the_seed_average_the_metrics_describe(tmp_path, study_workspace):
+    """With two seeds a study saves one model whose probability is the mean of both seeds' refits (the average its
+    seed-averaged metrics describe); each seed's member stays in its unit's work folder and a rerun reuses it."""
+    from mmlib.explain import explained_model, load_run_model
+    from mmlib.learner import SeedEnsemble, load_model, predict_manifest
+
+    params = _params(tmp_path, seeds=[0, 1], models=["amw_cnn"], baselines=[], ablations=False, scenarios=False,
+                     save_models=True, epochs=1)
+    res = ex.load_results(ex.run_experiment(params))
+    folder = res.folder / "models" / "amw_cnn"
+    model, meta = load_model(folder)
+    assert isinstance(model, SeedEnsemble) and model.seeds == [0, 1] and model.tied_encoders
+    members = [load_model(res.folder / "work" / f"amw_cnn__none__s{s}" / ex.MEMBER) for s in (0, 1)]
+    assert [m["info"]["seed"] for _, m in members] == [0, 1]
+    assert meta["threshold"] == pytest.approx(np.mean([m["threshold"] for _, m in members]))
+    assert meta["info"]["seeds"] == [0, 1] and meta["ensemble"]["thresholds"] == [m["threshold"] for _, m in members]
+    manifest = res.cohort().manifest
+    both = [predict_manifest(res.folder / "work" / f"amw_cnn__none__s{s}" / ex.MEMBER, manifest) for s in (0, 1)]
+    ens = predict_manifest(folder, manifest)
+    np.testing.assert_allclose(ens["prob_malignant"], (both[0]["prob_malignant"] + both[1]["prob_malignant"]) / 2,
+                               atol=1e-5)
+    explained, emeta = load_run_model(res.folder, "amw_cnn")  # explanations read one member
+    assert not isinstance(explained, SeedEnsemble) and emeta["explained_seed"] == 0 and emeta["ensemble_members"] == 2
+    assert explained_model(emeta) == ("the first member (seed 0) of the saved model, which averages 2 seeds' refits "
+                                      "on all development patients")
+    assert explained_model(meta) == "the model trained on all development patients"
+    # a unit whose member is gone is trained again, and the model assembled again
+    import shutil
+
+    shutil.rmtree(res.folder / "work" / "amw_cnn__none__s1" / ex.MEMBER)
+    again = ex.load_results(ex.run_experiment(params))
+    assert again.run["units"] == {"total": 2, "reused": 1, "trained": 1}
+    np.testing.assert_allclose(predict_manifest(folder, manifest)["prob_malignant"], ens["prob_malignant"], atol=1e-5)
+
+
+def test_assembling_a_model_without_its_members_names_them(tmp_path):
+    study = ex.Study(_params(tmp_path, seeds=[0, 1], models=["amw_cnn"], baselines=[], ablations=False,
+                             save_models=True), tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match=r"amw_cnn lacks the members .*amw_cnn__none__s0/model"):
+        ex.assemble_models(study)

@@ -174,3 +174,69 @@ def test_augmentation_does_not_depend_on_where_the_cohort_lies(tiny_cohort_dir, 
     assert all(torch.equal(a, b) for a, b in zip(*copies))
     assert not torch.equal(copies[0][0], copies[0][1]) and not torch.equal(copies[0][0], copies[0][2])
     assert torch.equal(samples[0], samples[1])
+
+
+@pytest.mark.slow
+def test_seed_ensemble_averages_members_and_round_trips(small, tmp_path):
+    from mmlib.learner import SeedEnsemble, ensemble_threshold
+
+    members = []
+    for seed in (0, 1):
+        learn = _learner(small, "amw_cnn", seed=seed)
+        with learn.no_bar(), learn.no_logging():
+            learn.fit(1, 1e-3)
+        learn.model.input_kind = "images"
+        members.append(learn.model.eval())
+    rows = small["test"][:8]
+    ds = MultimodalDataset(small["cohort"], rows, small["spec"])
+    each = [predict_proba(m, ds) for m in members]
+    assert not np.allclose(each[0], each[1])  # two seeds, two models
+    ens = SeedEnsemble(members, [0, 1], [0.4, 0.5])
+    assert ens.tied_encoders  # the same frozen ImageNet encoder: stored once
+    np.testing.assert_allclose(predict_proba(ens, ds), np.mean(each, axis=0), atol=1e-6)
+    single = save_model(members[0], tmp_path / "one", name="amw_cnn", spec=small["spec"])
+    folder = save_model(ens, tmp_path / "ens", name="amw_cnn", spec=small["spec"], threshold=ensemble_threshold([0.4, 0.5]))
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["format"] == "mmlib-model/2" and meta["threshold"] == pytest.approx(0.45)
+    assert meta["ensemble"] == {"seeds": [0, 1], "thresholds": [0.4, 0.5], "tied_encoders": True,
+                                "combine": "mean probability"}
+    # the shared encoder is written once: two members cost far less than twice one model
+    assert (folder / "model.safetensors").stat().st_size < 1.5 * (single / "model.safetensors").stat().st_size
+    loaded, meta = load_model(folder)
+    assert isinstance(loaded, SeedEnsemble) and loaded.seeds == [0, 1]
+    assert loaded.members[1].encoders is loaded.members[0].encoders
+    np.testing.assert_allclose(predict_proba(loaded, ds), np.mean(each, axis=0), atol=1e-5)
+    df = predict_manifest(folder, small["dir"] / "manifest.csv")
+    np.testing.assert_allclose(df["threshold"], 0.45)
+    np.testing.assert_allclose(df.set_index("patient_id").loc[ds.patient_ids, "prob_malignant"].to_numpy(),
+                               np.mean(each, axis=0), atol=1e-5)
+
+
+def test_seed_ensemble_refuses_what_is_not_one_model_over_seeds():
+    from mmlib.learner import SeedEnsemble, ensemble_threshold
+    from mmlib.models import create_model
+
+    kw = dict(encoder_weights="none", dim=16, clinical_features=1)
+    a, b = create_model("amw_cnn", **kw), create_model("amw_cnn", **kw)
+    assert not SeedEnsemble([a, b], [0, 1]).tied_encoders  # random encoders differ: each member keeps its own
+    with pytest.raises(ValueError, match="two or more members"):
+        SeedEnsemble([a], [0])
+    with pytest.raises(ValueError, match="one per seed"):
+        SeedEnsemble([a, b], [0, 1, 2])
+    with pytest.raises(ValueError, match="seeds must differ"):
+        SeedEnsemble([a, b], [0, 0])
+    with pytest.raises(ValueError, match="same model with the same settings"):
+        SeedEnsemble([a, create_model("amw_cnn", **{**kw, "dim": 32})], [0, 1])
+    assert ensemble_threshold([0.2, 0.4]) == pytest.approx(0.3)
+    assert ensemble_threshold([0.2, None]) is None and ensemble_threshold([]) is None
+
+
+def test_an_unknown_model_format_is_refused(tmp_path):
+    (tmp_path / "model.json").write_text(json.dumps({"format": "mmlib-model/9"}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="unknown format 'mmlib-model/9'"):
+        load_model(tmp_path)
+    (tmp_path / "model.json").write_text(json.dumps({"format": "mmlib-model/2", "model": "amw_cnn",
+                                                     "model_kwargs": {}, "ensemble": {"seeds": [0]}}))
+    with pytest.raises(ValueError, match="two or more seeds"):
+        load_model(tmp_path)

@@ -301,3 +301,20 @@ def test_real_segmenter_round_trip(masked, tmp_path, monkeypatch):
     first = pd.read_csv(masked)["ultrasound"][0]
     mask = Image.open(tmp_path / "seg" / (Path(first).stem + "_mask.png"))
     assert mask.size == Image.open(masked.parent / first).size
+
+
+def test_train_saves_one_member_per_profile_seed(masked, tmp_path):
+    """`mmlib train` with several seeds saves their average, the model the study's seed-averaged metrics describe."""
+    from mmlib.learner import SeedEnsemble, load_model
+
+    folder = train_model(masked, "amw_cnn", tmp_path / "ens", {**TINY, "lesion_source": "none", "seeds": [0, 1],
+                                                               "epochs": 1})
+    model, meta = load_model(folder)
+    assert isinstance(model, SeedEnsemble) and model.seeds == [0, 1] and meta["info"]["seeds"] == [0, 1]
+    assert meta["threshold"] == pytest.approx(np.mean(meta["ensemble"]["thresholds"]))
+    single = train_model(masked, "amw_cnn", tmp_path / "one", {**TINY, "lesion_source": "none", "seeds": [0],
+                                                               "epochs": 1})
+    assert not isinstance(load_model(single)[0], SeedEnsemble)
+    out = predict_manifest(folder, _strip(masked, tmp_path / "bare.csv"))
+    first = predict_manifest(single, _strip(masked, tmp_path / "bare.csv"))
+    assert out["prob_malignant"].between(0, 1).all() and not np.allclose(out["prob_malignant"], first["prob_malignant"])
