@@ -771,8 +771,7 @@ def _train_unit(study: Study, config: Config, seed: int, root: Path) -> float:
     """Every fold of one config and seed, the test predictions, the refit and saved model, written under
     ``root`` (``work/``, ``logs/``, ``models/``). Returns the seconds it took."""
     from .learner import save_model
-    from .lesions import model_lesion, study_view
-    from .models import model_class
+    from .lesions import study_view
     from .splits import iter_folds
 
     p = study.params
