@@ -4,13 +4,16 @@
         [--model amw_cnn] [--sources expert predicted none] [--n-boot 2000] [--set KEY=VALUE ...] [--model-from DIR]
 
 An AMW-CNN (the profile ``params/breast-lesions-usg.yaml``) is trained on the BrEaST **development** patients (the
-study's split: 80% of the 252 patients, seed 0; the internal test patients are not used) once per lesion source:
+study's split: 80% of the 252 patients, seed 0; the internal test patients are not used; one member per seed of
+the profile's ``seeds``, averaged, as the study averages its seeds) once per lesion source:
 the expert's masks, the lesion segmenter's (cross-fitted in training, the saved segmenter on BUS-BRA) and none
 (whole images). Each is evaluated on all 664 BUS-BRA patients (no age: recorded as missing) with
 :func:`mmlib.external.external_study`; nothing is tuned on BUS-BRA. Then ``mmlib predict`` is timed on 100 BUS-BRA
 patients from a manifest without masks or labels. Prints AUC with patient-bootstrap CIs, the segmenter's Dice on
 BUS-BRA and the wall times (one source can be rerun alone, ``--sources none``: the others' rows are kept); writes
-the tidy results the real-data chapter reads to ``results/external-bus-bra/``.
+the tidy results the real-data chapter reads to ``results/external-bus-bra/``. ``--model-from`` evaluates a model
+saved elsewhere for ``predicted`` instead (the BrEaST study's own, as the paper's build does; give another ``--out``
+for another model, as one folder holds one model's rows).
 Manifests go to ``cohorts/external/`` (git-ignored). Skips with a message where the data is absent.
 """
 

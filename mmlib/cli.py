@@ -115,7 +115,7 @@ def _train(a):
 
 @_reports_user_errors
 def _predict(a):
-    from .deploy import NOT_REFINED_NOTE, predict_manifest, write_csv_atomic
+    from .deploy import NOT_REFINED_NOTE, UNCERTAIN_NOTE, predict_manifest, write_csv_atomic
 
     df = predict_manifest(a.model_dir, a.manifest, progress=True)
     write_csv_atomic(df, a.out)
@@ -127,6 +127,10 @@ def _predict(a):
     refined_not = int(df["note"].str.contains(said, regex=False).sum()) if "note" in df else 0
     if refined_not:
         print(f"  {refined_not} patient(s) where the refiner found nothing: the whole-image outline used (see 'note')")
+    said = UNCERTAIN_NOTE.split("{view}")[0]
+    uncertain = int(df["note"].str.contains(said, regex=False).sum()) if "note" in df else 0
+    if uncertain:
+        print(f"  {uncertain} patient(s) with an uncertain lesion outline: check their masks (see 'note')")
     return 0
 
 

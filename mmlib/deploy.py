@@ -41,8 +41,12 @@ SEGMENT_RECORD = "segment.json"
 NOT_FOUND_NOTE = "no lesion found in {view}: whole image used"
 #: Where the segmenter's refiner found no lesion in its crop and the whole-image network's outline was used.
 NOT_REFINED_NOTE = "the refiner found no lesion around the lesion found in {view}: the whole-image outline used"
+#: Where the lesion was found with a score below the segmenter's ``uncertain_below``: its outline may be wrong.
+UNCERTAIN_NOTE = ("the lesion outline in {view} is uncertain (segmenter score {score:.2f}, below {below:.2f}): check "
+                  "its mask (mmlib segment)")
 #: The columns of :func:`segment_cohort`'s table.
-VIEW_COLUMNS = ["row", "patient_id", "modality", "view", "image", "mask", "lesion_found", "refined", "score"]
+VIEW_COLUMNS = ["row", "patient_id", "modality", "view", "image", "mask", "lesion_found", "refined", "score",
+                "uncertain"]
 
 
 # ----------------------------------------------------------------------------------------------- writing safely
@@ -201,7 +205,8 @@ def segment_cohort(cohort: Cohort, segmenters: dict, folder, *, progress: bool =
         One row per image: ``row`` (position in the cohort), ``patient_id``, ``modality``, ``view`` (0-based),
         ``image``, ``mask`` (the written file), ``lesion_found``, ``refined`` (True: the refiner drew the outline;
         False: it found nothing in its crop and the whole-image network's outline was kept; None: no refiner, or
-        no lesion), ``score``.
+        no lesion), ``score``, ``uncertain`` (a lesion found with a score below the segmenter's
+        ``uncertain_below``: see :class:`mmlib.segmentation.SegmenterSettings`).
     """
     from .imaging import image_size
 
@@ -218,16 +223,18 @@ def segment_cohort(cohort: Cohort, segmenters: dict, folder, *, progress: bool =
         predicted = seg.predict([job[3] for job, _ in mine], progress=progress)
         if len(predicted) != len(mine):
             raise RuntimeError(f"the {m} segmenter returned {len(predicted)} masks for {len(mine)} images")
+        below = float(seg.settings.uncertain_below)
         for ((i, _, j, image), name), pm in zip(mine, predicted):
             shape = image_size(image)
             if tuple(pm.mask.shape) != tuple(shape):
                 raise RuntimeError(f"the {m} segmenter returned a {pm.mask.shape} mask for {image} "
                                    f"({shape[0]}x{shape[1]} pixels); expected the image's size")
             _write_mask(pm.mask, folder / name)
+            found = bool(pm.found and np.asarray(pm.mask).any())
             records.append({"row": i, "patient_id": str(cohort.patients["patient_id"].iloc[i]), "modality": m,
-                            "view": j, "image": image, "mask": folder / name,
-                            "lesion_found": bool(pm.found and np.asarray(pm.mask).any()),
-                            "refined": pm.refined, "score": float(pm.score)})
+                            "view": j, "image": image, "mask": folder / name, "lesion_found": found,
+                            "refined": pm.refined, "score": float(pm.score),
+                            "uncertain": found and float(pm.score) < below})
     return pd.DataFrame(records, columns=VIEW_COLUMNS)
 
 
@@ -258,7 +265,8 @@ def without_lesions(cohort: Cohort) -> Cohort:
                   source_rows=list(cohort.source_rows))
 
 
-def _notes(cohort: Cohort, views: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+def _notes(cohort: Cohort, views: pd.DataFrame, segmenters: dict) -> tuple[np.ndarray, list[str]]:
+    below_of = {m: float(seg.settings.uncertain_below) for m, seg in segmenters.items()}
     found = np.ones(len(cohort.patients), dtype=bool)
     notes = [[] for _ in range(len(cohort.patients))]
     for r in views.itertuples():
@@ -268,6 +276,8 @@ def _notes(cohort: Cohort, views: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
             notes[r.row].append(NOT_FOUND_NOTE.format(view=view))
         elif r.refined is False:
             notes[r.row].append(NOT_REFINED_NOTE.format(view=view))
+        if r.lesion_found and r.uncertain:
+            notes[r.row].append(UNCERTAIN_NOTE.format(view=view, score=r.score, below=below_of[r.modality]))
     return found, ["; ".join(n) for n in notes]
 
 
@@ -312,7 +322,8 @@ def predict_cohort(model, meta: dict, cohort: Cohort, *, model_dir=None, bs: int
         if rec["source"] == "predicted":
             if workdir is None:
                 workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="mmlib-masks-"))
-            views = segment_cohort(cohort, load_segmenters(model_dir, rec), workdir, progress=progress)
+            segmenters = load_segmenters(model_dir, rec)
+            views = segment_cohort(cohort, segmenters, workdir, progress=progress)
             used = with_predicted_lesions(cohort, views)
         elif rec["source"] == "none":
             used = without_lesions(cohort)
@@ -336,7 +347,7 @@ def predict_cohort(model, meta: dict, cohort: Cohort, *, model_dir=None, bs: int
         out["label"] = names
     out["lesion_source"] = rec["source"]
     if rec["source"] == "predicted":
-        out["lesion_found"], out["note"] = _notes(cohort, views)
+        out["lesion_found"], out["note"] = _notes(cohort, views, segmenters)
     else:
         out["note"] = ""
     return out, views
@@ -403,6 +414,7 @@ def segment_manifest(model_dir, manifest, out, *, progress: bool = False) -> Pat
                   "lesion_found": int(views["lesion_found"].sum()),
                   "refined": int((views["refined"] == True).sum()),  # noqa: E712 (None, True or False)
                   "refiner_found_nothing": int((views["refined"] == False).sum()),  # noqa: E712
+                  "uncertain_outline": int(views["uncertain"].sum()),
                   "modalities": sorted(segmenters)}
         (tmp / SEGMENT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return Path(out) / cohort.manifest.name

@@ -8,7 +8,7 @@
                       intercept, and the segmenter's ``dice`` and ``iou`` where the manifest has expert masks;
                       percentile bootstrap CIs resampling patients (the ``group`` column, e.g. a patient's two
                       breasts, else ``patient_id``), stratified by label (calibration: not stratified)
-``segmentation.csv``  one row per segmented image: ``lesion_found``, ``score``, ``dice``, ``iou``
+``segmentation.csv``  one row per segmented image: ``lesion_found``, ``refined``, ``score``, ``uncertain``, ``dice``, ``iou``
 ``roc.csv``, ``reliability.csv``  the curves' data
 ``figures/``          ``roc`` and ``reliability`` as plotly JSON and HTML
 ``summary.json``      the model, the cohort, the threshold, every metric with its CI, the wall time
@@ -225,6 +225,8 @@ def external_validation(model_dir, manifest, out, *, n_boot: int = 2000, seed: i
             "images_segmented": int(len(views)),
             # the segmenter's refiner found nothing around the found lesion: the whole-image outline was used
             "refiner_found_nothing": int((views["refined"] == False).sum()) if len(views) else 0,  # noqa: E712
+            # found with a score below the segmenter's uncertain_below: the row's note says so
+            "uncertain_outline": int(views["uncertain"].sum()) if len(views) else 0,
             "images_with_expert_mask": int(seg["expert_mask"].sum()) if seg is not None else 0,
             "n_boot": int(n_boot), "seed": int(seed), "bootstrap_unit": "group",
             "metrics": {r.metric: {"value": _num(r.value), "ci_low": _num(r.ci_low), "ci_high": _num(r.ci_high)}

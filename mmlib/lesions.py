@@ -244,6 +244,9 @@ def model_lesion(study, model_dir) -> dict | None:
         return {"source": "none", "modalities": [], "segmenters": {}}
     from .deploy import segmenter_folder
 
+    from .segmentation import POST_PROCESSING, SegmenterSettings, set_post_processing
+
+    settings = SegmenterSettings.from_dict(study.params.get("segmenter"))
     model_dir = Path(model_dir)
     modalities = sorted(lesions.segmenters)
     record = {"source": "predicted", "modalities": modalities, "segmenters": {}}
@@ -252,6 +255,8 @@ def model_lesion(study, model_dir) -> dict | None:
         if (model_dir / sub).exists():
             shutil.rmtree(model_dir / sub)
         shutil.copytree(lesions.segmenters[m], model_dir / sub)
+        # a segmenter reused from the cache keeps its masks; what the run says about them is the run's
+        set_post_processing(model_dir / sub, **{k: getattr(settings, k) for k in POST_PROCESSING})
         record["segmenters"][m] = sub
     return record
 

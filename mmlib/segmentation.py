@@ -42,6 +42,8 @@ __all__ = [
     "SEGMENTER_WEIGHTS",
     "SEGMENTER_CONFIG",
     "REFINER_WEIGHTS",
+    "POST_PROCESSING",
+    "set_post_processing",
 ]
 
 SEGMENTER_WEIGHTS = "segmenter.safetensors"
@@ -50,6 +52,8 @@ REFINER_WEIGHTS = "segmenter-refiner.safetensors"
 SEGMENTER_FORMAT = "mmlib-segmenter/1"
 TRAIN_MODES = ("frozen", "finetune")
 PRECISIONS = ("float32", "bfloat16")
+#: Settings that change no mask, only what is said about it: outside reuse keys, settable on a saved segmenter.
+POST_PROCESSING = ("uncertain_below",)
 #: Settings the refiner may set apart from the whole-image network's (``SegmenterSettings.refiner_overrides``).
 REFINER_OVERRIDABLE = ("epochs", "n_augment", "lr", "wd", "bs", "output_stride", "decoder_channels", "precision")
 
@@ -85,6 +89,10 @@ class SegmenterSettings:
             the crop's side (the coarse lesion's box is never exact).
         refiner_overrides: settings of the refiner that differ from the whole-image network's, among
             :data:`REFINER_OVERRIDABLE` (e.g. ``{"epochs": 4}``); the frozen stem is always shared.
+        uncertain_below: a found lesion whose score (mean lesion probability inside its mask) is below this is
+            reported as an uncertain outline (:mod:`mmlib.deploy` says so in the row's note); 0 never. It changes no
+            mask, so it is outside the reuse key (:data:`POST_PROCESSING`), and a saved segmenter's value can be set
+            again (:func:`set_post_processing`).
     """
 
     encoder: str = "efficientnet_lite0"
@@ -106,6 +114,7 @@ class SegmenterSettings:
     refine_size: int = 0
     refine_margin: float = 0.3
     refiner_overrides: dict = field(default_factory=dict)
+    uncertain_below: float = 0.0
 
     def __post_init__(self):
         self.decoder_channels = tuple(int(c) for c in self.decoder_channels)
@@ -148,6 +157,8 @@ class SegmenterSettings:
                              f"{self.refine_size!r}")
         if not 0 <= float(self.refine_margin) <= 2:
             raise ValueError(f"segmenter refine_margin must be in [0, 2], got {self.refine_margin!r}")
+        if not 0 <= float(self.uncertain_below) < 1:
+            raise ValueError(f"segmenter uncertain_below must be in [0, 1) (0: never), got {self.uncertain_below!r}")
         if self.refiner_overrides:
             self.refiner_settings()  # the refiner's own settings are checked too
 
@@ -177,7 +188,7 @@ class SegmenterSettings:
         """:meth:`to_dict` for reuse keys: a setting added later enters only when it differs from the behaviour
         before it existed, so masks fitted before it was added stay reusable."""
         return {k: v for k, v in self.to_dict().items()
-                if not (k in self.ADDED_LATER and v == self.ADDED_LATER[k])}
+                if k not in POST_PROCESSING and not (k in self.ADDED_LATER and v == self.ADDED_LATER[k])}
 
 
 @dataclass
@@ -597,6 +608,24 @@ class Segmenter:
             load_model(net, str(folder / name), strict=True)
             nets.append(net.eval())
         return cls(nets[0], settings, meta.get("info", {}), nets[1] if len(nets) > 1 else None)
+
+
+def set_post_processing(folder, **values) -> dict:
+    """Set settings of :data:`POST_PROCESSING` in a saved segmenter's JSON (its weights and masks unchanged), e.g.
+    a run's ``uncertain_below`` on a segmenter reused from a cache. Returns the settings written."""
+    folder = Path(folder)
+    bad = sorted(set(values) - set(POST_PROCESSING))
+    if bad:
+        raise ValueError(f"set_post_processing: {bad} would change the masks; only {list(POST_PROCESSING)} may be set "
+                         f"on a saved segmenter")
+    path = folder / SEGMENTER_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a segmenter folder: {SEGMENTER_CONFIG} missing")
+    meta = json.loads(path.read_text())
+    settings = SegmenterSettings.from_dict({**meta["settings"], **values}).to_dict()  # validated
+    meta["settings"] = settings
+    path.write_text(json.dumps(meta, indent=2))
+    return settings
 
 
 # ----------------------------------------------------------------------------------------------- fitting

@@ -2,8 +2,10 @@
 
 It "segments" the central ellipse of every image, finds nothing in images whose file stem is listed in
 ``Segmenter.not_found``, marks as not refined (``refined`` False: a refiner found nothing in its crop) those listed
-in ``Segmenter.not_refined``, and saves itself as the real one does (``segmenter.safetensors`` + ``segmenter.json``), so the
-model-folder, prediction and evaluation code can be tested quickly and deterministically.
+in ``Segmenter.not_refined``, scores 0.3 (an uncertain outline under ``uncertain_below`` above it) those listed in
+``Segmenter.uncertain``, and saves itself as the real one does (``segmenter.safetensors`` + ``segmenter.json``, with
+its :class:`~mmlib.segmentation.SegmenterSettings`), so the model-folder, prediction and evaluation code can be
+tested quickly and deterministically.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from mmlib.segmentation import POST_PROCESSING, SegmenterSettings, set_post_processing  # noqa: F401 (the real ones)
 
 SEGMENTER_WEIGHTS = "segmenter.safetensors"
 SEGMENTER_CONFIG = "segmenter.json"
@@ -30,10 +34,12 @@ class PredictedMask:
 class Segmenter:
     not_found: set = set()
     not_refined: set = set()
+    uncertain: set = set()
     fits: list = []
 
-    def __init__(self, info: dict | None = None):
+    def __init__(self, info: dict | None = None, settings: SegmenterSettings | None = None):
         self.info = dict(info or {})
+        self.settings = settings or SegmenterSettings()
 
     def predict(self, images, *, progress=False, whole_image=False):
         from mmlib.imaging import image_size
@@ -46,7 +52,8 @@ class Segmenter:
                 continue
             yy, xx = np.mgrid[:h, :w]
             mask = ((yy - h / 2) / (h / 4)) ** 2 + ((xx - w / 2) / (w / 3)) ** 2 <= 1
-            out.append(PredictedMask(mask, True, 0.9, refined=False if Path(path).stem in self.not_refined else None))
+            out.append(PredictedMask(mask, True, 0.3 if Path(path).stem in self.uncertain else 0.9,
+                                     refined=False if Path(path).stem in self.not_refined else None))
         return out
 
     def save(self, folder):
@@ -56,7 +63,8 @@ class Segmenter:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_file({"w": torch.zeros(1)}, str(folder / SEGMENTER_WEIGHTS))
-        (folder / SEGMENTER_CONFIG).write_text(json.dumps({"format": "standin", "info": self.info}))
+        (folder / SEGMENTER_CONFIG).write_text(json.dumps({"format": "standin", "info": self.info,
+                                                           "settings": self.settings.to_dict()}))
         return folder
 
     @classmethod
@@ -64,7 +72,8 @@ class Segmenter:
         folder = Path(folder)
         if not (folder / SEGMENTER_CONFIG).is_file():
             raise FileNotFoundError(f"{folder} is not a segmenter folder")
-        return cls(json.loads((folder / SEGMENTER_CONFIG).read_text())["info"])
+        meta = json.loads((folder / SEGMENTER_CONFIG).read_text())
+        return cls(meta["info"], SegmenterSettings.from_dict(meta.get("settings")))
 
 
 def fit_segmenter(images, masks, *, settings=None, seed=0, progress=True):
@@ -74,7 +83,8 @@ def fit_segmenter(images, masks, *, settings=None, seed=0, progress=True):
     assert len(images) == len(masks) >= 2
     assert all(read_mask(m).any() for m in masks)
     Segmenter.fits.append(len(images))
-    return Segmenter({"trained_on_images": len(images), "seed": seed})
+    settings = settings if isinstance(settings, SegmenterSettings) else SegmenterSettings.from_dict(settings)
+    return Segmenter({"trained_on_images": len(images), "seed": seed}, settings)
 
 
 def dice_iou(pred, truth):

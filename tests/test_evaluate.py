@@ -55,6 +55,7 @@ def test_evaluate_writes_tidy_results_with_grouped_cis(whole_image_model, masked
 def test_evaluate_scores_the_segmenter_where_masks_exist(predicted_model, masked, standin, tmp_path):
     standin.Segmenter.not_found = {"SYN0002"}
     standin.Segmenter.not_refined = {"SYN0006", "SYN0008"}
+    standin.Segmenter.uncertain = {"SYN0004", "SYN0006", "SYN0002"}  # SYN0002: nothing found, so nothing uncertain
     out = external_validation(predicted_model, masked, tmp_path / "ext", n_boot=100)
     seg = pd.read_csv(out / "segmentation.csv")
     assert len(seg) == 36 and seg["expert_mask"].all() and seg["dice"].between(0, 1).all()
@@ -65,6 +66,7 @@ def test_evaluate_scores_the_segmenter_where_masks_exist(predicted_model, masked
     summary = json.loads((out / "summary.json").read_text())
     assert summary["lesion_source"] == "predicted" and summary["lesion_not_found"] == 1
     assert summary["refiner_found_nothing"] == 2 and seg["refined"].eq(False).sum() == 2
+    assert summary["uncertain_outline"] == 2 and set(seg.loc[seg["uncertain"], "patient_id"]) == {"SYN0004", "SYN0006"}
     assert len(list((out / "masks").glob("*_mask.png"))) == 36
 
 

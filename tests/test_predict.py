@@ -32,6 +32,7 @@ def standin(monkeypatch):
     monkeypatch.setattr(mmlib, "segmentation", segmentation_standin, raising=False)
     monkeypatch.setattr(segmentation_standin.Segmenter, "not_found", set())
     monkeypatch.setattr(segmentation_standin.Segmenter, "not_refined", set())
+    monkeypatch.setattr(segmentation_standin.Segmenter, "uncertain", set())
     monkeypatch.setattr(segmentation_standin.Segmenter, "fits", [])
     return segmentation_standin
 
@@ -90,7 +91,8 @@ def whole_image_model(masked, tmp_path_factory):
 def predicted_model(masked, standin, tmp_path):
     standin.Segmenter.not_found = {"SYN0004"}  # its cross-fitted mask is empty, as at prediction time
     return train_model(masked, "amw_cnn", tmp_path / "predicted", {**TINY, "roi": True, "outline_features": True,
-                                                                   "lesion_source": "predicted"})
+                                                                   "lesion_source": "predicted",
+                                                                   "segmenter": {"uncertain_below": 0.5}})
 
 
 # --- model folders --------------------------------------------------------------------------------------------
@@ -150,16 +152,22 @@ def test_predicted_model_segments_and_flags_the_fallback(predicted_model, masked
     bare = _strip(masked, tmp_path / "bare.csv")
     standin.Segmenter.not_found = {"SYN0007"}
     standin.Segmenter.not_refined = {"SYN0009"}
+    standin.Segmenter.uncertain = {"SYN0011"}
     out = tmp_path / "p.csv"
     assert main(["predict", str(predicted_model), str(bare), "--out", str(out)]) == 0
-    assert "1 patient(s) where the refiner found nothing" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "1 patient(s) where the refiner found nothing" in said
+    assert "1 patient(s) with an uncertain lesion outline: check their masks" in said
     pred = pd.read_csv(out, keep_default_na=False).set_index("patient_id")
     assert len(pred) == 36 and (pred["lesion_source"] == "predicted").all()
     assert not pred.loc["SYN0007", "lesion_found"] and pred.drop(index="SYN0007")["lesion_found"].all()
     assert pred.loc["SYN0007", "note"] == "no lesion found in ultrasound view 1 (SYN0007.png): whole image used"
     assert pred.loc["SYN0009", "note"] == ("the refiner found no lesion around the lesion found in ultrasound view 1 "
                                            "(SYN0009.png): the whole-image outline used")
-    assert (pred.drop(index=["SYN0007", "SYN0009"])["note"] == "").all()
+    assert pred.loc["SYN0011", "note"] == ("the lesion outline in ultrasound view 1 (SYN0011.png) is uncertain (segmenter "
+                                           "score 0.30, below 0.50): check its mask (mmlib segment)")
+    assert pred.loc["SYN0011", "lesion_found"]  # found, and used: the note says how far to trust it
+    assert (pred.drop(index=["SYN0007", "SYN0009", "SYN0011"])["note"] == "").all()
     # The expert's masks, when present, are not read: the same probabilities with them.
     again = predict_manifest(predicted_model, masked).set_index("patient_id")
     np.testing.assert_allclose(again.loc[pred.index, "prob_malignant"], pred["prob_malignant"], atol=1e-6)
@@ -182,6 +190,7 @@ def test_mask_file_names_follow_the_image():
 def test_segment_writes_one_mask_per_image_and_a_manifest_copy(predicted_model, masked, standin, tmp_path):
     standin.Segmenter.not_found = {"SYN0003"}
     standin.Segmenter.not_refined = {"SYN0005"}
+    standin.Segmenter.uncertain = {"SYN0005", "SYN0006"}
     out = tmp_path / "seg"
     assert main(["segment", str(predicted_model), str(masked), "--out", str(out)]) == 0
     copy = out / masked.name
@@ -200,6 +209,7 @@ def test_segment_writes_one_mask_per_image_and_a_manifest_copy(predicted_model, 
     assert cohort.patients["ultrasound_mask"].iloc[0][0] == out / f"{cohort.patients['patient_id'].iloc[0]}_mask.png"
     record = json.loads((out / "segment.json").read_text())
     assert record["lesion_found"] == len(table) - 1 and record["refiner_found_nothing"] == 1
+    assert record["uncertain_outline"] == 2
     # An earlier output is replaced; a folder that is not one is left alone.
     assert main(["segment", str(predicted_model), str(masked), "--out", str(out)]) == 0
     other = tmp_path / "mine"

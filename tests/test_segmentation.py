@@ -310,7 +310,8 @@ def test_study_with_predicted_lesions(blob_manifest, tmp_path):
     def no_fit(*a, **k):
         raise AssertionError("a segmenter was fitted again")
 
-    variant = dict(params, outline_features=False, results_dir=str(tmp_path / "results-variant"))
+    variant = dict(params, outline_features=False, results_dir=str(tmp_path / "results-variant"),
+                   segmenter=dict(params["segmenter"], uncertain_below=0.6))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(mmlib.segmentation, "fit_segmenter", no_fit)
         other = ex.load_results(ex.run_experiment(variant))
@@ -320,6 +321,9 @@ def test_study_with_predicted_lesions(blob_manifest, tmp_path):
                if m is not None)  # the variant's masks live in its own folder
     pd.testing.assert_frame_equal(pd.read_csv(res.folder / "segmentation.csv"),
                                   pd.read_csv(other.folder / "segmentation.csv"))
+    # uncertain_below changes no mask (the segmenters were reused), but the saved model says the run's value
+    assert Segmenter.load(res.folder / "models" / "amw_cnn" / "segmenter").settings.uncertain_below == 0
+    assert Segmenter.load(other.folder / "models" / "amw_cnn" / "segmenter").settings.uncertain_below == 0.6
 
 
 def test_a_collapsed_fit_is_refitted_and_said(blobs, monkeypatch):
@@ -493,3 +497,27 @@ def test_study_with_a_refiner_scores_what_it_adds(blob_manifest, tmp_path):
         mp.setattr(mmlib.segmentation.Segmenter, "load", classmethod(lambda *a: pytest.fail("loaded a segmenter")))
         again = ex.load_results(ex.run_experiment(params))
     pd.testing.assert_frame_equal(seg, pd.read_csv(again.folder / "segmentation.csv"))
+
+
+def test_uncertain_below_says_more_without_changing_a_mask(blobs, tmp_path):
+    """uncertain_below changes no mask: outside the reuse key, and settable on a saved segmenter (a cached one gets
+    the run's value); anything else is refused, as is a value outside [0, 1)."""
+    from mmlib.segmentation import set_post_processing
+
+    assert SegmenterSettings(uncertain_below=0.88).key_dict() == SegmenterSettings().key_dict()
+    with pytest.raises(ValueError, match=r"uncertain_below must be in \[0, 1\)"):
+        SegmenterSettings(uncertain_below=1.0)
+    images, masks = blobs
+    seg = fit_segmenter(images[:4], masks[:4], settings={**TINY, "epochs": 1}, seed=0, progress=False)
+    folder = seg.save(tmp_path / "seg")
+    before = (folder / "segmenter.safetensors").read_bytes()
+    assert set_post_processing(folder, uncertain_below=0.7)["uncertain_below"] == 0.7
+    again = Segmenter.load(folder)
+    assert again.settings.uncertain_below == 0.7 and (folder / "segmenter.safetensors").read_bytes() == before
+    assert again.settings.key_dict() == seg.settings.key_dict()
+    with pytest.raises(ValueError, match=r"\['epochs'\] would change the masks"):
+        set_post_processing(folder, epochs=3)
+    with pytest.raises(ValueError, match="uncertain_below must be in"):
+        set_post_processing(folder, uncertain_below=-0.1)
+    with pytest.raises(FileNotFoundError, match="not a segmenter folder"):
+        set_post_processing(tmp_path, uncertain_below=0.5)
