@@ -6,7 +6,8 @@ loss (binary cross-entropy on the malignancy logit, plus auxiliary per-modality 
 them), metrics (AUC, accuracy, MCC) and the usual callbacks (progress, CSV log, early stopping, best model).
 
 A trained model is saved as a folder anyone can inspect and load without running code: weights in
-``model.safetensors`` and everything needed to rebuild the model in ``model.json``. Loading reads only
+``model.safetensors`` and everything needed to rebuild the model in ``model.json`` (one model, or a
+:class:`SeedEnsemble`: the same model trained with several seeds, its probabilities averaged). Loading reads only
 those two files and refuses a folder that holds a pickle (fastai's ``export``/``load_learner`` pickle
 arbitrary code: a model folder from a colleague must not be able to run code on your machine).
 """
@@ -418,16 +419,14 @@ def load_model(folder, *, input_kind: str = "images", device="cpu"):
         if not isinstance(ens.get("seeds"), list) or len(ens["seeds"]) < 2:
             raise ValueError(f"{folder / MODEL_CONFIG}: format {ENSEMBLE_FORMAT!r} needs 'ensemble.seeds', a list "
                              f"of two or more seeds; got {ens.get('seeds')!r}")
-        model = SeedEnsemble([create_model(meta["model"], **kwargs) for _ in ens["seeds"]], ens["seeds"],
-                             ens.get("thresholds"), tie_encoders=bool(ens.get("tied_encoders")))
-    else:
-        model = create_model(meta["model"], **kwargs)
-    if isinstance(model, SeedEnsemble):
         from safetensors.torch import load_file
 
+        model = SeedEnsemble([create_model(meta["model"], **kwargs) for _ in ens["seeds"]], ens["seeds"],
+                             ens.get("thresholds"), tie_encoders=bool(ens.get("tied_encoders")))
         model.load_stored(load_file(str(folder / MODEL_WEIGHTS), device=str(device)), source=str(folder))
         model.to(device)
     else:
+        model = create_model(meta["model"], **kwargs)
         st_load(model, str(folder / MODEL_WEIGHTS), strict=True, device=str(device))
     meta["spec"] = SampleSpec.from_dict(meta["sample_spec"])
     return model.eval(), meta
