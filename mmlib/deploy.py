@@ -42,7 +42,7 @@ NOT_FOUND_NOTE = "no lesion found in {view}: whole image used"
 #: Where the segmenter's refiner found no lesion in its crop and the whole-image network's outline was used.
 NOT_REFINED_NOTE = "the refiner found no lesion around the lesion found in {view}: the whole-image outline used"
 #: Where the lesion was found with a score below the segmenter's ``uncertain_below``: its outline may be wrong.
-UNCERTAIN_NOTE = ("the lesion outline in {view} is uncertain (segmenter score {score:.2f}, below {below:.2f}): check "
+UNCERTAIN_NOTE = ("the lesion outline in {view} is uncertain (segmenter score {score:.3f}, below {below:g}): check "
                   "its mask (mmlib segment)")
 #: The columns of :func:`segment_cohort`'s table.
 VIEW_COLUMNS = ["row", "patient_id", "modality", "view", "image", "mask", "lesion_found", "refined", "score",
@@ -277,7 +277,9 @@ def _notes(cohort: Cohort, views: pd.DataFrame, segmenters: dict) -> tuple[np.nd
         elif r.refined is False:
             notes[r.row].append(NOT_REFINED_NOTE.format(view=view))
         if r.lesion_found and r.uncertain:
-            notes[r.row].append(UNCERTAIN_NOTE.format(view=view, score=r.score, below=below_of[r.modality]))
+            # the score cut to 3 decimals, never rounded up to the cut-off it is below
+            notes[r.row].append(UNCERTAIN_NOTE.format(view=view, score=np.floor(r.score * 1000) / 1000,
+                                                      below=below_of[r.modality]))
     return found, ["; ".join(n) for n in notes]
 
 

@@ -165,7 +165,7 @@ def test_predicted_model_segments_and_flags_the_fallback(predicted_model, masked
     assert pred.loc["SYN0009", "note"] == ("the refiner found no lesion around the lesion found in ultrasound view 1 "
                                            "(SYN0009.png): the whole-image outline used")
     assert pred.loc["SYN0011", "note"] == ("the lesion outline in ultrasound view 1 (SYN0011.png) is uncertain (segmenter "
-                                           "score 0.30, below 0.50): check its mask (mmlib segment)")
+                                           "score 0.300, below 0.5): check its mask (mmlib segment)")
     assert pred.loc["SYN0011", "lesion_found"]  # found, and used: the note says how far to trust it
     assert (pred.drop(index=["SYN0007", "SYN0009", "SYN0011"])["note"] == "").all()
     # The expert's masks, when present, are not read: the same probabilities with them.
