@@ -8,7 +8,8 @@
                       intercept, and the segmenter's ``dice`` and ``iou`` where the manifest has expert masks;
                       percentile bootstrap CIs resampling patients (the ``group`` column, e.g. a patient's two
                       breasts, else ``patient_id``), stratified by label (calibration: not stratified)
-``segmentation.csv``  one row per segmented image: ``lesion_found``, ``refined``, ``score``, ``uncertain``, ``dice``, ``iou``
+``segmentation.csv``  one row per segmented image: ``lesion_found``, ``refined``, ``score``, ``uncertain``,
+                      ``dice``, ``iou``
 ``roc.csv``, ``reliability.csv``  the curves' data
 ``figures/``          ``roc`` and ``reliability`` as plotly JSON and HTML
 ``summary.json``      the model, the cohort, the threshold, every metric with its CI, the wall time

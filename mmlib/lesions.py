@@ -243,7 +243,6 @@ def model_lesion(study, model_dir) -> dict | None:
     if lesions.source == "none":
         return {"source": "none", "modalities": [], "segmenters": {}}
     from .deploy import segmenter_folder
-
     from .segmentation import POST_PROCESSING, SegmenterSettings, set_post_processing
 
     settings = SegmenterSettings.from_dict(study.params.get("segmenter"))

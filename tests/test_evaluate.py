@@ -171,7 +171,8 @@ def test_chapter_reads_the_external_results_or_says_how_to_get_them(tmp_path, ma
     table, record = load_external(out)
     assert record["sources"]["expert"]["seeds"] == [0, 1] and record["sources"]["none"]["seeds"] == [0]
     assert list(table["lesion_source"].unique()) == ["expert", "none"] and list(record["sources"]) == ["expert", "none"]
-    assert record["sources"]["expert"]["overrides"] == {"epochs": 1, "seeds": [0, 1]} and record["sources"]["none"]["overrides"] == {}
+    assert record["sources"]["expert"]["overrides"] == {"epochs": 1, "seeds": [0, 1]}
+    assert record["sources"]["none"]["overrides"] == {}
     assert table.query("lesion_source == 'none' and metric == 'auc'")["value"].iloc[0] == auc
 
 

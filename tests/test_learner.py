@@ -195,7 +195,8 @@ def test_seed_ensemble_averages_members_and_round_trips(small, tmp_path):
     assert ens.tied_encoders  # the same frozen ImageNet encoder: stored once
     np.testing.assert_allclose(predict_proba(ens, ds), np.mean(each, axis=0), atol=1e-6)
     single = save_model(members[0], tmp_path / "one", name="amw_cnn", spec=small["spec"])
-    folder = save_model(ens, tmp_path / "ens", name="amw_cnn", spec=small["spec"], threshold=ensemble_threshold([0.4, 0.5]))
+    folder = save_model(ens, tmp_path / "ens", name="amw_cnn", spec=small["spec"],
+                        threshold=ensemble_threshold([0.4, 0.5]))
     meta = json.loads((folder / "model.json").read_text())
     assert meta["format"] == "mmlib-model/2" and meta["threshold"] == pytest.approx(0.45)
     assert meta["ensemble"] == {"seeds": [0, 1], "thresholds": [0.4, 0.5], "tied_encoders": True,
