@@ -50,14 +50,35 @@ VIEW_COLUMNS = ["row", "patient_id", "modality", "view", "image", "mask", "lesio
 
 
 # ----------------------------------------------------------------------------------------------- writing safely
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _readable_as_usual(path: Path) -> None:
+    """Give ``path`` (and, for a folder, everything in it) the permissions a plain new file or folder gets under
+    the umask. Temporary files and folders are private (0600/0700; so are safetensors files): an output renamed
+    from one would be unreadable to colleagues on a shared server."""
+    allowed = ~_umask()
+    items = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for p in items:
+        if p.is_symlink():
+            continue
+        full = 0o777 if p.is_dir() else 0o666
+        os.chmod(p, (p.stat().st_mode & 0o7777) | (full & allowed))
+
+
 def write_csv_atomic(df: pd.DataFrame, path) -> Path:
-    """Write ``df`` to ``path`` through a temporary file in the same folder, renamed when complete."""
+    """Write ``df`` to ``path`` through a temporary file in the same folder, renamed when complete (with the
+    permissions of a plain new file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         df.to_csv(tmp, index=False)
+        _readable_as_usual(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -67,7 +88,8 @@ def write_csv_atomic(df: pd.DataFrame, path) -> Path:
 
 @contextlib.contextmanager
 def output_folder(out, *, marker: str):
-    """Yield a temporary folder beside ``out`` that replaces ``out`` when the block ends without error.
+    """Yield a temporary folder beside ``out`` that replaces ``out`` when the block ends without error (with the
+    permissions of a plain new folder and files, not the temporary folder's private ones).
 
     Args:
         out: the folder to produce.
@@ -82,6 +104,7 @@ def output_folder(out, *, marker: str):
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         yield tmp
+        _readable_as_usual(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -290,6 +290,34 @@ def test_csv_and_folders_are_written_whole(tmp_path):
     assert [p.name for p in (tmp_path / "f").iterdir()] == ["done.json"]
 
 
+def test_outputs_get_the_permissions_of_plain_new_files(tmp_path):
+    """Temporary files and folders (and safetensors files) are private; an output renamed from one is not."""
+    import os
+    import stat
+
+    from safetensors.torch import save_file
+    import torch
+
+    old = os.umask(0o022)
+    try:
+        write_csv_atomic(pd.DataFrame({"a": [1]}), tmp_path / "p.csv")
+        with output_folder(tmp_path / "m", marker="model.json") as tmp:
+            (tmp / "model.json").write_text("{}")
+            save_file({"w": torch.zeros(1)}, str(tmp / "model.safetensors"))
+            (tmp / "sub").mkdir(mode=0o700)
+            (tmp / "sub" / "x.txt").write_text("x")
+            os.chmod(tmp / "sub" / "x.txt", 0o600)
+    finally:
+        os.umask(old)
+
+    def mode(p):
+        return stat.S_IMODE(p.stat().st_mode)
+
+    assert mode(tmp_path / "p.csv") == 0o644
+    assert mode(tmp_path / "m") == mode(tmp_path / "m" / "sub") == 0o755
+    assert {mode(p) for p in (tmp_path / "m").rglob("*") if p.is_file()} == {0o644}
+
+
 def test_real_segmenter_round_trip(masked, tmp_path, monkeypatch):
     """The model folder, `mmlib predict` and `mmlib segment` with the real segmenter (a tiny one)."""
     from mmlib import segmentation
