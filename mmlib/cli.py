@@ -123,14 +123,11 @@ def _predict(a):
     if "lesion_found" in df and not df["lesion_found"].all():
         n = int((~df["lesion_found"]).sum())
         print(f"  {n} patient(s) without a lesion found: whole image used (see the 'note' column)")
-    said = NOT_REFINED_NOTE.split("{view}")[0]
-    refined_not = int(df["note"].str.contains(said, regex=False).sum()) if "note" in df else 0
-    if refined_not:
-        print(f"  {refined_not} patient(s) where the refiner found nothing: the whole-image outline used (see 'note')")
-    said = UNCERTAIN_NOTE.split("{view}")[0]
-    uncertain = int(df["note"].str.contains(said, regex=False).sum()) if "note" in df else 0
-    if uncertain:
-        print(f"  {uncertain} patient(s) with an uncertain lesion outline: check their masks (see 'note')")
+    for note, what in ((NOT_REFINED_NOTE, "where the refiner found nothing: the whole-image outline used"),
+                       (UNCERTAIN_NOTE, "with an uncertain lesion outline: check their masks")):
+        n = int(df["note"].str.contains(note.split("{view}")[0], regex=False).sum()) if "note" in df else 0
+        if n:
+            print(f"  {n} patient(s) {what} (see 'note')")
     return 0
 
 

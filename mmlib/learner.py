@@ -288,20 +288,15 @@ class SeedEnsemble(nn.Module):
         self.members = nn.ModuleList(members)
         self.seeds = seeds
         self.thresholds = None if thresholds is None else [None if t is None else float(t) for t in thresholds]
-        self.tied_encoders = self._tie_encoders() if tie_encoders is None else bool(tie_encoders)
-        if tie_encoders:
+        self.tied_encoders = self._same_encoders() if tie_encoders is None else bool(tie_encoders)
+        if self.tied_encoders:
             for m in self.members[1:]:
                 m.encoders = self.members[0].encoders
 
-    def _tie_encoders(self) -> bool:
+    def _same_encoders(self) -> bool:
         first = self.members[0].encoders.state_dict()
-        for m in self.members[1:]:
-            other = m.encoders.state_dict()
-            if other.keys() != first.keys() or not all(torch.equal(first[k], other[k]) for k in first):
-                return False
-        for m in self.members[1:]:
-            m.encoders = self.members[0].encoders
-        return True
+        others = (m.encoders.state_dict() for m in self.members[1:])
+        return all(o.keys() == first.keys() and all(torch.equal(first[k], o[k]) for k in first) for o in others)
 
     def config(self) -> dict:
         return self.members[0].config()
