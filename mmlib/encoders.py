@@ -328,7 +328,7 @@ def create_encoder(name: str = DEFAULT_ENCODER, *, weights: str = "imagenet", in
         levels: None (the last feature map) or block indices to concatenate (see :class:`ImageEncoder`).
         weights: ``"imagenet"`` (efficientnet_lite0: from the installed package, offline; other names:
             timm's ``pretrained=True``, which downloads from the Hugging Face hub), ``"none"`` (random
-            initialisation), or the path of a ``.safetensors`` / ``.pth`` / ``.pt`` state dict.
+            initialisation, seeded: the same encoder on every call), or the path of a ``.safetensors`` / ``.pth`` / ``.pt`` state dict.
         in_chans: input channels.
 
     Returns:
@@ -341,7 +341,11 @@ def create_encoder(name: str = DEFAULT_ENCODER, *, weights: str = "imagenet", in
     if weights == "imagenet" and name != "efficientnet_lite0":
         model = _build_timm(name, pretrained=True, in_chans=in_chans)
     else:
-        model = _build_timm(name, in_chans=in_chans)
+        # Seeded apart from the global stream: with weights "none" the encoder is the same on every call, whatever
+        # ran before it (features cached under a reuse key must not depend on what else the run fitted first).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = _build_timm(name, in_chans=in_chans)
         if weights == "imagenet":
             load_efficientnet_lite0_imagenet(model)
         elif weights != "none":
