@@ -526,12 +526,13 @@ def _shared_stem_cache(fit_segmenter, settings, seed: int) -> dict:
 
 
 def crossfit_lesions(cohort: Cohort, rows, folder, *, n_folds: int = 5, settings=None, seed: int = 0,
-                     progress: bool = True) -> tuple[Cohort, dict, pd.DataFrame]:
+                     progress: bool = True, deployed: str = "refit") -> tuple[Cohort, dict, pd.DataFrame]:
     """Segmenters for a model trained with ``lesion_source: predicted``, and the masks its training rows get.
 
     Training rows must see the kind of mask a new patient will get, not the expert's: the rows are split into
     ``n_folds`` folds by group, and each fold's images are segmented by a segmenter fitted on the other folds'
-    expert masks (cross-fitting). The segmenters kept with the model are then fitted on all rows' masks.
+    expert masks (cross-fitting). The segmenter kept with the model is, by ``deployed`` (the run parameter
+    ``deployed_segmenter``), fitted on all rows' masks (``refit``) or the mean of the folds' segmenters (``folds``).
 
     Args:
         cohort: the training cohort (expert masks in ``<modality>_mask``).
@@ -539,14 +540,17 @@ def crossfit_lesions(cohort: Cohort, rows, folder, *, n_folds: int = 5, settings
         folder: where the cross-fitted masks are written.
         n_folds: cross-fitting folds (at least 2).
         settings: segmenter settings (:func:`mmlib.segmentation.fit_segmenter`).
+        deployed: ``refit`` or ``folds`` (:func:`mmlib.segmentation.ensemble_segmenters`).
 
     Returns:
         ``(cohort with the cross-fitted masks of rows and no boxes, {modality: Segmenter}, views)``; ``views`` has
         one row per segmented image (:func:`segment_cohort`) plus ``dice`` and ``iou`` against the expert's mask.
     """
     from .imaging import read_mask
+    from .lesions import check_deployed_segmenter
     from .segmentation import dice_iou, fit_segmenter
 
+    check_deployed_segmenter(deployed)
     rows = np.asarray(rows, dtype=int)
     modalities = lesion_modalities(cohort, rows)
     if not modalities:
@@ -559,18 +563,25 @@ def crossfit_lesions(cohort: Cohort, rows, folder, *, n_folds: int = 5, settings
     tables, segmenters = [], {}
     for m in modalities:
         shared = _shared_stem_cache(fit_segmenter, settings, seed)
+        fold_segmenters = []
         for k in range(n_folds):
             held = rows[folds == k]
             if not len(held):
                 continue
             images, masks = _expert_pairs(cohort, rows[folds != k], m)
             seg = fit_segmenter(images, masks, settings=settings, seed=seed, progress=progress, **shared)
+            fold_segmenters.append(seg)
             part = segment_cohort(cohort.subset(cohort.patients["patient_id"].iloc[held]), {m: seg},
                                   folder / f"{m}-fold{k}")
             part["row"] = held[part["row"].to_numpy(dtype=int)]
             tables.append(part)
-        images, masks = _expert_pairs(cohort, rows, m)
-        segmenters[m] = fit_segmenter(images, masks, settings=settings, seed=seed, progress=progress, **shared)
+        if deployed == "folds":
+            from .segmentation import ensemble_segmenters
+
+            segmenters[m] = ensemble_segmenters(fold_segmenters, info={"deployed_segmenter": "folds"})
+        else:
+            images, masks = _expert_pairs(cohort, rows, m)
+            segmenters[m] = fit_segmenter(images, masks, settings=settings, seed=seed, progress=progress, **shared)
     views = pd.concat(tables, ignore_index=True)
     scores = []
     for r in views.itertuples():

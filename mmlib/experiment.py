@@ -1261,7 +1261,8 @@ def train_model(manifest, model: str, out_dir, params: dict | str | None = None,
     whose probability is the mean of its members'. The decision threshold saved with it is Youden's J on each
     member's inner validation patients (training data only; :func:`threshold_rows`), averaged over the members.
     With ``lesion_source: predicted`` the folder also holds the lesion segmenter (``segmenter/``), fitted on the
-    development patients' expert masks, and the model is trained on cross-fitted predicted masks
+    development patients' expert masks (or the mean of the cross-fitting folds' segmenters, with
+    ``deployed_segmenter: folds``), and the model is trained on cross-fitted predicted masks
     (:func:`mmlib.deploy.crossfit_lesions`), so that it needs only images; ``none`` trains on whole images.
     Returns the model folder (written under a temporary name, renamed when complete).
     """
@@ -1298,7 +1299,7 @@ def train_model(manifest, model: str, out_dir, params: dict | str | None = None,
         with _torch_threads(available_cores()):
             study.cohort, segmenters, crossfit = crossfit_lesions(
                 study.cohort, dev_rows, study.out / "masks", n_folds=int(p["n_folds"]), settings=p.get("segmenter"),
-                seed=seed, progress=bool(p["progress"]))
+                seed=seed, progress=bool(p["progress"]), deployed=p["deployed_segmenter"])
         lesion["modalities"] = list(segmenters)
         lesion["segmenters"] = {m: segmenter_folder(m, segmenters) for m in segmenters}
     if p["train_mode"] == "frozen":

@@ -17,12 +17,15 @@ from a segmenter fitted without the row's own fold *and* without fold ``k`` (:fu
   training folds);
 - the refit on all development patients (saved models, ``test_model: refit``): a row of fold ``j`` gets the
   segmenter fitted on all folds but ``j``;
-- internal-test rows: the segmenter fitted on all development patients.
+- internal-test rows: the segmenter saved with the models, chosen by the run parameter ``deployed_segmenter``:
+  ``refit``, one more segmenter fitted on all development patients; ``folds``, the mean of the K cross-validation
+  segmenters' lesion probabilities (each fitted without one fold), as nnU-Net deploys its fold models: no extra
+  fit, and an average of K networks.
 
-``pairs`` is ``1 + K + K(K-1)/2`` fits (16 for K = 5), its inner segmenters on ``(K-2)/K`` of the development
+Under ``refit``, ``pairs`` is ``1 + K + K(K-1)/2`` fits (16 for K = 5), its inner segmenters on ``(K-2)/K`` of the development
 patients; ``halves`` is ``1 + K + K`` fits for odd K (11 for K = 5; the same halves serve several outer folds) and
 ``1 + K + 2K`` for even K (more than ``pairs`` for K = 4), its inner segmenters on about half the training folds:
-for K = 5 cheaper, with training-row masks from smaller training sets. Held-out patients' expert masks are read only to score the
+for K = 5 cheaper, with training-row masks from smaller training sets; ``folds`` fits one fewer. Held-out patients' expert masks are read only to score the
 segmenter (``segmentation.csv``). Predicted masks are written as PNG files under ``cache/lesions/``, in folders
 named by the segmenter's training set and the masks' content, and each fold gets a view of the cohort whose
 ``<modality>_mask`` columns point to them, so cropping, morphometry and the feature cache work unchanged.
@@ -61,6 +64,15 @@ def check_lesion_source(value) -> str:
 # ----------------------------------------------------------------------------------------------- the schedule
 #: Values of the run parameter ``segmenter_crossfit``: how the training rows' segmenters are chosen.
 CROSSFIT_SCHEMES: tuple[str, ...] = ("pairs", "halves")
+#: Values of the run parameter ``deployed_segmenter``: the segmenter of the internal test and the saved models.
+DEPLOYED_SEGMENTERS: tuple[str, ...] = ("refit", "folds")
+
+
+def check_deployed_segmenter(value) -> str:
+    """``value`` if it is one of :data:`DEPLOYED_SEGMENTERS`; a ValueError naming the parameter otherwise."""
+    if value not in DEPLOYED_SEGMENTERS:
+        raise ValueError(f"parameter 'deployed_segmenter' must be one of {list(DEPLOYED_SEGMENTERS)}, got {value!r}")
+    return value
 
 
 def training_halves(outer_fold: int, n_folds: int) -> tuple[frozenset[int], frozenset[int]]:
@@ -101,12 +113,14 @@ def segmenter_left_out(row_fold: int | None, outer_fold: int | None, n_folds: in
     return frozenset(range(int(n_folds))) - trained_on
 
 
-def crossfit_plan(n_folds: int, scheme: str = "pairs") -> list[frozenset[int]]:
-    """Every segmenter a study fits (as the folds each leaves out): all development patients, then each fold left
-    out, then the training rows' segmenters of ``scheme`` (for ``pairs``: each pair of folds)."""
+def crossfit_plan(n_folds: int, scheme: str = "pairs", deployed: str = "refit") -> list[frozenset[int]]:
+    """Every segmenter a study fits (as the folds each leaves out): all development patients (``deployed:
+    refit`` only), then each fold left out, then the training rows' segmenters of ``scheme`` (for ``pairs``: each
+    pair of folds)."""
     folds = range(int(n_folds))
     inner = {segmenter_left_out(j, k, int(n_folds), scheme) for k in folds for j in folds if j != k}
-    return [frozenset(), *(frozenset({k}) for k in folds), *sorted(inner, key=lambda s: (len(s), sorted(s)))]
+    refit = [frozenset()] if check_deployed_segmenter(deployed) == "refit" else []
+    return [*refit, *(frozenset({k}) for k in folds), *sorted(inner, key=lambda s: (len(s), sorted(s)))]
 
 
 def segmenter_rows(left_out: frozenset[int], row_folds: np.ndarray, n_folds: int | None = None,
@@ -145,7 +159,8 @@ class StudyLesions:
     #: segmenters the study needed and how many of them it reused from a cache (``run.json``: ``segmenters``)
     fits: dict = field(default_factory=lambda: {"total": 0, "reused": 0})
     found: dict = field(default_factory=dict)
-    #: modality -> folder of the segmenter fitted on all development patients (the one saved with models)
+    #: modality -> folder of the segmenter saved with the models (and segmenting the internal test): fitted on all
+    #: development patients, or the ensemble of the fold segmenters (run parameter ``deployed_segmenter``)
     segmenters: dict = field(default_factory=dict)
     _views: dict = field(default_factory=dict, repr=False)
 
@@ -301,8 +316,10 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
     if n_folds < 3:
         raise ValueError(f"lesion_source 'predicted' cross-fits segmenters inside the training folds and needs "
                          f"parameter 'n_folds' >= 3, got {n_folds}")
-    plan = crossfit_plan(n_folds, scheme)
+    deployed = check_deployed_segmenter(p.get("deployed_segmenter", "refit"))
+    plan = crossfit_plan(n_folds, scheme, deployed)
     folder = study.out / "cache" / "lesions"
+    keys: dict[tuple[str, frozenset], str] = {}
     stems: dict[str, StemCache] = {}
     scores = []
     n = len(plan) * len(modalities)
@@ -312,6 +329,7 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
         targets = _expert_views(cohort, target_rows, m)
         key = hashlib.sha256(json.dumps([*base_key, m, sorted(cohort.patients["patient_id"].iloc[train_rows])],
                                         default=str).encode()).hexdigest()[:12]
+        keys[m, left_out] = key
         t = time.perf_counter()
         record = None if fresh else _stored(folder, m, left_out, key, elsewhere=_sibling_caches(study.out))
         what, predicted, kept = "reused", None, ""
@@ -330,11 +348,7 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
             n_kept = sum(pm.refined is False for pm in predicted)
             if n_kept:  # the refiner found nothing around the lesion the whole-image network found: its outline stays
                 kept = f"; {n_kept} with the whole-image outline, the refiner finding nothing in its crop"
-        masks, found = lesions.masks.setdefault(left_out, {}).setdefault(m, {}), \
-            lesions.found.setdefault(left_out, {}).setdefault(m, {})
-        for r, j, mask, ok in record:
-            masks.setdefault(r, [None] * len(cohort.patients[m].iloc[r]))[j] = mask
-            found.setdefault(r, [True] * len(cohort.patients[m].iloc[r]))[j] = ok
+        _register(lesions, cohort, m, left_out, record)
         if not left_out:
             lesions.segmenters[m] = str(folder / f"{m}-{_name(left_out)}-{key}" / "segmenter")
         # Every mask is scored against the expert's: the held-out fold's and the internal test's (what the study
@@ -346,7 +360,53 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
                                           predicted)
         study.log(f"({i + 1}/{n}) {m} segmenter {_name(left_out)}: {what}, {len(targets)} images segmented "
                   f"({sum(not ok for *_, ok in record)} without a lesion{kept}), {time.perf_counter() - t:.1f} s")
+    if deployed == "folds":
+        for m in modalities:
+            scores += _fold_ensemble(study, lesions, m, folder, [keys[m, frozenset({k})] for k in range(n_folds)],
+                                     base_key, fresh=fresh)
     write_segmentation_table(study, pd.DataFrame(scores), lesions)
+
+
+#: The folder name part of the fold segmenters' ensemble (``deployed_segmenter: folds``).
+FOLD_ENSEMBLE = "fold-ensemble"
+
+
+def _register(lesions: StudyLesions, cohort, m: str, left_out: frozenset, record) -> None:
+    masks, found = lesions.masks.setdefault(left_out, {}).setdefault(m, {}), \
+        lesions.found.setdefault(left_out, {}).setdefault(m, {})
+    for r, j, mask, ok in record:
+        masks.setdefault(r, [None] * len(cohort.patients[m].iloc[r]))[j] = mask
+        found.setdefault(r, [True] * len(cohort.patients[m].iloc[r]))[j] = ok
+
+
+def _fold_ensemble(study, lesions: StudyLesions, m: str, folder: Path, member_keys: list[str], base_key,
+                   *, fresh: bool = False) -> list[dict]:
+    """``deployed_segmenter: folds``: the mean of the fold segmenters (``without-<k>``, keys ``member_keys`` in fold
+    order) segments the internal test and is the segmenter saved with the models. Its masks are stored and reused
+    like a fitted segmenter's, keyed by its members'. Returns the internal test's scores."""
+    from .segmentation import Segmenter, ensemble_segmenters
+
+    key = hashlib.sha256(json.dumps([*base_key, m, FOLD_ENSEMBLE, member_keys], default=str).encode()).hexdigest()[:12]
+    name = f"{m}-{FOLD_ENSEMBLE}-{key}"
+    _, target_rows = segmenter_rows(frozenset(), lesions.row_folds)
+    targets = _expert_views(study.cohort, target_rows, m)
+    t = time.perf_counter()
+    record = None if fresh else _stored(folder, m, frozenset(), key, elsewhere=_sibling_caches(study.out),
+                                       home_name=name)
+    what = "reused"
+    if record is None:
+        members = [Segmenter.load(folder / f"{m}-{_name(frozenset({k}))}-{mk}" / "segmenter")
+                   for k, mk in enumerate(member_keys)]
+        ensemble = ensemble_segmenters(members, info={"deployed_segmenter": "folds",
+                                                      "member_folds_left_out": list(range(len(members)))})
+        predicted = ensemble.predict([image for _, _, image, _ in targets])
+        record = _write_masks(folder, m, frozenset(), key, targets, predicted, ensemble, home_name=name)
+        what = f"the mean of the {len(members)} fold segmenters"
+    _register(lesions, study.cohort, m, frozenset(), record)
+    lesions.segmenters[m] = str(folder / name / "segmenter")
+    study.log(f"{m} segmenter saved with the models: {what}, {len(targets)} internal-test images segmented "
+              f"({sum(not ok for *_, ok in record)} without a lesion), {time.perf_counter() - t:.1f} s")
+    return _score(targets, record, m, frozenset(), lesions.row_folds)
 
 
 def _device(p) -> str:
@@ -371,12 +431,12 @@ def _sibling_caches(out: Path) -> list[Path]:
     return found
 
 
-def _stored(folder: Path, modality: str, left_out, key: str, elsewhere=()):
+def _stored(folder: Path, modality: str, left_out, key: str, elsewhere=(), home_name: str | None = None):
     """The stored masks of one segmenter (``[(row, view, mask path or None, found)]``), or None. A segmenter
     fitted by another study beside this one (the same key: settings, seed, cohort on disk, modality and training
     patients) is copied into ``folder`` and reused: a tuning variant of a profile does not fit its 16 segmenters
-    again."""
-    name = f"{modality}-{_name(left_out)}-{key}"
+    again. ``home_name``: the folder's name where it is not ``<modality>-<left out>-<key>``."""
+    name = home_name or f"{modality}-{_name(left_out)}-{key}"
     record = _read_done(folder / name, key)
     if record is not None:
         return record
@@ -409,12 +469,13 @@ def _read_done(home: Path, key: str):
     return [tuple(v) for v in record["views"]]
 
 
-def _write_masks(folder: Path, modality, left_out, key, targets, predicted, segmenter):
-    """Write the found masks under ``<modality>-<segmenter>-<key>/masks-<content hash>/``; returns
+def _write_masks(folder: Path, modality, left_out, key, targets, predicted, segmenter,
+                 home_name: str | None = None):
+    """Write the found masks under ``<modality>-<segmenter>-<key>/masks-<content hash>/`` (or ``home_name``); returns
     ``[(row, view, mask path or None, found)]`` and records it in ``done.json``."""
     from PIL import Image
 
-    home = folder / f"{modality}-{_name(left_out)}-{key}"
+    home = folder / (home_name or f"{modality}-{_name(left_out)}-{key}")
     if home.exists():
         shutil.rmtree(home)
     tmp = home / "masks.tmp"

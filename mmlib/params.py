@@ -79,6 +79,10 @@ class RunParams(BaseModel):
     """How the classifier's training rows get their predicted masks (``mmlib.lesions``): ``pairs``, from the
     segmenter fitted without the row's fold and the held-out fold (16 segmenters for 5 folds); ``halves``, two-fold
     cross-fitting inside the training folds (11 segmenters for 5 folds, the inner ones on about half the data)."""
+    deployed_segmenter: Literal["refit", "folds"] = "refit"
+    """The segmenter saved with the models and segmenting the internal test, for ``lesion_source: predicted``:
+    ``refit``, one more fitted on all development patients; ``folds``, the mean of the cross-validation folds'
+    segmenters' lesion probabilities (nnU-Net's deployment: no extra fit)."""
     segmenter: dict = Field(default_factory=dict)
     """Settings of the lesion segmenter for ``lesion_source: predicted`` (fields of
     ``mmlib.segmentation.SegmenterSettings``, e.g. ``{image_size: 192, epochs: 25}``); empty: its defaults."""

@@ -248,7 +248,41 @@ def segmenter_figures(profile: str, key: str) -> dict[str, str]:
         out[f"{key}_{name}_found"] = found_count(r["lesion_found"], r["n_images"])
     out[f"{key}_plan"] = crossfit_text(_study(profile), cmd)
     out[f"{key}_refiner"] = refiner_text(paths.results_dir(profile), cmd)
+    out[f"{key}_deployed"] = deployed_text(_study(profile), paths.results_dir("probes") / "segmenter_ensemble.csv",
+                                           cmd)
     return out
+
+
+#: The benchmark that compares the two ``deployed_segmenter`` choices on development patients.
+ENSEMBLE_BENCH = "python benchmarks/bench_segmenter_ensemble.py"
+
+
+def deployed_text(res, table: Path, cmd: str) -> str:
+    """Which segmenter a study saved with its models and used on the internal test (the run parameter
+    ``deployed_segmenter``), and how the two choices compared on development patients
+    (``results/probes/segmenter_ensemble.csv``, :data:`ENSEMBLE_BENCH`), as text to glue."""
+    if res is None:
+        return figure(float("nan"), cmd)
+    p = res.run["params"]
+    k = int(p["n_folds"])
+    said = ("the mean of the lesion probabilities of the study's " f"{k} cross-validation segmenters "
+            "(`deployed_segmenter: folds`, as nnU-Net deploys its fold models; no segmenter is fitted on all "
+            "development patients)" if p.get("deployed_segmenter", "refit") == "folds" else
+            "one more segmenter fitted on all development patients (`deployed_segmenter: refit`)")
+    rows = pd.read_csv(table).set_index("comparison") if Path(table).is_file() else pd.DataFrame()
+    need = {"refit", "folds", "folds - refit", "folds - one fold model"}
+    if not need <= set(rows.index):
+        return f"{said}; the comparison on development patients: {figure(float('nan'), ENSEMBLE_BENCH)}"
+    r = rows.loc
+    return (f"{said}. Mimicked one level down on development patients (inside each outer fold, the mean of the "
+            f"segmenters fitted on three of its four training folds against one fitted on all four, scored on the "
+            f"fold's {int(r['refit', 'n_images'])} held-out images; `benchmarks/bench_segmenter_ensemble.py`), the "
+            f"mean held-out Dice is {r['folds', 'dice']:.3f} against {r['refit', 'dice']:.3f} (paired difference "
+            f"{r['folds - refit', 'dice']:+.3f}, patient bootstrap 95% CI {r['folds - refit', 'ci_low']:+.3f} to "
+            f"{r['folds - refit', 'ci_high']:+.3f}), with poor outlines (Dice below 0.5) in "
+            f"{r['folds', 'poor_share']:.1%} of images against {r['refit', 'poor_share']:.1%}; the averaging "
+            f"itself adds {r['folds - one fold model', 'dice']:+.3f} over one of its members (CI "
+            f"{r['folds - one fold model', 'ci_low']:+.3f} to {r['folds - one fold model', 'ci_high']:+.3f})")
 
 
 def refiner_text(folder: Path, cmd: str) -> str:
@@ -277,7 +311,7 @@ def crossfit_text(res, cmd: str) -> str:
         return figure(float("nan"), cmd)
     p = res.run["params"]
     scheme, k = p.get("segmenter_crossfit", "pairs"), int(p["n_folds"])
-    n = len(crossfit_plan(k, scheme))
+    n = len(crossfit_plan(k, scheme, p.get("deployed_segmenter", "refit")))
     if scheme == "halves":
         return (f"{n} segmenters for {k} folds, `segmenter_crossfit: halves`: each outer fold's training folds are "
                 f"split into two halves that segment each other, so a training row's mask comes from a segmenter "

@@ -44,18 +44,24 @@ __all__ = [
     "REFINER_WEIGHTS",
     "POST_PROCESSING",
     "set_post_processing",
+    "ensemble_segmenters",
 ]
 
 SEGMENTER_WEIGHTS = "segmenter.safetensors"
 SEGMENTER_CONFIG = "segmenter.json"
 REFINER_WEIGHTS = "segmenter-refiner.safetensors"
 SEGMENTER_FORMAT = "mmlib-segmenter/1"
+#: The format of a saved ensemble of segmenters (:func:`ensemble_segmenters`); a single segmenter keeps /1.
+ENSEMBLE_FORMAT = "mmlib-segmenter/2"
 TRAIN_MODES = ("frozen", "finetune")
 PRECISIONS = ("float32", "bfloat16")
 #: Settings that change no mask, only what is said about it: outside reuse keys, settable on a saved segmenter.
 POST_PROCESSING = ("uncertain_below",)
 #: Settings the refiner may set apart from the whole-image network's (``SegmenterSettings.refiner_overrides``).
-REFINER_OVERRIDABLE = ("epochs", "n_augment", "lr", "wd", "bs", "output_stride", "decoder_channels", "precision")
+REFINER_OVERRIDABLE = ("epochs", "n_augment", "lr", "wd", "bs", "output_stride", "decoder_channels", "precision",
+                       "augment")
+#: Values of ``SegmenterSettings.augment``.
+AUGMENTATIONS = ("standard", "strong")
 
 
 @dataclass
@@ -70,6 +76,9 @@ class SegmenterSettings:
         train_mode: ``frozen`` (the first ``frozen_blocks`` cached, the rest trained) or ``finetune`` (all trained).
         frozen_blocks: encoder blocks (after the stem) kept frozen and cached in ``frozen`` mode.
         n_augment: augmented copies per training image (``frozen``: cached beside the plain copy).
+        augment: ``standard`` (mirror, a small affine, brightness and contrast) or ``strong``, for images from
+            other scanners: a wider affine (scale 0.75-1.3), stronger brightness and contrast, a gamma curve, and
+            now and then blur, sharpening or Gaussian noise (:data:`AUGMENTATIONS`).
         epochs, lr, wd, bs: one-cycle training schedule.
         threshold: lesion probability above which a pixel is lesion.
         min_area: smallest lesion kept, as a fraction of the image's area; below it the lesion is not found.
@@ -102,6 +111,7 @@ class SegmenterSettings:
     train_mode: str = "frozen"
     frozen_blocks: int = 3
     n_augment: int = 2
+    augment: str = "standard"
     epochs: int = 6
     lr: float = 1e-3
     wd: float = 1e-4
@@ -148,6 +158,8 @@ class SegmenterSettings:
             raise ValueError(f"segmenter threshold must be in (0, 1), got {self.threshold!r}")
         if int(self.output_stride) not in (1, 2):
             raise ValueError(f"segmenter output_stride must be 1 or 2, got {self.output_stride!r}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"segmenter augment must be one of {list(AUGMENTATIONS)}, got {self.augment!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"segmenter precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 0 <= float(self.min_area) < 1:
@@ -182,7 +194,7 @@ class SegmenterSettings:
 
     #: Settings added after segmenters were first cached, with the value that behaves as before they existed.
     ADDED_LATER = {"output_stride": 1, "precision": "float32", "refine_size": 0, "refine_margin": 0.3,
-                   "refiner_overrides": {}}
+                   "refiner_overrides": {}, "augment": "standard"}
 
     def key_dict(self) -> dict:
         """:meth:`to_dict` for reuse keys: a setting added later enters only when it differs from the behaviour
@@ -258,6 +270,13 @@ class LesionUNet(nn.Module):
         for block in b.blocks[: self.frozen_blocks]:
             yield from block.parameters()
 
+    def stem_state(self) -> dict[str, torch.Tensor]:
+        """Weights and statistics of what :meth:`stem` runs (the stem and the first ``frozen_blocks`` blocks)."""
+        b = self.body
+        modules = {"conv_stem": b.conv_stem, "bn1": b.bn1,
+                   **{f"blocks.{i}": blk for i, blk in enumerate(b.blocks[: self.frozen_blocks])}}
+        return {f"{name}.{k}": v for name, mod in modules.items() for k, v in mod.state_dict().items()}
+
     def stem(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``x`` (N, 3, S, S) -> ``[*skips, running map]`` after the frozen blocks."""
         b = self.body
@@ -302,6 +321,38 @@ class _CachedHead(nn.Module):
 
     def forward(self, *cached):
         return self.net.head([c.float().contiguous(memory_format=torch.channels_last) for c in cached])
+
+
+class MeanProbability(nn.Module):
+    """Several networks of one architecture read as one: :meth:`probability` is the mean of their lesion
+    probabilities, ``forward`` its logit. Members whose frozen stems are equal (frozen-mode fits share the
+    encoder's ImageNet blocks) run the stem once per batch."""
+
+    def __init__(self, members: Sequence[LesionUNet]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 networks, got {len(members)}")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def shared_stem(self) -> bool:
+        """Whether every member's stem has the first's weights (checked on each use: weights load after init)."""
+        first, frozen = self.members[0].stem_state(), self.members[0].frozen_blocks
+        return all(m.frozen_blocks == frozen and all(torch.equal(first[k], v) for k, v in m.stem_state().items())
+                   for m in self.members[1:])
+
+    def probability(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shared_stem:
+            cached = self.members[0].stem(x)
+            return torch.stack([torch.sigmoid(m.head(cached)) for m in self.members]).mean(0)
+        return torch.stack([torch.sigmoid(m(x)) for m in self.members]).mean(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.logit(self.probability(x), eps=1e-6)
+
+
+def _probability(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return net.probability(x) if isinstance(net, MeanProbability) else torch.sigmoid(net(x))
 
 
 def _network_of(settings: SegmenterSettings) -> LesionUNet:
@@ -403,7 +454,7 @@ def _sample(decoded, image: Path, copy: int, seed: int, settings: "SegmenterSett
         img, m = decoded[:2]
     if copy == 0:
         return torch.from_numpy(img)[None], torch.from_numpy(m)[None]
-    return _augment(img, m, _seed_of(image, copy, seed))
+    return _augment(img, m, _seed_of(image, copy, seed), settings.augment)
 
 
 def _unletterbox(prob: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
@@ -422,19 +473,31 @@ def _seed_of(path: Path, copy: int, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & 0x7FFFFFFF
 
 
-def _augment(img: np.ndarray, mask: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One seeded joint draw: the same flip and affine on image and mask, brightness/contrast on the image only.
-    Ultrasound is never flipped vertically (shadows lie below a lesion)."""
+def _augment(img: np.ndarray, mask: np.ndarray, seed: int, kind: str = "standard") -> tuple[torch.Tensor, torch.Tensor]:
+    """One seeded joint draw: the same flip and affine on image and mask; brightness, contrast (and, ``strong``,
+    gamma, blur, sharpening and noise) on the image only. Ultrasound is never flipped vertically (shadows lie below
+    a lesion)."""
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
-    pipeline = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomAffine(degrees=8, translate=(0.06, 0.06),
-                                                                      scale=(0.85, 1.15)),
-                           v2.ColorJitter(brightness=0.15, contrast=0.15)])
+    if kind == "strong":
+        steps = [v2.RandomHorizontalFlip(), v2.RandomAffine(degrees=10, translate=(0.08, 0.08), scale=(0.75, 1.3)),
+                 v2.ColorJitter(brightness=0.3, contrast=0.3),
+                 v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.3, 1.5))], p=0.25),
+                 v2.RandomAdjustSharpness(sharpness_factor=2.0, p=0.25)]
+    else:
+        steps = [v2.RandomHorizontalFlip(), v2.RandomAffine(degrees=8, translate=(0.06, 0.06), scale=(0.85, 1.15)),
+                 v2.ColorJitter(brightness=0.15, contrast=0.15)]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        a, b = pipeline(tv_tensors.Image(torch.from_numpy(img)[None]), tv_tensors.Mask(torch.from_numpy(mask)[None]))
-    return a.as_subclass(torch.Tensor).clamp(0, 1), b.as_subclass(torch.Tensor)
+        a, b = v2.Compose(steps)(tv_tensors.Image(torch.from_numpy(img)[None]),
+                                 tv_tensors.Mask(torch.from_numpy(mask)[None]))
+        a = a.as_subclass(torch.Tensor).clamp(0, 1)
+        if kind == "strong":
+            a = a ** float(torch.empty(1).uniform_(-0.4, 0.4).exp())  # gamma from 0.67 to 1.49
+            if float(torch.rand(1)) < 0.25:
+                a = a + float(torch.empty(1).uniform_(0.01, 0.05)) * torch.randn_like(a)
+    return a.clamp(0, 1), b.as_subclass(torch.Tensor)
 
 
 # ----------------------------------------------------------------------------------------------- post-processing
@@ -483,10 +546,15 @@ class Segmenter:
 
     def _sigmoid(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Lesion probabilities of a batch, averaged with its horizontal mirror's when ``tta``."""
-        p = torch.sigmoid(net(x))
+        p = _probability(net, x)
         if self.settings.tta:
-            p = (p + torch.sigmoid(net(torch.flip(x, dims=[-1]))).flip(dims=[-1])) / 2
+            p = (p + _probability(net, torch.flip(x, dims=[-1])).flip(dims=[-1])) / 2
         return p
+
+    @property
+    def n_members(self) -> int:
+        """How many fitted segmenters this one averages (:func:`ensemble_segmenters`); 1 for a single fit."""
+        return len(self.network.members) if isinstance(self.network, MeanProbability) else 1
 
     def probabilities(self, images: Sequence[Path | str], *, bs: int = 16, progress: bool = False):
         """Lesion probability maps ``(S, S)`` of letterboxed images, with the original shapes."""
@@ -572,8 +640,11 @@ class Segmenter:
         save_model(self.network, str(folder / SEGMENTER_WEIGHTS))
         if self.refiner is not None:
             save_model(self.refiner, str(folder / REFINER_WEIGHTS))
-        meta = {"format": SEGMENTER_FORMAT, "mmlib_version": __version__, "settings": self.settings.to_dict(),
+        meta = {"format": SEGMENTER_FORMAT if self.n_members == 1 else ENSEMBLE_FORMAT,
+                "mmlib_version": __version__, "settings": self.settings.to_dict(),
                 "info": json.loads(json.dumps(self.info, default=str))}
+        if self.n_members > 1:
+            meta["members"] = self.n_members
         (folder / SEGMENTER_CONFIG).write_text(json.dumps(meta, indent=2))
         return folder
 
@@ -595,19 +666,50 @@ class Segmenter:
         if missing:
             raise FileNotFoundError(f"{folder} is not a segmenter folder: {missing} missing")
         meta = json.loads((folder / SEGMENTER_CONFIG).read_text())
-        if meta.get("format") != SEGMENTER_FORMAT:
+        if meta.get("format") not in (SEGMENTER_FORMAT, ENSEMBLE_FORMAT):
             raise ValueError(f"{folder / SEGMENTER_CONFIG}: unknown format {meta.get('format')!r}, "
-                             f"expected {SEGMENTER_FORMAT!r}")
+                             f"expected {SEGMENTER_FORMAT!r} or {ENSEMBLE_FORMAT!r}")
+        n = int(meta.get("members", 1)) if meta["format"] == ENSEMBLE_FORMAT else 1
+        if meta["format"] == ENSEMBLE_FORMAT and n < 2:
+            raise ValueError(f"{folder / SEGMENTER_CONFIG}: an ensemble needs 'members' >= 2, got {meta.get('members')!r}")
         settings = SegmenterSettings.from_dict(meta["settings"])
         nets = []
         for name in (SEGMENTER_WEIGHTS, REFINER_WEIGHTS) if int(settings.refine_size) else (SEGMENTER_WEIGHTS,):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder} lacks {name}: {SEGMENTER_CONFIG} says the segmenter has a refiner "
                                         f"(refine_size {settings.refine_size})")
-            net = _network_of(settings if name == SEGMENTER_WEIGHTS else settings.refiner_settings())
+            own = settings if name == SEGMENTER_WEIGHTS else settings.refiner_settings()
+            net = _network_of(own) if n == 1 else MeanProbability([_network_of(own) for _ in range(n)])
             load_model(net, str(folder / name), strict=True)
             nets.append(net.eval())
         return cls(nets[0], settings, meta.get("info", {}), nets[1] if len(nets) > 1 else None)
+
+
+def ensemble_segmenters(segmenters: Sequence[Segmenter], info: dict | None = None) -> Segmenter:
+    """One segmenter that averages the lesion probabilities of several fitted with the same settings (e.g. the
+    cross-validation folds' segmenters, as nnU-Net deploys its five fold models), in the whole-image network and in
+    the refiner; thresholding, the largest component and the score then read the mean map.
+
+    Args:
+        segmenters: at least two, with equal settings (post-processing aside: the first one's is kept).
+        info: recorded in the ensemble's ``info`` beside each member's (``members``).
+    """
+    segmenters = list(segmenters)
+    if len(segmenters) < 2:
+        raise ValueError(f"ensemble_segmenters needs at least 2 segmenters, got {len(segmenters)}")
+    if any(s.n_members > 1 for s in segmenters):
+        raise ValueError("ensemble_segmenters: a member is itself an ensemble; pass its fitted segmenters instead")
+    first = segmenters[0].settings.key_dict()
+    for i, s in enumerate(segmenters[1:], start=1):
+        if s.settings.key_dict() != first:
+            diff = sorted(k for k in set(first) | set(s.settings.key_dict())
+                          if first.get(k) != s.settings.key_dict().get(k))
+            raise ValueError(f"ensemble_segmenters: segmenter {i} was fitted with other settings than segmenter 0 "
+                             f"({diff}); an ensemble averages networks of one kind")
+    refiner = None if segmenters[0].refiner is None else MeanProbability([s.refiner for s in segmenters])
+    record = {**(info or {}), "members": [dict(s.info) for s in segmenters], "combine": "mean probability"}
+    return Segmenter(MeanProbability([s.network for s in segmenters]).eval(), segmenters[0].settings, record,
+                     None if refiner is None else refiner.eval())
 
 
 def set_post_processing(folder, **values) -> dict:

@@ -341,6 +341,29 @@ def test_real_segmenter_round_trip(masked, tmp_path, monkeypatch):
     assert mask.size == Image.open(masked.parent / first).size
 
 
+def test_train_can_carry_the_mean_of_its_cross_fitting_segmenters(masked, tmp_path, monkeypatch):
+    """deployed_segmenter folds: `mmlib train` saves the mean of its cross-fitting folds' segmenters (no fit on all
+    rows), as one segmenter folder that `mmlib predict` reads like any other."""
+    from mmlib import segmentation
+
+    small = segmentation.SegmenterSettings(image_size=32, epochs=1, n_augment=0, bs=8, min_area=0.0)
+    real_fit, sizes = segmentation.fit_segmenter, []
+
+    def tiny_fit(images, masks, *, settings=None, **kw):
+        sizes.append(len(images))
+        return real_fit(images, masks, settings=small, **kw)
+
+    monkeypatch.setattr(segmentation, "fit_segmenter", tiny_fit)
+    model = train_model(masked, "amw_cnn", tmp_path / "m", {**TINY, "roi": True, "lesion_source": "predicted",
+                                                             "n_folds": 2, "deployed_segmenter": "folds"})
+    assert len(sizes) == 2  # the two cross-fitting folds' segmenters, and no third on every row
+    seg = segmentation.Segmenter.load(model / "segmenter")
+    assert seg.n_members == 2 and seg.info["deployed_segmenter"] == "folds"
+    assert json.loads((model / "segmenter" / "segmenter.json").read_text())["format"] == segmentation.ENSEMBLE_FORMAT
+    pred = predict_manifest(model, _strip(masked, tmp_path / "bare.csv"))
+    assert len(pred) == 36 and pred["prob_malignant"].between(0, 1).all()
+
+
 def test_train_saves_one_member_per_profile_seed(masked, tmp_path):
     """`mmlib train` with several seeds saves their average, the model the study's seed-averaged metrics describe."""
     from mmlib.learner import SeedEnsemble, load_model

@@ -172,6 +172,7 @@ def test_segmenter_figures_read_the_studys_segmentation_table(results):
     figs.pop("s_crossfit_found")
     assert "python -m mmlib run --profile breast-lesions-usg" in figs.pop("s_plan")  # no run.json: no schedule
     assert "python -m mmlib run --profile breast-lesions-usg" in figs.pop("s_refiner")  # no per-image table
+    assert "python -m mmlib run --profile breast-lesions-usg" in figs.pop("s_deployed")  # no run.json
     assert figs == {"s_cv": "0.760 (95% CI 0.730–0.790; 200 patients)", "s_cv_found": "197 of 200",
                     "s_test": "0.800 (95% CI 0.750–0.840; 50 patients)", "s_test_found": "50 of 50"}
     rows.append({**rows[1], "split": "crossfit", "n_images": 800, "dice": 0.74, "dice_ci_low": 0.71,
@@ -201,6 +202,37 @@ def test_the_crossfit_schedule_is_said_from_the_studys_own_parameters():
     assert pairs.startswith("16 segmenters for 5 folds, `segmenter_crossfit: pairs`")
     assert halves.startswith("11 segmenters for 5 folds, `segmenter_crossfit: halves`")
     assert "cmd" in probes.crossfit_text(None, "cmd")
+    folds = probes.crossfit_text(SimpleNamespace(run={"params": {"n_folds": 5, "segmenter_crossfit": "halves",
+                                                                 "deployed_segmenter": "folds"}}), "cmd")
+    assert folds.startswith("10 segmenters for 5 folds")  # no refit on all development patients
+
+
+def test_the_deployed_segmenter_is_said_with_its_development_comparison(tmp_path):
+    from types import SimpleNamespace
+
+    def study(deployed):
+        return SimpleNamespace(run={"params": {"n_folds": 5, "deployed_segmenter": deployed}})
+
+    table = tmp_path / "segmenter_ensemble.csv"
+    assert "cmd" in probes.deployed_text(None, table, "cmd")
+    absent = probes.deployed_text(study("folds"), table, "cmd")
+    assert absent.startswith("the mean of the lesion probabilities of the study's 5 cross-validation segmenters")
+    assert probes.ENSEMBLE_BENCH in absent
+    pd.DataFrame([
+        {"comparison": "refit", "dice": 0.8012, "ci_low": 0.77, "ci_high": 0.83, "poor_share": 0.074, "n_images": 202},
+        {"comparison": "folds", "dice": 0.8123, "ci_low": 0.78, "ci_high": 0.84, "poor_share": 0.05, "n_images": 202},
+        {"comparison": "one fold model", "dice": 0.79, "ci_low": 0.76, "ci_high": 0.82, "poor_share": 0.08,
+         "n_images": 202},
+        {"comparison": "folds - refit", "dice": 0.0111, "ci_low": -0.002, "ci_high": 0.025, "poor_share": None,
+         "n_images": 202},
+        {"comparison": "folds - one fold model", "dice": 0.0223, "ci_low": 0.01, "ci_high": 0.035, "poor_share": None,
+         "n_images": 202}]).to_csv(table, index=False)
+    text = probes.deployed_text(study("folds"), table, "cmd")
+    assert "0.812 against 0.801 (paired difference +0.011, patient bootstrap 95% CI -0.002 to +0.025)" in text
+    assert "5.0% of images against 7.4%" in text and "+0.022 over one of its members" in text
+    assert "202 held-out images" in text
+    assert probes.deployed_text(study("refit"), table, "cmd").startswith(
+        "one more segmenter fitted on all development patients (`deployed_segmenter: refit`). Mimicked")
 
 
 def test_study_time_says_when_the_run_reused_finished_work():

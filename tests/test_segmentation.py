@@ -324,6 +324,28 @@ def test_study_with_predicted_lesions(blob_manifest, tmp_path):
     # uncertain_below changes no mask (the segmenters were reused), but the saved model says the run's value
     assert Segmenter.load(res.folder / "models" / "amw_cnn" / "segmenter").settings.uncertain_below == 0
     assert Segmenter.load(other.folder / "models" / "amw_cnn" / "segmenter").settings.uncertain_below == 0.6
+    # deployed_segmenter folds: no refit on all development patients; the mean of the 3 fold segmenters segments
+    # the internal test and is saved with the models
+    folds = dict(params, deployed_segmenter="folds", results_dir=str(tmp_path / "results-folds"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mmlib.segmentation, "fit_segmenter", no_fit)
+        ens = ex.load_results(ex.run_experiment(folds))
+    assert ens.run["segmenters"] == {"total": 3 + 3, "reused": 3 + 3}
+    names = sorted(d.parent.name for d in (tmp_path / "results-folds" / "cache" / "lesions").glob("*/done.json"))
+    assert not any("all-dev" in n for n in names) and sum("fold-ensemble" in n for n in names) == 1
+    saved = Segmenter.load(ens.folder / "models" / "amw_cnn" / "segmenter")
+    assert saved.n_members == 3 and saved.info["deployed_segmenter"] == "folds"
+    seg_f = pd.read_csv(ens.folder / "segmentation.csv")
+    same = ["modality", "split", "fold", "n_images", "dice", "iou"]  # the CIs draw one stream over every split
+    pd.testing.assert_frame_equal(seg_f.loc[seg_f["split"] != "test", same].reset_index(drop=True),
+                                  seg.loc[seg["split"] != "test", same].reset_index(drop=True))
+    assert seg_f.query("split == 'test'")["n_images"].tolist() == seg.query("split == 'test'")["n_images"].tolist()
+    pd.testing.assert_frame_equal(ens.predictions.query("split == 'cv'").reset_index(drop=True),
+                                  res.predictions.query("split == 'cv'").reset_index(drop=True))
+    with pytest.MonkeyPatch.context() as mp:  # its masks are reused like a fitted segmenter's
+        mp.setattr(mmlib.segmentation, "ensemble_segmenters", lambda *a, **k: pytest.fail("ensembled again"))
+        again = ex.load_results(ex.run_experiment(folds))
+    pd.testing.assert_frame_equal(ens.predictions, again.predictions)
 
 
 def test_a_collapsed_fit_is_refitted_and_said(blobs, monkeypatch):
@@ -521,3 +543,97 @@ def test_uncertain_below_says_more_without_changing_a_mask(blobs, tmp_path):
         set_post_processing(folder, uncertain_below=-0.1)
     with pytest.raises(FileNotFoundError, match="not a segmenter folder"):
         set_post_processing(tmp_path, uncertain_below=0.5)
+
+
+def _shifted(net, logit: float):
+    """A copy of ``net`` (same stem) whose every pixel's logit is ``logit``."""
+    import copy
+
+    other = copy.deepcopy(net)
+    conv = other.net.segmentation_head[0]
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.fill_(logit)
+    return other.eval()
+
+
+def test_an_ensemble_reads_the_mean_probability_of_its_members_and_round_trips(blobs, tmp_path):
+    """ensemble_segmenters: the mean of the members' lesion probabilities, in the whole-image network and the
+    refiner; members with equal frozen stems run the stem once; saved as format /2 and rebuilt on load."""
+    from mmlib.segmentation import ENSEMBLE_FORMAT, MeanProbability, ensemble_segmenters
+
+    images, _ = blobs
+    settings = SegmenterSettings(**{**TINY, "refine_size": 64})
+    base = _constant_network(settings, 2.0)
+    a = Segmenter(base, settings, {"seed": 0}, _constant_network(settings, 2.0))
+    b = Segmenter(_shifted(base, -1.0), settings, {"seed": 1}, _shifted(a.refiner, -1.0))
+    ens = ensemble_segmenters([a, b], info={"deployed_segmenter": "folds"})
+    assert ens.n_members == 2 and a.n_members == 1
+    assert ens.network.shared_stem and ens.refiner.shared_stem
+    mean = (torch.sigmoid(torch.tensor(2.0)) + torch.sigmoid(torch.tensor(-1.0))).item() / 2
+    x = torch.rand(2, 3, 64, 64)
+    for net in (ens.network, ens.refiner):
+        assert torch.allclose(net.probability(x), torch.full((2, 1, 64, 64), mean), atol=1e-6)
+        assert torch.allclose(torch.sigmoid(net(x)), net.probability(x), atol=1e-5)
+    (pm,) = ens.predict(images[:1])
+    assert pm.found and pm.mask.all() and pm.score == pytest.approx(mean, abs=1e-5)
+    (alone,) = a.predict(images[:1])
+    assert alone.score == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item(), abs=1e-5)
+    ens.save(tmp_path / "ens")
+    meta = json.loads((tmp_path / "ens" / "segmenter.json").read_text())
+    assert meta["format"] == ENSEMBLE_FORMAT and meta["members"] == 2
+    assert meta["info"]["members"] == [{"seed": 0}, {"seed": 1}] and meta["info"]["deployed_segmenter"] == "folds"
+    again = Segmenter.load(tmp_path / "ens")
+    assert isinstance(again.network, MeanProbability) and again.n_members == 2 and again.network.shared_stem
+    (pm2,) = again.predict(images[:1])
+    assert np.array_equal(pm.mask, pm2.mask) and pm2.score == pytest.approx(pm.score, abs=1e-6)
+    meta["members"] = 1
+    (tmp_path / "ens" / "segmenter.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="'members' >= 2"):
+        Segmenter.load(tmp_path / "ens")
+
+
+def test_an_ensemble_of_unequal_stems_still_averages(blobs):
+    from mmlib.segmentation import ensemble_segmenters
+
+    settings = SegmenterSettings(**TINY)
+    a = Segmenter(_constant_network(settings, 1.0), settings)
+    b = Segmenter(_constant_network(settings, 3.0), settings)  # initialised apart: other stems
+    ens = ensemble_segmenters([a, b])
+    assert not ens.network.shared_stem and ens.refiner is None
+    x = torch.rand(1, 3, 64, 64)
+    expect = (torch.sigmoid(torch.tensor(1.0)) + torch.sigmoid(torch.tensor(3.0))) / 2
+    assert torch.allclose(ens.network.probability(x), expect.expand(1, 1, 64, 64), atol=1e-6)
+
+
+def test_an_ensemble_refuses_what_it_cannot_average():
+    from mmlib.segmentation import ensemble_segmenters
+
+    settings = SegmenterSettings(**TINY)
+    a = Segmenter(_constant_network(settings, 1.0), settings)
+    with pytest.raises(ValueError, match="at least 2 segmenters, got 1"):
+        ensemble_segmenters([a])
+    other = SegmenterSettings(**{**TINY, "threshold": 0.4})
+    with pytest.raises(ValueError, match=r"segmenter 1 was fitted with other settings.*\['threshold'\]"):
+        ensemble_segmenters([a, Segmenter(_constant_network(other, 1.0), other)])
+    with pytest.raises(ValueError, match="itself an ensemble"):
+        ensemble_segmenters([a, ensemble_segmenters([a, a])])
+
+
+def test_strong_augmentation_moves_the_mask_with_the_image_and_enters_the_key(blobs):
+    """augment: strong (for other scanners) draws seeded intensity changes on the image alone and the same geometry
+    on image and mask; standard stays out of the reuse key (segmenters cached before the setting stay valid)."""
+    from mmlib.segmentation import _augment, _read_pair
+
+    img, mask, _ = _read_pair(blobs[0][0], blobs[1][0], 64)
+    for seed in range(8):
+        a, m = _augment(img, mask, seed, "strong")
+        assert a.shape == m.shape == (1, 64, 64) and m.dtype == torch.bool and 0 <= a.min() and a.max() <= 1
+        assert a[m].mean() < a[~m].mean() - 0.1  # the dark lesion is still under its mask
+        b, _ = _augment(img, mask, seed, "strong")
+        assert torch.equal(a, b)  # seeded
+    assert not torch.equal(_augment(img, mask, 3, "strong")[0], _augment(img, mask, 3, "standard")[0])
+    assert "augment" not in SegmenterSettings().key_dict()
+    assert SegmenterSettings(augment="strong").key_dict()["augment"] == "strong"
+    with pytest.raises(ValueError, match="augment must be one of"):
+        SegmenterSettings(augment="heavy")
