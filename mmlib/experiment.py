@@ -4,7 +4,8 @@
 per run profile under ``params/``) and writes tidy results under ``results/<profile>/``:
 
 ``predictions.csv``  ``patient_id, model, ablation, scenario, split, fold, seed, prob_malignant, label,
-                     threshold``; cross-validation rows are out-of-fold predictions
+                     threshold``; cross-validation rows are out-of-fold predictions; with ``lesion_source:
+                     predicted`` also ``lesion_found`` and ``uncertain_outline`` (:func:`mmlib.lesions.with_lesion_found`)
 ``metrics.csv``      ``model, ablation, scenario, split, metric, value, ci_low, ci_high, n_units, n_clusters``
                      (bootstrap 95% CIs resampling patients: whole groups of units when a patient gives several,
                      stratified by label; metrics at the stated threshold, and ``<metric>@0.5`` at probability 0.5;

@@ -159,6 +159,10 @@ class StudyLesions:
     #: segmenters the study needed and how many of them it reused from a cache (``run.json``: ``segmenters``)
     fits: dict = field(default_factory=lambda: {"total": 0, "reused": 0})
     found: dict = field(default_factory=dict)
+    #: like ``found``: the segmenter's score of each view's outline (mean lesion probability inside the mask)
+    outline_scores: dict = field(default_factory=dict)
+    #: the run's ``segmenter.uncertain_below``: a found outline scoring below it is uncertain (0: never)
+    uncertain_below: float = 0.0
     #: modality -> folder of the segmenter saved with the models (and segmenting the internal test): fitted on all
     #: development patients, or the ensemble of the fold segmenters (run parameter ``deployed_segmenter``)
     segmenters: dict = field(default_factory=dict)
@@ -202,6 +206,19 @@ class StudyLesions:
             out.append(all(flags))
         return np.asarray(out, dtype=bool)
 
+    def uncertain_outline(self, rows, outer_fold: int | None) -> np.ndarray:
+        """Per row: a view's lesion was found with a score below :attr:`uncertain_below` (with the masks of
+        ``outer_fold``'s classifier), as ``mmlib predict`` flags it in the row's note."""
+        below = float(self.uncertain_below)
+        out = []
+        for r in np.asarray(rows, dtype=int):
+            left = self.left_out(int(self.row_folds[r]), outer_fold)
+            flags = [found and score < below for m in IMAGE_MODALITIES
+                     for found, score in zip(self.found.get(left, {}).get(m, {}).get(int(r), []),
+                                             self.outline_scores.get(left, {}).get(m, {}).get(int(r), []))]
+            out.append(below > 0 and any(flags))
+        return np.asarray(out, dtype=bool)
+
     def fingerprint(self) -> str:
         """Hash of every mask path (each folder is named by its masks' content)."""
         items = sorted((_name(k), m, r, str(v)) for k, by_m in self.masks.items() for m, by_r in by_m.items()
@@ -241,8 +258,11 @@ def prepare_lesions(study, *, fresh: bool = False) -> StudyLesions | None:
     if source == "expert":
         study.lesions = None
         return None
+    from .segmentation import SegmenterSettings
+
     lesions = StudyLesions(source, row_folds, n_folds=int(p["n_folds"]),
-                           crossfit=p.get("segmenter_crossfit", "pairs"))
+                           crossfit=p.get("segmenter_crossfit", "pairs"),
+                           uncertain_below=float(SegmenterSettings.from_dict(p.get("segmenter")).uncertain_below))
     if source == "predicted":
         _predict_masks(study, lesions, fresh=fresh)
     study.lesions = lesions
@@ -348,13 +368,14 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
             n_kept = sum(pm.refined is False for pm in predicted)
             if n_kept:  # the refiner found nothing around the lesion the whole-image network found: its outline stays
                 kept = f"; {n_kept} with the whole-image outline, the refiner finding nothing in its crop"
-        _register(lesions, cohort, m, left_out, record)
+        outline = _outline_scores(folder / f"{m}-{_name(left_out)}-{key}", targets, predicted)
+        _register(lesions, cohort, m, left_out, record, outline)
         if not left_out:
             lesions.segmenters[m] = str(folder / f"{m}-{_name(left_out)}-{key}" / "segmenter")
         # Every mask is scored against the expert's: the held-out fold's and the internal test's (what the study
         # reports), and the training rows' from the inner segmenters ('crossfit': how close the masks the classifier
         # trains on come to the masks it is evaluated on).
-        scores += _score(targets, record, m, left_out, lesions.row_folds)
+        scores += _score(targets, record, m, left_out, lesions.row_folds, outline, lesions.uncertain_below)
         if len(left_out) == 1 and int(settings.refine_size):
             scores += _whole_image_scores(folder / f"{m}-{_name(left_out)}-{key}", targets, m, lesions.row_folds,
                                           predicted)
@@ -371,12 +392,42 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
 FOLD_ENSEMBLE = "fold-ensemble"
 
 
-def _register(lesions: StudyLesions, cohort, m: str, left_out: frozenset, record) -> None:
+def _register(lesions: StudyLesions, cohort, m: str, left_out: frozenset, record, outline) -> None:
     masks, found = lesions.masks.setdefault(left_out, {}).setdefault(m, {}), \
         lesions.found.setdefault(left_out, {}).setdefault(m, {})
-    for r, j, mask, ok in record:
-        masks.setdefault(r, [None] * len(cohort.patients[m].iloc[r]))[j] = mask
-        found.setdefault(r, [True] * len(cohort.patients[m].iloc[r]))[j] = ok
+    scored = lesions.outline_scores.setdefault(left_out, {}).setdefault(m, {})
+    for (r, j, mask, ok), score in zip(record, outline, strict=True):
+        n = len(cohort.patients[m].iloc[r])
+        masks.setdefault(r, [None] * n)[j] = mask
+        found.setdefault(r, [True] * n)[j] = ok
+        scored.setdefault(r, [float("nan")] * n)[j] = score
+
+
+#: Beside each cached segmenter: the score of each outline it drew (``PredictedMask.score``).
+OUTLINE_SCORES = "outline_scores.csv"
+
+
+def _outline_scores(home: Path, targets, predicted=None) -> list[float]:
+    """The segmenter's score of each target view's outline, kept in :data:`OUTLINE_SCORES` beside it: from the
+    fit's own prediction (``predicted``), or, for a segmenter cached without the table, by running it again once
+    (prediction only; the masks stored are not touched)."""
+    from .segmentation import Segmenter
+
+    stored = home / OUTLINE_SCORES
+    keys = [(int(r), int(j)) for r, j, *_ in targets]
+    if stored.is_file():
+        table = pd.read_csv(stored)
+        by = {(int(t.row), int(t.view)): float(t.score) for t in table.itertuples()}
+        if all(k in by for k in keys):
+            return [by[k] for k in keys]
+    if predicted is None:
+        predicted = Segmenter.load(home / "segmenter").predict([image for _, _, image, _ in targets])
+    table = pd.DataFrame([{"row": r, "view": j, "score": float(pm.score)} for (r, j), pm in zip(keys, predicted)],
+                         columns=["row", "view", "score"])
+    tmp = stored.with_name(stored.name + ".tmp")  # whole or not at all
+    table.to_csv(tmp, index=False)
+    tmp.replace(stored)
+    return table["score"].tolist()
 
 
 def _fold_ensemble(study, lesions: StudyLesions, m: str, folder: Path, member_keys: list[str], base_key,
@@ -393,7 +444,7 @@ def _fold_ensemble(study, lesions: StudyLesions, m: str, folder: Path, member_ke
     t = time.perf_counter()
     record = None if fresh else _stored(folder, m, frozenset(), key, elsewhere=_sibling_caches(study.out),
                                        home_name=name)
-    what = "reused"
+    what, predicted = "reused", None
     if record is None:
         members = [Segmenter.load(folder / f"{m}-{_name(frozenset({k}))}-{mk}" / "segmenter")
                    for k, mk in enumerate(member_keys)]
@@ -402,11 +453,12 @@ def _fold_ensemble(study, lesions: StudyLesions, m: str, folder: Path, member_ke
         predicted = ensemble.predict([image for _, _, image, _ in targets])
         record = _write_masks(folder, m, frozenset(), key, targets, predicted, ensemble, home_name=name)
         what = f"the mean of the {len(members)} fold segmenters"
-    _register(lesions, study.cohort, m, frozenset(), record)
+    outline = _outline_scores(folder / name, targets, predicted)
+    _register(lesions, study.cohort, m, frozenset(), record, outline)
     lesions.segmenters[m] = str(folder / name / "segmenter")
     study.log(f"{m} segmenter saved with the models: {what}, {len(targets)} internal-test images segmented "
               f"({sum(not ok for *_, ok in record)} without a lesion), {time.perf_counter() - t:.1f} s")
-    return _score(targets, record, m, frozenset(), lesions.row_folds)
+    return _score(targets, record, m, frozenset(), lesions.row_folds, outline, lesions.uncertain_below)
 
 
 def _device(p) -> str:
@@ -497,12 +549,14 @@ def _write_masks(folder: Path, modality, left_out, key, targets, predicted, segm
     return views
 
 
-def _score(targets, record, modality, left_out, row_folds) -> list[dict]:
+def _score(targets, record, modality, left_out, row_folds, outline, uncertain_below: float = 0.0) -> list[dict]:
+    """Dice and IoU of each target view's mask against the expert's, with the outline's score and whether it is
+    uncertain (a found outline scoring below ``uncertain_below``)."""
     from .imaging import read_mask
     from .segmentation import dice_iou
 
     out = []
-    for (r, j, image, truth), (_, _, mask, found) in zip(targets, record):
+    for (r, j, image, truth), (_, _, mask, found), score in zip(targets, record, outline, strict=True):
         if truth is None:
             continue
         expert = read_mask(truth)
@@ -514,7 +568,8 @@ def _score(targets, record, modality, left_out, row_folds) -> list[dict]:
         dice, iou = dice_iou(pred, expert)
         split = {0: "test", 1: "cv"}.get(len(left_out), "crossfit")
         out.append({"row": r, "view": j, "modality": modality, "split": split,
-                    "fold": -1 if not left_out else int(row_folds[r]), "dice": dice, "iou": iou, "found": found})
+                    "fold": -1 if not left_out else int(row_folds[r]), "dice": dice, "iou": iou, "found": found,
+                    "score": float(score), "uncertain": bool(found and score < float(uncertain_below))})
     return out
 
 
@@ -636,15 +691,18 @@ def found_count(share: float, n_images: int) -> str:
 
 
 def with_lesion_found(study, preds: pd.DataFrame) -> pd.DataFrame:
-    """Add ``lesion_found`` to prediction rows (predicted lesions only): False where a view of the patient was read
-    whole because its segmenter found no lesion."""
+    """Add ``lesion_found`` and ``uncertain_outline`` to prediction rows (predicted lesions only): ``lesion_found``
+    False where a view of the patient was read whole because its segmenter found no lesion; ``uncertain_outline``
+    True where a view's lesion was found with a score below the run's ``segmenter.uncertain_below`` (what
+    ``mmlib predict`` says in such a row's note)."""
     lesions = getattr(study, "lesions", None)
     if lesions is None or lesions.source != "predicted":
         return preds
     row_of = {pid: i for i, pid in enumerate(study.cohort.patients["patient_id"].astype(str))}
     rows = preds["patient_id"].astype(str).map(row_of).to_numpy(dtype=int)
-    found = np.ones(len(preds), dtype=bool)
+    found, uncertain = np.ones(len(preds), dtype=bool), np.zeros(len(preds), dtype=bool)
     for fold, idx in preds.groupby("fold").indices.items():
         outer = None if int(fold) < 0 else int(fold)
         found[idx] = lesions.lesion_found(rows[idx], outer)
-    return preds.assign(lesion_found=found)
+        uncertain[idx] = lesions.uncertain_outline(rows[idx], outer)
+    return preds.assign(lesion_found=found, uncertain_outline=uncertain)

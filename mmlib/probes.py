@@ -253,6 +253,33 @@ def segmenter_figures(profile: str, key: str) -> dict[str, str]:
     return out
 
 
+def uncertain_text(res, model: str | None, cmd: str) -> str:
+    """How many held-out development patients of a study had an uncertain lesion outline (``predictions.csv``:
+    ``uncertain_outline``, the flag ``mmlib predict`` raises) and ``model``'s pooled out-of-fold AUC among them and
+    among the rest, as text to glue; the command that measures it where the study or the column is absent."""
+    from sklearn.metrics import roc_auc_score
+
+    from .report import display_name
+
+    if res is None or model is None or "uncertain_outline" not in res.predictions:
+        return figure(float("nan"), cmd)
+    below = float((res.run["params"].get("segmenter") or {}).get("uncertain_below", 0))
+    rows = res.predictions.query("split == 'cv' and ablation == 'none' and scenario == 'all'")
+    rows = rows[rows["model"] == model]
+    flagged = rows["uncertain_outline"].astype(bool)
+
+    def auc(part):
+        return (f"{roc_auc_score(part['label'], part['prob_malignant']):.3f}" if part["label"].nunique() == 2
+                else "not defined (one class)")
+
+    text = (f"{int(flagged.sum())} of {len(rows)} held-out development patients had an outline scoring below "
+            f"{below:g}")
+    if not flagged.any():
+        return text
+    return (f"{text}; {display_name(model)}'s pooled out-of-fold AUC was {auc(rows[flagged])} among them against "
+            f"{auc(rows[~flagged])} among the other {int((~flagged).sum())}")
+
+
 #: The benchmark that compares the two ``deployed_segmenter`` choices on development patients.
 ENSEMBLE_BENCH = "python benchmarks/bench_segmenter_ensemble.py"
 
@@ -389,6 +416,9 @@ def chapter_figures() -> dict[str, str]:
         out[f"{key}_target"] = f"{TARGETS[profile]['best_auc']:.2f}"
 
     out.update(segmenter_figures("breast-lesions-usg", "us_seg"))
+    res = _study("breast-lesions-usg")
+    out["us_seg_uncertain"] = uncertain_text(res, abstract_numbers(res)[0] if res is not None else None,
+                                             "python -m mmlib run --profile breast-lesions-usg")
 
     gains = current_gains()
     for key, profile, label in (("us_outline", "breast-lesions-usg", "outline_features=False"),

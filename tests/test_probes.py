@@ -249,3 +249,28 @@ def test_study_time_says_when_the_run_reused_finished_work():
     assert probes.study_time({"wall_time_seconds": 1466.2, "units": {"total": 66, "reused": 0},
                               "segmenters": {"total": 11, "reused": 0}}, "p") == "in 24 minutes"
     assert "python -m mmlib run --profile p" in probes.study_time({}, "p")
+
+
+def test_the_studys_uncertain_outlines_are_counted_with_the_auc_on_each_side():
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    n = 40
+    preds = pd.DataFrame({"patient_id": [f"p{i}" for i in range(n)], "model": "amw_cnn", "ablation": "none",
+                          "scenario": "all", "split": "cv", "label": np.arange(n) % 2,
+                          "prob_malignant": rng.uniform(size=n), "uncertain_outline": np.arange(n) < 6})
+    preds.loc[:5, "prob_malignant"] = [0.9, 0.1, 0.8, 0.2, 0.7, 0.3]  # inverted among the flagged: AUC 0
+    res = SimpleNamespace(run={"params": {"segmenter": {"uncertain_below": 0.88}}}, predictions=preds)
+    text = probes.uncertain_text(res, "amw_cnn", "cmd")
+    assert text.startswith("6 of 40 held-out development patients had an outline scoring below 0.88; AMW-CNN's "
+                           "pooled out-of-fold AUC was 0.000 among them against ")
+    assert text.endswith("among the other 34")
+    none = SimpleNamespace(run=res.run, predictions=preds.assign(uncertain_outline=False))
+    assert probes.uncertain_text(none, "amw_cnn", "cmd") == ("0 of 40 held-out development patients had an outline "
+                                                             "scoring below 0.88")
+    one_class = preds.assign(label=np.where(np.arange(n) < 6, 1, preds["label"]))
+    assert "AUC was not defined (one class) among them" in probes.uncertain_text(
+        SimpleNamespace(run=res.run, predictions=one_class), "amw_cnn", "cmd")
+    assert "cmd" in probes.uncertain_text(SimpleNamespace(run=res.run, predictions=preds.drop(
+        columns="uncertain_outline")), "amw_cnn", "cmd")
+    assert "cmd" in probes.uncertain_text(None, None, "cmd")

@@ -300,10 +300,17 @@ def test_study_with_predicted_lesions(blob_manifest, tmp_path):
     meta = json.loads((model_dir / "model.json").read_text())
     assert meta["lesion"]["source"] == "predicted" and meta["lesion"]["segmenters"] == {"ultrasound": "segmenter"}
     Segmenter.load(model_dir / "segmenter")
-    # a rerun reuses every segmenter and every finished unit
+    # every outline's score is kept beside its segmenter; uncertain_below 0 flags none
+    assert not res.predictions["uncertain_outline"].any() and res.predictions["uncertain_outline"].dtype == bool
+    assert images["score"].between(0, 1).all() and not images["uncertain"].any()
+    # a rerun reuses every segmenter and every finished unit; a segmenter cached without its scores is run again
+    # once for them (prediction only)
+    (done[1].parent / "outline_scores.csv").unlink()
     again = ex.load_results(ex.run_experiment(params))
     pd.testing.assert_frame_equal(res.predictions, again.predictions)
     assert again.run["segmenters"] == {"total": 7, "reused": 7}
+    assert (done[1].parent / "outline_scores.csv").is_file()
+    pd.testing.assert_frame_equal(images, pd.read_csv(again.folder / "segmentation_images.csv"), atol=1e-6)
     # a tuning variant beside it (another results folder) copies the same segmenters' masks instead of refitting
     import mmlib.segmentation
 
@@ -311,7 +318,7 @@ def test_study_with_predicted_lesions(blob_manifest, tmp_path):
         raise AssertionError("a segmenter was fitted again")
 
     variant = dict(params, outline_features=False, results_dir=str(tmp_path / "results-variant"),
-                   segmenter=dict(params["segmenter"], uncertain_below=0.6))
+                   segmenter=dict(params["segmenter"], uncertain_below=0.65))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(mmlib.segmentation, "fit_segmenter", no_fit)
         other = ex.load_results(ex.run_experiment(variant))
@@ -321,9 +328,17 @@ def test_study_with_predicted_lesions(blob_manifest, tmp_path):
                if m is not None)  # the variant's masks live in its own folder
     pd.testing.assert_frame_equal(pd.read_csv(res.folder / "segmentation.csv"),
                                   pd.read_csv(other.folder / "segmentation.csv"))
+    # the variant's uncertain_below flags the outlines scoring below it, in the per-image table and per patient
+    flagged = pd.read_csv(other.folder / "segmentation_images.csv")
+    assert (flagged["uncertain"] == (flagged["found"] & (flagged["score"] < 0.65))).all()
+    pd.testing.assert_series_equal(flagged["score"], images["score"])
+    cv = flagged[flagged["split"] == "cv"].groupby("patient_id")["uncertain"].any()
+    rows = other.predictions.query("split == 'cv' and model == 'amw_cnn'").set_index("patient_id")
+    assert (rows["uncertain_outline"] == cv.reindex(rows.index.astype(str)).to_numpy()).all()
+    assert 0 < rows["uncertain_outline"].sum() < len(rows)  # the tiny segmenter's scores straddle the cut-off
     # uncertain_below changes no mask (the segmenters were reused), but the saved model says the run's value
     assert Segmenter.load(res.folder / "models" / "amw_cnn" / "segmenter").settings.uncertain_below == 0
-    assert Segmenter.load(other.folder / "models" / "amw_cnn" / "segmenter").settings.uncertain_below == 0.6
+    assert Segmenter.load(other.folder / "models" / "amw_cnn" / "segmenter").settings.uncertain_below == 0.65
     # deployed_segmenter folds: no refit on all development patients; the mean of the 3 fold segmenters segments
     # the internal test and is saved with the models
     folds = dict(params, deployed_segmenter="folds", results_dir=str(tmp_path / "results-folds"))
