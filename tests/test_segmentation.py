@@ -437,7 +437,11 @@ def _constant_network(settings, logit: float):
     """A network whose every pixel's logit is ``logit`` (lesion everywhere, or nowhere)."""
     from mmlib.segmentation import _network_of
 
-    net = _network_of(settings)
+    return _constant_head(_network_of(settings), logit)
+
+
+def _constant_head(net, logit: float):
+    """``net`` with its segmentation head set to give ``logit`` at every pixel."""
     conv = net.net.segmentation_head[0]
     with torch.no_grad():
         conv.weight.zero_()
@@ -564,12 +568,7 @@ def _shifted(net, logit: float):
     """A copy of ``net`` (same stem) whose every pixel's logit is ``logit``."""
     import copy
 
-    other = copy.deepcopy(net)
-    conv = other.net.segmentation_head[0]
-    with torch.no_grad():
-        conv.weight.zero_()
-        conv.bias.fill_(logit)
-    return other.eval()
+    return _constant_head(copy.deepcopy(net), logit)
 
 
 def test_an_ensemble_reads_the_mean_probability_of_its_members_and_round_trips(blobs, tmp_path):
