@@ -219,7 +219,11 @@ def test_seed_ensemble_refuses_what_is_not_one_model_over_seeds():
 
     kw = dict(encoder_weights="none", dim=16, clinical_features=1)
     a, b = create_model("amw_cnn", **kw), create_model("amw_cnn", **kw)
-    assert not SeedEnsemble([a, b], [0, 1]).tied_encoders  # random encoders differ: each member keeps its own
+    assert SeedEnsemble([a, b], [0, 1]).tied_encoders  # a random encoder is seeded: the same in every model
+    b = create_model("amw_cnn", **kw)
+    with torch.no_grad():
+        next(iter(b.encoder_parameters())).add_(1.0)
+    assert not SeedEnsemble([a, b], [0, 1]).tied_encoders  # encoders that differ: each member keeps its own
     with pytest.raises(ValueError, match="two or more members"):
         SeedEnsemble([a], [0])
     with pytest.raises(ValueError, match="one per seed"):

@@ -186,7 +186,11 @@ def test_gradients_reach_every_trainable_parameter(name):
     out = model(x)
     loss = out.sum() + (sum(v.sum() for v in model.aux_logits.values()) if model.aux_logits else 0.0)
     loss.backward()
-    unreached = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    # The bias of MM-ABMIL's last attention layer adds one constant to every instance's score, which the softmax over
+    # the bag cancels: its gradient is zero in exact arithmetic (rounding alone made it nonzero for some inits).
+    invariant = {"attention.attention_w.bias"}
+    unreached = [n for n, p in model.named_parameters()
+                 if p.requires_grad and n not in invariant and (p.grad is None or not p.grad.any())]
     assert not unreached
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     enc = {id(p) for p in model.encoder_parameters()}
