@@ -48,7 +48,7 @@ def study_segmenter(results: Path, left_out: frozenset[int]) -> Path:
     return homes[-1] / "segmenter"
 
 
-def pair_segmenters(results: Path, fits: Path, cohort, row_folds, params: dict) -> dict:
+def pair_segmenters(fits: Path, cohort, row_folds, params: dict) -> dict:
     """``{(j, k): Segmenter}`` fitted without folds j and k (stored under ``fits``, reused when their record
     matches the study's settings, seed and training patients)."""
     import numpy as np
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         raise ValueError(f"{results / 'splits.csv'} does not list the patients of {cohort.manifest} in order")
     row_folds = np.where(splits["split"] == "dev", splits["fold"].fillna(-1).astype(int), -1)
     n_folds = int(params["n_folds"])
-    pairs = pair_segmenters(results, Path(a.fits), cohort, row_folds, params)
+    pairs = pair_segmenters(Path(a.fits), cohort, row_folds, params)
     rows = []
     for k in range(n_folds):
         refit = Segmenter.load(study_segmenter(results, frozenset({k})))
