@@ -38,6 +38,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -316,7 +317,7 @@ def _segmented_modalities(cohort, dev_rows) -> list[str]:
 
 
 def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None:
-    from .segmentation import SegmenterSettings, StemCache
+    from .segmentation import SegmenterSettings
 
     p, cohort = study.params, study.cohort
     settings = SegmenterSettings.from_dict(p.get("segmenter") or {})
@@ -340,52 +341,167 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
     plan = crossfit_plan(n_folds, scheme, deployed)
     folder = study.out / "cache" / "lesions"
     keys: dict[tuple[str, frozenset], str] = {}
-    stems: dict[str, StemCache] = {}
-    scores = []
-    n = len(plan) * len(modalities)
-    for i, (m, left_out) in enumerate(itertools.product(modalities, plan)):
+    jobs = []
+    for m, left_out in itertools.product(modalities, plan):
         train_rows, target_rows = segmenter_rows(left_out, lesions.row_folds, n_folds, scheme)
         pairs = [(image, mask) for _, _, image, mask in _expert_views(cohort, train_rows, m) if mask is not None]
-        targets = _expert_views(cohort, target_rows, m)
         key = hashlib.sha256(json.dumps([*base_key, m, sorted(cohort.patients["patient_id"].iloc[train_rows])],
                                         default=str).encode()).hexdigest()[:12]
         keys[m, left_out] = key
-        t = time.perf_counter()
         record = None if fresh else _stored(folder, m, left_out, key, elsewhere=_sibling_caches(study.out))
-        what, predicted, kept = "reused", None, ""
+        jobs.append(_SegmenterJob(m, left_out, key, pairs, _expert_views(cohort, target_rows, m), record))
+    fitted = _fit_segmenters(study, [job for job in jobs if job.record is None], settings, seed, folder,
+                             lesions.row_folds)
+    scores = []
+    for i, job in enumerate(jobs):
+        m, left_out, key, targets = job.m, job.left_out, job.key, job.targets
+        home = folder / f"{m}-{_name(left_out)}-{key}"
+        t = time.perf_counter()
+        record = job.record if job.record is not None else fitted[m, left_out]["record"]
         lesions.fits["total"] += 1
-        lesions.fits["reused"] += record is not None
-        if record is None:
-            from .segmentation import fit_segmenter
-
-            if settings.train_mode == "frozen" and m not in stems:
-                stems[m] = StemCache(settings, seed=seed)
-            segmenter = fit_segmenter([a for a, _ in pairs], [b for _, b in pairs], settings=settings, seed=seed,
-                                      progress=False, stem_cache=stems.get(m), device=_device(p))
-            predicted = segmenter.predict([image for _, _, image, _ in targets], whole_image=True)
-            record = _write_masks(folder, m, left_out, key, targets, predicted, segmenter)
-            what = f"fitted on {len(pairs)} images"
-            n_kept = sum(pm.refined is False for pm in predicted)
-            if n_kept:  # the refiner found nothing around the lesion the whole-image network found: its outline stays
-                kept = f"; {n_kept} with the whole-image outline, the refiner finding nothing in its crop"
-        outline = _outline_scores(folder / f"{m}-{_name(left_out)}-{key}", targets, predicted)
+        lesions.fits["reused"] += job.record is not None
+        outline = _outline_scores(home, targets)
         _register(lesions, cohort, m, left_out, record, outline)
         if not left_out:
-            lesions.segmenters[m] = str(folder / f"{m}-{_name(left_out)}-{key}" / "segmenter")
+            lesions.segmenters[m] = str(home / "segmenter")
         # Every mask is scored against the expert's: the held-out fold's and the internal test's (what the study
         # reports), and the training rows' from the inner segmenters ('crossfit': how close the masks the classifier
         # trains on come to the masks it is evaluated on).
         scores += _score(targets, record, m, left_out, lesions.row_folds, outline, lesions.uncertain_below)
         if len(left_out) == 1 and int(settings.refine_size):
-            scores += _whole_image_scores(folder / f"{m}-{_name(left_out)}-{key}", targets, m, lesions.row_folds,
-                                          predicted)
-        study.log(f"({i + 1}/{n}) {m} segmenter {_name(left_out)}: {what}, {len(targets)} images segmented "
-                  f"({sum(not ok for *_, ok in record)} without a lesion{kept}), {time.perf_counter() - t:.1f} s")
+            scores += _whole_image_scores(home, targets, m, lesions.row_folds)
+        if job.record is not None:
+            study.log(f"({i + 1}/{len(jobs)}) {m} segmenter {_name(left_out)}: reused, {len(targets)} images "
+                      f"segmented ({sum(not ok for *_, ok in record)} without a lesion), "
+                      f"{time.perf_counter() - t:.1f} s")
     if deployed == "folds":
         for m in modalities:
             scores += _fold_ensemble(study, lesions, m, folder, [keys[m, frozenset({k})] for k in range(n_folds)],
                                      base_key, fresh=fresh)
     write_segmentation_table(study, pd.DataFrame(scores), lesions)
+
+
+@dataclass
+class _SegmenterJob:
+    """One segmenter of the study's plan: its training pairs, the views it segments, and its stored masks (None:
+    to fit)."""
+
+    m: str
+    left_out: frozenset
+    key: str
+    pairs: list
+    targets: list
+    record: list | None = None
+
+
+def segmenter_workers(params: dict, n_fits: int) -> int:
+    """Worker processes fitting a study's frozen-stem segmenters on the CPU: the run's ``workers`` (as for
+    training: ``auto`` is one per core, at most 4), at most one per fit. (On a GPU, or end to end, they are fitted
+    one after the other in the study's process.)"""
+    from .scheduling import n_workers
+
+    return max(1, min(n_workers(params, "cpu"), int(n_fits)))
+
+
+def _fit_segmenters(study, todo: list[_SegmenterJob], settings, seed: int, folder: Path, row_folds) -> dict:
+    """Fit the segmenters of ``todo`` and write their masks (and outline and whole-image scores) beside them.
+
+    With a frozen stem on the CPU the stem outputs are computed once, here, for every fit; each fit then runs on one
+    thread, in ``segmenter_workers`` spawned processes when there are several (the largest fits first), so a
+    segmenter is the same whatever the number of workers. Returns ``{(modality, left out): {"record", ...}}``.
+    """
+    from .experiment import _device, _torch_threads
+    from .segmentation import StemCache
+
+    if not todo:
+        return {}
+    frozen = settings.train_mode == "frozen"
+    device = _device(study.params)
+    stems: dict = {}
+    if frozen:
+        for m in dict.fromkeys(job.m for job in todo):
+            pairs = list(dict.fromkeys(pair for job in todo if job.m == m for pair in job.pairs))
+            stem = StemCache(settings, seed=seed)
+            stem.build([a for a, _ in pairs], [b for _, b in pairs], progress=study.params.get("progress", True))
+            if int(settings.refine_size):
+                stem.crop_cache().build([a for a, _ in pairs], [b for _, b in pairs],
+                                        progress=study.params.get("progress", True))
+            stems[m] = stem
+    workers = segmenter_workers(study.params, len(todo)) if frozen and device == "cpu" else 1
+    out, failed = {}, []
+    order = sorted(todo, key=lambda job: -len(job.pairs))  # the longest first: the workers finish together
+
+    def done(job, result):
+        out[job.m, job.left_out] = result
+        kept = result["kept"]
+        kept = f"; {kept} with the whole-image outline, the refiner finding nothing in its crop" if kept else ""
+        study.log(f"({len(out) + len(failed)}/{len(todo)}) {job.m} segmenter {_name(job.left_out)}: fitted on "
+                  f"{result['images']} images, {len(job.targets)} images segmented "
+                  f"({sum(not ok for *_, ok in result['record'])} without a lesion{kept}), {result['seconds']:.1f} s")
+
+    if workers == 1:
+        with _torch_threads(1 if frozen and device == "cpu" else None):
+            for job in order:
+                done(job, _fit_one(job, settings, seed, device, folder, row_folds, stems.get(job.m)))
+        return out
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {m: stem.save(folder / f".stems-{m}-{os.getpid()}.safetensors") for m, stem in stems.items()}
+    study.log(f"fitting {len(todo)} segmenters in {workers} worker processes, one thread each")
+    try:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_segmenter_worker_init,
+                                 initargs=(files, settings)) as pool:
+            futures = {pool.submit(_fit_in_worker, job, settings, seed, folder, row_folds): job for job in order}
+            for fut in as_completed(futures):
+                job = futures[fut]
+                if fut.exception() is not None:
+                    failed.append((job, fut.exception()))
+                    continue
+                done(job, fut.result())
+    finally:
+        for f in files.values():
+            f.unlink(missing_ok=True)
+    if failed:
+        names = "\n".join(f"  {job.m} segmenter {_name(job.left_out)}: {type(e).__name__}: {e}" for job, e in failed)
+        raise RuntimeError(f"{len(failed)} segmenter fit(s) failed (the {len(out)} finished are kept; a rerun fits "
+                           f"only these):\n{names}") from failed[0][1]
+    return out
+
+
+def _fit_one(job: _SegmenterJob, settings, seed: int, device: str, folder: Path, row_folds, stem_cache) -> dict:
+    """Fit one segmenter, segment its targets and write what the study reads: masks, outline scores and (a held-out
+    segmenter with a refiner) the whole-image network's scores."""
+    from .segmentation import fit_segmenter
+
+    t = time.perf_counter()
+    segmenter = fit_segmenter([a for a, _ in job.pairs], [b for _, b in job.pairs], settings=settings, seed=seed,
+                              progress=False, stem_cache=stem_cache, device=device)
+    predicted = segmenter.predict([image for _, _, image, _ in job.targets], whole_image=True)
+    record = _write_masks(folder, job.m, job.left_out, job.key, job.targets, predicted, segmenter)
+    home = folder / f"{job.m}-{_name(job.left_out)}-{job.key}"
+    _outline_scores(home, job.targets, predicted)
+    if len(job.left_out) == 1 and int(settings.refine_size):
+        _whole_image_scores(home, job.targets, job.m, row_folds, predicted)
+    return {"record": record, "kept": sum(pm.refined is False for pm in predicted), "images": len(job.pairs),
+            "seconds": time.perf_counter() - t}
+
+
+_WORKER: dict = {}
+
+
+def _segmenter_worker_init(files: dict, settings) -> None:
+    import torch
+
+    from .segmentation import StemCache
+
+    torch.set_num_threads(1)
+    _WORKER["stems"] = {m: StemCache.load(path, settings) for m, path in files.items()}
+
+
+def _fit_in_worker(job: _SegmenterJob, settings, seed: int, folder: Path, row_folds) -> dict:
+    return _fit_one(job, settings, seed, "cpu", folder, row_folds, _WORKER["stems"].get(job.m))
 
 
 #: The folder name part of the fold segmenters' ensemble (``deployed_segmenter: folds``).

@@ -361,9 +361,13 @@ def _network_of(settings: SegmenterSettings) -> LesionUNet:
                       output_stride=int(settings.output_stride))
 
 
-def build_network(settings: SegmenterSettings) -> LesionUNet:
-    """The segmenter's network with the encoder's ImageNet weights (offline for efficientnet_lite0)."""
-    net = _network_of(settings)
+def build_network(settings: SegmenterSettings, seed: int = 0) -> LesionUNet:
+    """The segmenter's network with the encoder's ImageNet weights (offline for efficientnet_lite0). Its random
+    initial weights (the decoder's; with ``encoder_weights: none`` the encoder's too) are drawn from ``seed``, apart
+    from the global random stream: the same network whatever ran before."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        net = _network_of(settings)
     if settings.encoder_weights == "imagenet":
         from .encoders import create_encoder
 
@@ -738,7 +742,7 @@ class StemCache:
 
     def __init__(self, settings: SegmenterSettings, *, seed: int = 0, crops: bool = False, network=None):
         self.settings, self.seed, self.crops = settings, int(seed), bool(crops)
-        self.network = build_network(settings).eval() if network is None else network
+        self.network = build_network(settings, seed).eval() if network is None else network
         self.items: dict[tuple[str, str, int], tuple[list[torch.Tensor], torch.Tensor]] = {}
         self._crop_cache: StemCache | None = None
 
@@ -776,6 +780,54 @@ class StemCache:
                     self.items[(str(image), str(mask), copy)] = ([f[j].half().clone() for f in feats],
                                                                   ys[j].bool().clone())
         return self
+
+
+    def save(self, path) -> Path:
+        """Write the cache (its crop cache and its network's body too) to one safetensors file, for worker processes
+        (:meth:`load`)."""
+        from safetensors.torch import save_file
+
+        tensors, meta = {}, {}
+        for prefix, cache in (("w", self), ("c", self._crop_cache)):
+            if cache is None:
+                continue
+            keys = list(cache.items)
+            levels = len(cache.items[keys[0]][0]) if keys else 0
+            meta[prefix] = json.dumps({"keys": keys, "levels": levels, "settings": cache.settings.to_dict()})
+            for i, key in enumerate(keys):
+                feats, mask = cache.items[key]
+                tensors.update({f"{prefix}{i}.{level}": f.contiguous() for level, f in enumerate(feats)})
+                tensors[f"{prefix}{i}.mask"] = mask.contiguous()
+        meta["seed"] = str(self.seed)
+        # the frozen network itself: the fits start from its body (for encoder_weights none, a random draw)
+        tensors.update({f"body.{k}": v.contiguous() for k, v in self.network.body.state_dict().items()})
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path, settings: SegmenterSettings) -> "StemCache":
+        """The cache :meth:`save` wrote, for ``settings`` (refused if it was built with others)."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            out = cls(settings, seed=int(meta["seed"]))
+            out.network.body.load_state_dict({k[len("body."):]: f.get_tensor(k) for k in f.keys()
+                                              if k.startswith("body.")})
+            for prefix, cache in (("w", out), ("c", None)):
+                if prefix not in meta:
+                    continue
+                cache = cache or out.crop_cache()
+                head = json.loads(meta[prefix])
+                if head["settings"] != json.loads(json.dumps(cache.settings.to_dict())):
+                    raise ValueError(f"{path}: a stem cache built with other segmenter settings")
+                for i, key in enumerate(head["keys"]):
+                    feats = [f.get_tensor(f"{prefix}{i}.{level}") for level in range(head["levels"])]
+                    cache.items[tuple(key)] = (feats, f.get_tensor(f"{prefix}{i}.mask"))
+        return out
 
 
 class _StemDataset(torch.utils.data.Dataset):
@@ -865,23 +917,23 @@ def _fit_network(images: list[Path], masks: list[Path], settings: SegmenterSetti
         if stem_cache is None:
             stem_cache = StemCache(settings, seed=seed, crops=crops)
         stem_cache.build(images, masks, progress=progress)
-        net = build_network(settings)
+        net = build_network(settings, seed)
         net.body.load_state_dict(stem_cache.network.body.state_dict())  # same frozen weights as the cache
         for prm in net.frozen_parameters():
             prm.requires_grad_(False)
         keys = [(str(i), str(m), c) for i, m in zip(images, masks) for c in range(1 + int(settings.n_augment))]
         train_ds, model = _StemDataset(stem_cache, keys), _CachedHead(net)
     else:
-        net = build_network(settings)
+        net = build_network(settings, seed)
         train_ds, model = _ImageDataset(images, masks, settings, seed, crops=crops), net
+    start = {k: v.clone() for k, v in net.state_dict().items()}
     dice = _fit_once(model, train_ds, settings, seed=seed, lr=float(settings.lr), progress=progress, device=device)
     retried = None
     if dice < COLLAPSED_TRAINING_DICE:
         # A one-cycle fit at this size occasionally dies (every logit near zero, nothing found anywhere): refit once
         # from the same start at a third of the learning rate and another draw; keep the better fit, and say so.
         first = {k: v.clone() for k, v in model.state_dict().items()}
-        fresh = build_network(settings)
-        net.load_state_dict(fresh.state_dict())
+        net.load_state_dict(start)
         if frozen:
             for prm in net.frozen_parameters():
                 prm.requires_grad_(False)

@@ -651,3 +651,52 @@ def test_strong_augmentation_moves_the_mask_with_the_image_and_enters_the_key(bl
     assert SegmenterSettings(augment="strong").key_dict()["augment"] == "strong"
     with pytest.raises(ValueError, match="augment must be one of"):
         SegmenterSettings(augment="heavy")
+
+
+def test_stem_cache_travels_whole_through_its_file(blobs, tmp_path):
+    """StemCache.save/load: the same items (whole images and the refiner's crops) and the same frozen network (a
+    random encoder's draw too), so a fit in a worker process starts where a fit here would."""
+    from mmlib.segmentation import StemCache
+
+    images, masks = blobs
+    settings = SegmenterSettings.from_dict({**TINY, "refine_size": 32})
+    cache = StemCache(settings, seed=3)
+    cache.build(images[:3], masks[:3], progress=False)
+    cache.crop_cache().build(images[:3], masks[:3], progress=False)
+    again = StemCache.load(cache.save(tmp_path / "stems.safetensors"), settings)
+    assert again.seed == 3 and not (tmp_path / "stems.safetensors.tmp").exists()
+    for mine, theirs in ((cache, again), (cache.crop_cache(), again.crop_cache())):
+        assert list(mine.items) == list(theirs.items) and len(mine.items) == 3 * (1 + TINY["n_augment"])
+        for key, (feats, mask) in mine.items.items():
+            other, other_mask = theirs.items[key]
+            assert all(torch.equal(a, b) for a, b in zip(feats, other, strict=True)) and torch.equal(mask, other_mask)
+    for k, v in cache.network.body.state_dict().items():
+        assert torch.equal(v, again.network.body.state_dict()[k]), k
+    with pytest.raises(ValueError, match="other segmenter settings"):
+        StemCache.load(tmp_path / "stems.safetensors", SegmenterSettings.from_dict({**TINY, "refine_size": 32,
+                                                                                       "epochs": 2}))
+
+
+@pytest.mark.slow  # fits segmenters twice
+def test_study_segmenters_do_not_depend_on_the_number_of_workers(blob_manifest, tmp_path):
+    """The study's segmenters fit on one thread each, in worker processes when there are several: the masks (named
+    by their content) and every score are the same with one worker or two."""
+    from mmlib import experiment as ex
+
+    runs = {}
+    for workers in (1, 2):
+        params = ex.load_params(dict(
+            profile="seg", cohort=str(blob_manifest), n_folds=3, image_size=32, roi=True, roi_margin=0.0,
+            outline_features=True, encoder_weights="none", n_augment=1, epochs=1, early_stopping=0, bs=8, dim=16,
+            models=["amw_cnn"], baselines=[], ablations=False, scenarios=False, n_boot=50, progress=True,
+            lesion_source="predicted", segmenter_crossfit="halves", workers=workers,
+            segmenter=dict(TINY, image_size=32, epochs=3, n_augment=1, refine_size=32),
+            results_dir=str(tmp_path / f"w{workers}" / "results")))  # apart: no sibling cache to copy from
+        runs[workers] = ex.load_results(ex.run_experiment(params))
+        assert runs[workers].run["segmenters"] == {"total": 7, "reused": 0}
+        assert not list((runs[workers].folder / "cache" / "lesions").glob(".stems-*"))  # cleaned up
+    homes = {w: sorted(p.relative_to(r.folder).as_posix() for p in (r.folder / "cache" / "lesions").glob("*/masks-*"))
+             for w, r in runs.items()}
+    assert homes[1] == homes[2] and len(homes[1]) == 7
+    for table in ("segmentation.csv", "segmentation_images.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(runs[1].folder / table), pd.read_csv(runs[2].folder / table))
