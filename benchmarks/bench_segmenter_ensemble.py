@@ -37,15 +37,9 @@ sys.path.insert(0, str(ROOT))
 
 def study_segmenter(results: Path, left_out: frozenset[int]) -> Path:
     """The newest segmenter folder of the study that left out exactly ``left_out``."""
-    from mmlib.lesions import _name
+    from mmlib.lesions import study_segmenter_home
 
-    prefix = f"ultrasound-{_name(left_out)}-"  # then the key: "without-0-" must not match "without-0-3-4-"
-    homes = sorted((p.parent for p in (results / "cache" / "lesions").glob(f"{prefix}*/done.json")
-                    if "-" not in p.parent.name[len(prefix):]), key=lambda p: p.stat().st_mtime)
-    if not homes:
-        raise FileNotFoundError(f"no segmenter fitted without folds {sorted(left_out)} under "
-                                f"{results / 'cache' / 'lesions'}: run the study with lesion_source predicted first")
-    return homes[-1] / "segmenter"
+    return study_segmenter_home(results, left_out) / "segmenter"
 
 
 def pair_segmenters(fits: Path, cohort, row_folds, params: dict) -> dict:

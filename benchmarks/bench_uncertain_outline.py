@@ -31,20 +31,14 @@ def held_out_scores(results: Path, poor: float):
 
     from mmlib.cohort import load_manifest
     from mmlib.imaging import read_mask
-    from mmlib.lesions import _name
+    from mmlib.lesions import study_segmenter_home
     from mmlib.segmentation import Segmenter, dice_iou
 
     run = json.loads((results / "run.json").read_text())
     cohort = load_manifest(run["cohort"]["manifest"], decode_images=False)
     rows = []
     for k in range(int(run["params"]["n_folds"])):
-        prefix = f"ultrasound-{_name(frozenset({k}))}-"  # then the key: "without-0-" must not match "without-0-3-4-"
-        homes = sorted((p for p in (results / "cache" / "lesions").glob(f"{prefix}*/done.json")
-                        if "-" not in p.parent.name[len(prefix):]), key=lambda p: p.stat().st_mtime)
-        if not homes:
-            raise FileNotFoundError(f"no segmenter fitted without fold {k} under {results / 'cache' / 'lesions'}: "
-                                    f"run the study with lesion_source predicted first")
-        home = homes[-1].parent  # the newest, should settings have changed between runs
+        home = study_segmenter_home(results, {k})
         seg = Segmenter.load(home / "segmenter")
         views = json.loads((home / "done.json").read_text())["views"]
         images = [cohort.patients["ultrasound"].iloc[r][v] for r, v, *_ in views]

@@ -25,7 +25,8 @@ from a segmenter fitted without the row's own fold *and* without fold ``k`` (:fu
 Under ``refit``, ``pairs`` is ``1 + K + K(K-1)/2`` fits (16 for K = 5), its inner segmenters on ``(K-2)/K`` of the
 development patients; ``halves`` is ``1 + K + K`` fits for odd K (11 for K = 5; the same halves serve several outer
 folds) and ``1 + K + 2K`` for even K (more than ``pairs`` for K = 4), its inner segmenters on about half the training
-folds: for K = 5 cheaper, with training-row masks from smaller training sets; ``folds`` fits one fewer. Held-out
+folds: for K = 5 cheaper, with training-row masks from smaller training sets; ``folds`` fits one fewer. On the CPU
+with a frozen stem the fits run side by side, one thread each, in worker processes (:func:`segmenter_workers`). Held-out
 patients' expert masks are read only to score the segmenter (``segmentation.csv``). Predicted masks are written as PNG files under ``cache/lesions/``, in folders
 named by the segmenter's training set and the masks' content, and each fold gets a view of the cohort whose
 ``<modality>_mask`` columns point to them, so cropping, morphometry and the feature cache work unchanged.
@@ -51,8 +52,9 @@ from .schema import IMAGE_MODALITIES, bbox_column, mask_column
 
 #: Values of the run parameter ``lesion_source``.
 LESION_SOURCES: tuple[str, ...] = ("expert", "predicted", "none")
-#: Bumped when the way masks are predicted changes, so that no stored mask of another version is reused.
-MASKS_VERSION = 2
+#: Bumped when the way masks are predicted changes, so that no stored mask of another version is reused (3: the
+#: study's segmenters fit on one thread each, their random weights drawn from the fit's seed).
+MASKS_VERSION = 3
 
 
 def check_lesion_source(value) -> str:
@@ -582,6 +584,20 @@ def _device(p) -> str:
 
     d = p.get("device", "auto")
     return ("cuda" if torch.cuda.is_available() else "cpu") if d == "auto" else d
+
+
+def study_segmenter_home(results, left_out, modality: str = "ultrasound") -> Path:
+    """The folder (``cache/lesions/<modality>-<left out>-<key>``) of the newest segmenter a study in ``results``
+    fitted leaving out exactly the folds ``left_out`` (the newest, should the settings have changed between runs);
+    a FileNotFoundError that says what to run where there is none."""
+    prefix = f"{modality}-{_name(frozenset(left_out))}-"  # then the key: "without-0-" must not match "without-0-3-4-"
+    folder = Path(results) / "cache" / "lesions"
+    homes = sorted((p.parent for p in folder.glob(f"{prefix}*/done.json") if "-" not in p.parent.name[len(prefix):]),
+                   key=lambda p: (p / "done.json").stat().st_mtime)
+    if not homes:
+        raise FileNotFoundError(f"no {modality} segmenter fitted without folds {sorted(left_out)} under {folder}: "
+                                f"run the study with lesion_source predicted first")
+    return homes[-1]
 
 
 def _sibling_caches(out: Path) -> list[Path]:

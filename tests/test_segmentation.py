@@ -700,3 +700,20 @@ def test_study_segmenters_do_not_depend_on_the_number_of_workers(blob_manifest, 
     assert homes[1] == homes[2] and len(homes[1]) == 7
     for table in ("segmentation.csv", "segmentation_images.csv"):
         pd.testing.assert_frame_equal(pd.read_csv(runs[1].folder / table), pd.read_csv(runs[2].folder / table))
+
+
+def test_study_segmenter_home_finds_the_newest_with_exactly_those_folds_left_out(tmp_path):
+    import os
+
+    from mmlib.lesions import study_segmenter_home
+
+    folder = tmp_path / "cache" / "lesions"
+    for i, name in enumerate(["ultrasound-without-0-aaa", "ultrasound-without-0-3-4-bbb", "ultrasound-without-0-ccc",
+                              "ultrasound-without-1-ddd"]):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "done.json").write_text("{}")
+        os.utime(folder / name / "done.json", (1000 + i, 1000 + i))
+    assert study_segmenter_home(tmp_path, {0}).name == "ultrasound-without-0-ccc"  # the newer of the two
+    assert study_segmenter_home(tmp_path, frozenset({0, 3, 4})).name == "ultrasound-without-0-3-4-bbb"
+    with pytest.raises(FileNotFoundError, match=r"without folds \[2\].*run the study with lesion_source predicted"):
+        study_segmenter_home(tmp_path, {2})
