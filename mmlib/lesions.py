@@ -412,7 +412,7 @@ def _fit_segmenters(study, todo: list[_SegmenterJob], settings, seed: int, folde
     thread, in ``segmenter_workers`` spawned processes when there are several (the largest fits first), so a
     segmenter is the same whatever the number of workers. Returns ``{(modality, left out): {"record", ...}}``.
     """
-    from .experiment import _device, _torch_threads
+    from .experiment import _torch_threads
     from .segmentation import StemCache
 
     if not todo:
@@ -451,6 +451,7 @@ def _fit_segmenters(study, todo: list[_SegmenterJob], settings, seed: int, folde
 
     folder.mkdir(parents=True, exist_ok=True)
     files = {m: stem.save(folder / f".stems-{m}-{os.getpid()}.safetensors") for m, stem in stems.items()}
+    stems.clear()  # the workers read the files; this process needs the stem outputs no more
     study.log(f"fitting {len(todo)} segmenters in {workers} worker processes, one thread each")
     try:
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_segmenter_worker_init,

@@ -347,6 +347,51 @@ def crossfit_text(res, cmd: str) -> str:
             f"segmenter fitted without its own fold and the held-out fold")
 
 
+#: The probe that splits the BUS-BRA gap between the segmenter's masks and the masks the classifier learned from.
+EXTERNAL_MASKS_PROBE = "python benchmarks/probe_external_masks.py"
+
+
+def external_masks_text(table: Path, cmd: str = EXTERNAL_MASKS_PROBE) -> str:
+    """Where the BUS-BRA gap between the expert's lesion and the segmenter's lies (``results/probes/
+    external_masks.csv``, :data:`EXTERNAL_MASKS_PROBE`): what the expert-lesion model loses reading the segmenter's
+    masks (overall, and among the patients with the poorest and the best outlines), and what a classifier trained on
+    cross-fitted predicted masks changes, as text to glue; the command that measures it where absent."""
+    rows = pd.read_csv(table) if Path(table).is_file() else pd.DataFrame()
+    if rows.empty or not {"expert_model_expert_masks", "images_only_model"} <= set(rows["a"]) | set(rows["b"]):
+        return figure(float("nan"), cmd)
+    masks = rows[(rows["a"] == "expert_model_expert_masks") & (rows["b"] == "expert_model_segmenter_masks")]
+    trained = rows[(rows["a"] == "expert_model_segmenter_masks") & (rows["b"] == "images_only_model")]
+    whole_m = masks[(masks["dice_from"] == 0) & (masks["dice_to"] >= 1)].iloc[0]
+    whole_t = trained[(trained["dice_from"] == 0) & (trained["dice_to"] >= 1)].iloc[0]
+    strata = masks[~((masks["dice_from"] == 0) & (masks["dice_to"] >= 1))].sort_values("dice_from")
+
+    def ci(r, sign=1):
+        lo, hi = sorted((sign * float(r["ci_low"]), sign * float(r["ci_high"])))
+        return f"95% CI {lo:+.3f} to {hi:+.3f}"
+
+    text = (f"on the {int(whole_m['n_patients'])} BUS-BRA patients in whose every view the segmenter found a lesion "
+            f"({int(whole_m['left_out_no_lesion'])} left out), the expert-lesion model's AUC fell from "
+            f"{whole_m['auc_a']:.3f} to {whole_m['auc_b']:.3f} when it read the segmenter's masks instead of the "
+            f"expert's ({-float(whole_m['diff']):+.3f}, paired patient bootstrap {ci(whole_m, -1)})")
+    if len(strata) >= 2:
+        low, high = strata.iloc[0], strata.iloc[-1]
+        text += (f": {-float(low['diff']):+.3f} among the {int(low['n_patients'])} patients whose poorest outline "
+                 f"had Dice below {float(low['dice_to']):g}, {-float(high['diff']):+.3f} among the "
+                 f"{int(high['n_patients'])} with Dice {float(high['dice_from']):g} or more")
+    text += (f". Reading the same masks, the images-only model, whose classifier learned from cross-fitted predicted "
+             f"masks, scored {whole_t['auc_b']:.3f} against {whole_t['auc_a']:.3f} for the classifier that learned "
+             f"from the expert's ({-float(whole_t['diff']):+.3f}, {ci(whole_t, -1)})")
+    clear_m, clear_t = (float(r["ci_high"]) < 0 or float(r["ci_low"]) > 0 for r in (whole_m, whole_t))
+    if clear_m and not clear_t:
+        text += (". The gap lies in the segmenter's outlines on another hospital's images, no clear part of it in the "
+                 "masks the classifier learned from")
+    elif clear_m and clear_t:
+        text += ". Both the outlines and the masks the classifier learned from make part of the gap"
+    elif not clear_m:
+        text += ". The interval of the outlines' part includes zero: the gap is not placed"
+    return text
+
+
 def chapter_figures() -> dict[str, str]:
     """Every figure the real-data chapter's prose quotes, as text to glue: read from ``results/probes/*.csv`` and
     the profiles' studies, or, where a file or row is absent, the command that fills it."""
@@ -417,6 +462,7 @@ def chapter_figures() -> dict[str, str]:
 
     out.update(segmenter_figures("breast-lesions-usg", "us_seg"))
     res = _study("breast-lesions-usg")
+    out["external_mask_gap"] = external_masks_text(paths.results_dir("probes") / "external_masks.csv")
     out["us_seg_uncertain"] = uncertain_text(res, abstract_numbers(res)[0] if res is not None else None,
                                              "python -m mmlib run --profile breast-lesions-usg")
 

@@ -274,3 +274,34 @@ def test_the_studys_uncertain_outlines_are_counted_with_the_auc_on_each_side():
     assert "cmd" in probes.uncertain_text(SimpleNamespace(run=res.run, predictions=preds.drop(
         columns="uncertain_outline")), "amw_cnn", "cmd")
     assert "cmd" in probes.uncertain_text(None, None, "cmd")
+
+
+def test_external_masks_text_places_the_gap_from_the_probe_table(tmp_path):
+    """benchmarks/probe_external_masks.py's table as prose: the loss from the segmenter's masks (overall and at both
+    ends of the Dice strata), the change from the masks the classifier learned from, and where the gap lies only
+    when the intervals say so; the command where the table is absent."""
+    def row(a, b, lo, hi, n, auc_a, auc_b, ci_low, ci_high):
+        return {"comparison": "", "a": a, "b": b, "dice_from": lo, "dice_to": hi, "n_patients": n, "n_malignant": 9,
+                "auc_a": auc_a, "auc_b": auc_b, "diff": auc_a - auc_b, "ci_low": ci_low, "ci_high": ci_high,
+                "p_value": 0.01, "left_out_no_lesion": 7}
+
+    e, s, i = "expert_model_expert_masks", "expert_model_segmenter_masks", "images_only_model"
+    rows = [row(e, s, 0.0, 1.0, 657, 0.905, 0.829, 0.056, 0.097), row(s, i, 0.0, 1.0, 657, 0.829, 0.819, -0.002, 0.022),
+            row(e, s, 0.0, 0.5, 83, 0.913, 0.684, 0.13, 0.34), row(e, s, 0.9, 1.0, 109, 0.858, 0.826, 0.004, 0.061)]
+    path = tmp_path / "external_masks.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    text = probes.external_masks_text(path, "cmd")
+    assert text.startswith("on the 657 BUS-BRA patients in whose every view the segmenter found a lesion (7 left out), "
+                           "the expert-lesion model's AUC fell from 0.905 to 0.829")
+    assert "(-0.076, paired patient bootstrap 95% CI -0.097 to -0.056): -0.229 among the 83 patients whose poorest " \
+           "outline had Dice below 0.5, -0.032 among the 109 with Dice 0.9 or more" in text
+    assert "scored 0.819 against 0.829 for the classifier that learned from the expert's (-0.010, 95% CI -0.022 to " \
+           "+0.002). The gap lies in the segmenter's outlines" in text
+    rows[0].update(ci_low=-0.01)  # the outlines' interval now includes zero: nothing is placed
+    pd.DataFrame(rows).to_csv(path, index=False)
+    assert probes.external_masks_text(path, "cmd").endswith("the gap is not placed")
+    rows[0].update(ci_low=0.056)
+    rows[1].update(ci_low=0.001)
+    pd.DataFrame(rows).to_csv(path, index=False)
+    assert probes.external_masks_text(path, "cmd").endswith("make part of the gap")
+    assert "cmd" in probes.external_masks_text(tmp_path / "absent.csv", "cmd")
