@@ -18,6 +18,7 @@ segmenter's Dice (a patient's worst view). Writes ``results/probes/external_mask
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def manifests(external: Path, out: Path) -> tuple[Path, Path, int]:
     from mmlib.cohort import load_manifest
     from mmlib.imaging import read_mask
 
-    run = __import__("json").loads((external / "external.json").read_text())
+    run = json.loads((external / "external.json").read_text())
     cohort = load_manifest(run["test_manifest"], decode_images=False)
     masks = external / "predicted" / "masks"
     rows_pred, rows_expert, left = [], [], 0
@@ -45,10 +46,12 @@ def manifests(external: Path, out: Path) -> tuple[Path, Path, int]:
         if not all(m.is_file() and read_mask(m).any() for m in drawn):
             left += 1
             continue
-        base = {"patient_id": row["patient_id"], "group": row.get("group", row["patient_id"]), "label": row.get("label_name", row["label"]), "age": "",
+        base = {"patient_id": row["patient_id"], "group": row.get("group", row["patient_id"]),
+                "label": row.get("label_name", row["label"]), "age": "",
                 "ultrasound": "|".join(str(Path(p).resolve()) for p in row["ultrasound"])}
         rows_pred.append({**base, "ultrasound_mask": "|".join(str(m.resolve()) for m in drawn)})
-        rows_expert.append({**base, "ultrasound_mask": "|".join(str(Path(m).resolve()) for m in row["ultrasound_mask"])})
+        rows_expert.append({**base, "ultrasound_mask": "|".join(str(Path(m).resolve())
+                                                                for m in row["ultrasound_mask"])})
     out.mkdir(parents=True, exist_ok=True)
     pred, expert = out / "bus-bra-segmenter-masks.csv", out / "bus-bra-expert-masks-same-patients.csv"
     pd.DataFrame(rows_pred).to_csv(pred, index=False)

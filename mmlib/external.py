@@ -494,6 +494,8 @@ def external_results(folder=None) -> dict | None:
         glue["external_predict_timing"] = (f"took {record['predict_100_seconds']:.0f} seconds, from starting the "
                                            f"command to the written file"
                                            + (f", with the model whose lesion source is {source}" if source else ""))
+    if "predicted" in sources:
+        glue["external_uncertain"] = uncertain_text(folder / "predicted")
     return {"table": external_table(table), "glue": glue, "record": record}
 
 
@@ -502,5 +504,47 @@ def external_glue_placeholders() -> dict:
     untimed = "was not timed in this build (`python benchmarks/bench_external.py` or `make book PROFILE=paper` times it)"
     keys = ["external_auc_expert", "external_auc_predicted", "external_auc_none", "external_dice",
             "external_n_patients", "external_train_patients", "external_predict_timing",
-            "external_predicted_model"]
+            "external_predicted_model", "external_uncertain"]
     return {k: untimed if k == "external_predict_timing" else "not measured" for k in keys}
+
+
+#: An outline with Dice below this against the expert's is poor (as in ``benchmarks/bench_uncertain_outline.py``).
+POOR_DICE = 0.5
+
+
+def uncertain_text(folder) -> str:
+    """How the uncertain-outline flag fared on the external cohort (``<folder>/segmentation.csv`` and
+    ``predictions.csv`` of an images-only model's evaluation): the share of poor outlines (Dice below
+    :data:`POOR_DICE`) among the flagged and the other outlines, the score's AUC for a poor outline, and the
+    model's AUC among patients with an uncertain or missing outline and among the rest; "not measured" where the
+    files, the expert masks or a class are missing."""
+    from sklearn.metrics import roc_auc_score
+
+    folder = Path(folder)
+    if not (folder / "segmentation.csv").is_file() or not (folder / "predictions.csv").is_file():
+        return "not measured"
+    seg = pd.read_csv(folder / "segmentation.csv")
+    seg = seg[seg["dice"].notna()]
+    pred = pd.read_csv(folder / "predictions.csv")
+    if seg.empty or "uncertain" not in seg or pred["label"].nunique() != 2:
+        return "not measured"
+    poor = seg["dice"] < POOR_DICE
+    flagged = seg["uncertain"].astype(bool)
+    found = seg["lesion_found"].astype(bool)
+    text = (f"it called {int(flagged.sum())} of {int(found.sum())} outlines it drew on BUS-BRA uncertain, "
+            f"{100 * poor[flagged].mean():.0f}% of them poor (Dice below {POOR_DICE:g}) against "
+            f"{100 * poor[found & ~flagged].mean():.0f}% of the others" if flagged.any() else
+            f"it called none of the {int(found.sum())} outlines it drew on BUS-BRA uncertain")
+    if poor[found].nunique() == 2:
+        score_auc = roc_auc_score(poor[found], -seg.loc[found, "score"])
+        text += f"; its score tells a poor outline from a good one with AUC {score_auc:.2f}"
+    said = seg.assign(said=~found | flagged).groupby("patient_id")["said"].any()
+    pred["said"] = pred["patient_id"].map(said).fillna(False).astype(bool)
+    parts = {k: pred[pred["said"] == k] for k in (True, False)}
+    if all(part["label"].nunique() == 2 for part in parts.values()):
+        def auc(part):
+            return roc_auc_score(part["label"] == "malignant", part["prob_malignant"])
+
+        text += (f". The {len(parts[True])} patients with an uncertain or missing outline had AUC "
+                 f"{auc(parts[True]):.3f}, the other {len(parts[False])} {auc(parts[False]):.3f}")
+    return text

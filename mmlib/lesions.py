@@ -26,8 +26,9 @@ Under ``refit``, ``pairs`` is ``1 + K + K(K-1)/2`` fits (16 for K = 5), its inne
 development patients; ``halves`` is ``1 + K + K`` fits for odd K (11 for K = 5; the same halves serve several outer
 folds) and ``1 + K + 2K`` for even K (more than ``pairs`` for K = 4), its inner segmenters on about half the training
 folds: for K = 5 cheaper, with training-row masks from smaller training sets; ``folds`` fits one fewer. On the CPU
-with a frozen stem the fits run side by side, one thread each, in worker processes (:func:`segmenter_workers`). Held-out
-patients' expert masks are read only to score the segmenter (``segmentation.csv``). Predicted masks are written as PNG files under ``cache/lesions/``, in folders
+with a frozen stem the fits run side by side, one thread each, in worker processes (:func:`segmenter_workers`).
+Held-out patients' expert masks are read only to score the segmenter (``segmentation.csv``). Predicted masks are
+written as PNG files under ``cache/lesions/``, in folders
 named by the segmenter's training set and the masks' content, and each fold gets a view of the cohort whose
 ``<modality>_mask`` columns point to them, so cropping, morphometry and the feature cache work unchanged.
 Where the segmenter finds no lesion the view falls back to the whole image and ``lesion_found`` says so.

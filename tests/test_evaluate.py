@@ -248,3 +248,27 @@ def test_chapter_says_the_external_model_averages_its_seeds(tmp_path):
     assert external_results(tmp_path)["glue"]["external_predicted_model"] == "an AMW-CNN trained for this comparison"
     assert model_seeds({"ensemble": {"seeds": [1, 2]}, "info": {}}) == [1, 2]
     assert model_seeds({"info": {"seed": 4}}) == [4] and model_seeds({"info": {}}) is None
+
+
+def test_external_uncertain_text_reads_the_flag_against_the_expert_masks(tmp_path):
+    """The uncertain-outline flag on an external cohort, as prose: poor outlines among the flagged and the rest, the
+    score's AUC for a poor outline, and the model's AUC on each side; "not measured" without the files."""
+    from mmlib.external import uncertain_text
+
+    seg = pd.DataFrame({"patient_id": [f"p{i}" for i in range(8)], "lesion_found": [True] * 7 + [False],
+                        "uncertain": [True, True, False, False, False, False, False, False],
+                        "score": [0.5, 0.6, 0.95, 0.96, 0.97, 0.9, 0.93, 0.0],
+                        "dice": [0.2, 0.7, 0.9, 0.85, 0.95, 0.3, 0.88, 0.0]})
+    seg.to_csv(tmp_path / "segmentation.csv", index=False)
+    pred = pd.DataFrame({"patient_id": [f"p{i}" for i in range(8)],
+                         "label": ["malignant", "benign", "malignant", "benign", "malignant", "benign", "malignant",
+                                   "benign"],
+                         "prob_malignant": [0.2, 0.8, 0.9, 0.1, 0.8, 0.3, 0.7, 0.6]})
+    pred.to_csv(tmp_path / "predictions.csv", index=False)
+    text = uncertain_text(tmp_path)
+    assert text.startswith("it called 2 of 7 outlines it drew on BUS-BRA uncertain, 50% of them poor (Dice below 0.5) "
+                           "against 20% of the others")
+    assert "its score tells a poor outline from a good one with AUC 0.90" in text
+    # flagged or missing: p0, p1, p7 (AUC 0: every malignant below every benign); the rest perfectly ranked
+    assert text.endswith("The 3 patients with an uncertain or missing outline had AUC 0.000, the other 5 1.000")
+    assert uncertain_text(tmp_path / "absent") == "not measured"
