@@ -781,7 +781,6 @@ class StemCache:
                                                                   ys[j].bool().clone())
         return self
 
-
     def save(self, path) -> Path:
         """Write the cache (its crop cache and its network's body too) to one safetensors file, for worker processes
         (:meth:`load`)."""
