@@ -717,3 +717,26 @@ def test_study_segmenter_home_finds_the_newest_with_exactly_those_folds_left_out
     assert study_segmenter_home(tmp_path, frozenset({0, 3, 4})).name == "ultrasound-without-0-3-4-bbb"
     with pytest.raises(FileNotFoundError, match=r"without folds \[2\].*run the study with lesion_source predicted"):
         study_segmenter_home(tmp_path, {2})
+
+
+@pytest.mark.slow  # two worker processes
+def test_a_segmenter_failing_in_a_worker_is_named_and_the_others_are_kept(blobs, tmp_path):
+    from types import SimpleNamespace
+
+    from mmlib.lesions import _fit_segmenters, _SegmenterJob
+
+    images, masks = blobs
+    lines = []
+    study = SimpleNamespace(params={"device": "cpu", "workers": 2, "train_mode": "frozen", "progress": False},
+                            log=lines.append)
+    settings = SegmenterSettings.from_dict({**TINY, "image_size": 32, "epochs": 1, "n_augment": 0})
+    targets = [(i, 0, images[i], masks[i]) for i in range(4, 6)]
+    good = _SegmenterJob("ultrasound", frozenset({1}), "k1", list(zip(images[:4], masks[:4])), targets)
+    bad = _SegmenterJob("ultrasound", frozenset({2}), "k2", [(images[6], masks[6])], targets)  # one image: refused
+    folder = tmp_path / "lesions"
+    with pytest.raises(RuntimeError, match=r"1 segmenter fit\(s\) failed \(the 1 finished are kept.*\n  ultrasound "
+                                           r"segmenter without-2: ValueError: fit_segmenter needs at least 2 images"):
+        _fit_segmenters(study, [good, bad], settings, 0, folder, np.zeros(10, dtype=int))
+    assert (folder / "ultrasound-without-1-k1" / "done.json").is_file()
+    assert not (folder / "ultrasound-without-2-k2").exists() and not list(folder.glob(".stems-*"))
+    assert any("without-1: fitted on 4 images" in line for line in lines)
