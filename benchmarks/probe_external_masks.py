@@ -32,9 +32,7 @@ STRATA = ((0.0, 0.5), (0.5, 0.8), (0.8, 0.9), (0.9, 1.01))
 def manifests(external: Path, out: Path) -> tuple[Path, Path, int]:
     """``(manifest with the segmenter's masks, the same patients with the expert's, patients left out)``: patients
     with a view where the segmenter found nothing are left out (an expert-lesion model needs a mask per view)."""
-    import pandas as pd
-
-    from mmlib.cohort import load_manifest
+    from mmlib.cohort import load_manifest, write_manifest
     from mmlib.imaging import read_mask
 
     run = json.loads((external / "external.json").read_text())
@@ -42,21 +40,17 @@ def manifests(external: Path, out: Path) -> tuple[Path, Path, int]:
     masks = external / "predicted" / "masks"
     rows_pred, rows_expert, left = [], [], 0
     for _, row in cohort.patients.iterrows():
-        drawn = [masks / f"{Path(image).stem}_mask.png" for image in row["ultrasound"]]
+        drawn = [(masks / f"{Path(image).stem}_mask.png").resolve() for image in row["ultrasound"]]
         if not all(m.is_file() and read_mask(m).any() for m in drawn):
             left += 1
             continue
         base = {"patient_id": row["patient_id"], "group": row.get("group", row["patient_id"]),
-                "label": row.get("label_name", row["label"]), "age": "",
-                "ultrasound": "|".join(str(Path(p).resolve()) for p in row["ultrasound"])}
-        rows_pred.append({**base, "ultrasound_mask": "|".join(str(m.resolve()) for m in drawn)})
-        rows_expert.append({**base, "ultrasound_mask": "|".join(str(Path(m).resolve())
-                                                                for m in row["ultrasound_mask"])})
-    out.mkdir(parents=True, exist_ok=True)
-    pred, expert = out / "bus-bra-segmenter-masks.csv", out / "bus-bra-expert-masks-same-patients.csv"
-    pd.DataFrame(rows_pred).to_csv(pred, index=False)
-    pd.DataFrame(rows_expert).to_csv(expert, index=False)
-    return pred, expert, left
+                "label": row.get("label_name", row["label"]), "age": None,
+                "ultrasound": [Path(p).resolve() for p in row["ultrasound"]]}
+        rows_pred.append({**base, "ultrasound_mask": drawn})
+        rows_expert.append({**base, "ultrasound_mask": [Path(m).resolve() for m in row["ultrasound_mask"]]})
+    return (write_manifest(rows_pred, out / "bus-bra-segmenter-masks.csv"),
+            write_manifest(rows_expert, out / "bus-bra-expert-masks-same-patients.csv"), left)
 
 
 def main(argv=None) -> int:

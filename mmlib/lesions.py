@@ -420,6 +420,7 @@ def _fit_segmenters(study, todo: list[_SegmenterJob], settings, seed: int, folde
         return {}
     frozen = settings.train_mode == "frozen"
     device = _device(study.params)
+    single = frozen and device == "cpu"  # one thread per fit, in worker processes where there are several
     stems: dict = {}
     if frozen:
         for m in dict.fromkeys(job.m for job in todo):
@@ -430,7 +431,7 @@ def _fit_segmenters(study, todo: list[_SegmenterJob], settings, seed: int, folde
                 stem.crop_cache().build([a for a, _ in pairs], [b for _, b in pairs],
                                         progress=study.params.get("progress", True))
             stems[m] = stem
-    workers = segmenter_workers(study.params, len(todo)) if frozen and device == "cpu" else 1
+    workers = segmenter_workers(study.params, len(todo)) if single else 1
     out, failed = {}, []
     order = sorted(todo, key=lambda job: -len(job.pairs))  # the longest first: the workers finish together
 
@@ -443,7 +444,7 @@ def _fit_segmenters(study, todo: list[_SegmenterJob], settings, seed: int, folde
                   f"({sum(not ok for *_, ok in result['record'])} without a lesion{kept}), {result['seconds']:.1f} s")
 
     if workers == 1:
-        with _torch_threads(1 if frozen and device == "cpu" else None):
+        with _torch_threads(1 if single else None):
             for job in order:
                 done(job, _fit_one(job, settings, seed, device, folder, row_folds, stems.get(job.m)))
         return out

@@ -813,7 +813,8 @@ class StemCache:
 
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()
-            out = cls(settings, seed=int(meta["seed"]))
+            # the network's body comes from the file: no ImageNet weights to read first
+            out = cls(settings, seed=int(meta["seed"]), network=_network_of(settings).eval())
             out.network.body.load_state_dict({k[len("body."):]: f.get_tensor(k) for k in f.keys()
                                               if k.startswith("body.")})
             for prefix, cache in (("w", out), ("c", None)):
