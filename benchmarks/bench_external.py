@@ -15,6 +15,12 @@ the tidy results the real-data chapter reads to ``results/external-bus-bra/``. `
 saved elsewhere for ``predicted`` instead (the BrEaST study's own, as the paper's build does; give another ``--out``
 for another model, as one folder holds one model's rows).
 Manifests go to ``cohorts/external/`` (git-ignored). Skips with a message where the data is absent.
+
+``--study-models DIR`` instead evaluates each of the paper's four models a finished BrEaST study saved (e.g.
+``results/breast-lesions-usg``, lesion predicted) on BUS-BRA, side by side (:func:`mmlib.external.external_models`):
+the headline model is the one the study's development cross-validation ranks first, fixed before BUS-BRA is read;
+every model's AUC is compared with it, paired by patient. Writes ``results/external-bus-bra/study_models.csv`` and
+one folder per model under ``study-models/``; the issue's AUC target is read from the CV-chosen model.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ def main(argv=None) -> int:
                     help="evaluate this saved model folder for the lesion source 'predicted' instead of training one, "
                          "e.g. results/breast-lesions-usg/models/mm_abmil (the BrEaST study's own, as the paper's "
                          "build does); --model must name its model")
+    ap.add_argument("--study-models", default=None, metavar="DIR",
+                    help="evaluate the paper's four models saved by this finished study instead (no training)")
     a = ap.parse_args(argv)
     import yaml
 
@@ -61,6 +69,8 @@ def main(argv=None) -> int:
         return 0
     t0 = time.perf_counter()
     manifests = {k: import_cohort(k, p, COHORTS / "external" / f"{k}.csv") for k, p in sources.items()}
+    if a.study_models:
+        return _study_models(Path(a.study_models), manifests["bus-bra"], Path(a.out), a.n_boot, t0)
     out = external_study(manifests["breast-lesions-usg"], manifests["bus-bra"], a.out, model=a.model,
                          sources=tuple(a.sources), n_boot=a.n_boot, overrides=overrides,
                          retrain=not a.evaluate_only,
@@ -88,6 +98,20 @@ def main(argv=None) -> int:
     if predict_seconds is not None:
         print(f"target: mmlib predict on 100 patients <= {TARGETS['predict_100_seconds']:.0f} s: "
               f"{predict_seconds:.1f} s (lesion_source {predict_source} model)")
+    print(f"total {time.perf_counter() - t0:.0f} s; results in {out}")
+    return 0
+
+
+def _study_models(study: Path, manifest: Path, out: Path, n_boot: int, t0: float) -> int:
+    from mmlib.external import external_models, study_models_table, study_models_text
+
+    table = external_models(study, manifest, out, n_boot=n_boot)
+    print(f"\nthe models of {study}, evaluated on {manifest.name} (lesion from the study's segmenter)")
+    print(study_models_table(table).to_string(index=False))
+    print(study_models_text(out))
+    chosen = table[table["chosen"]].iloc[0]
+    print(f"target: AUC from images alone >= {TARGETS['auc_predicted']}: {chosen.auc:.3f} ({chosen.model}, the model "
+          f"the development cross-validation ranks first)")
     print(f"total {time.perf_counter() - t0:.0f} s; results in {out}")
     return 0
 

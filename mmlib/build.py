@@ -396,7 +396,7 @@ def run_companion_studies(names: Sequence[str], results_root: Path, *, params_di
 
 
 def _external_study(results_root: Path) -> Path:
-    from .external import EXTERNAL_RESULTS, external_study
+    from .external import EXTERNAL_RESULTS, STUDY_MODELS, external_models, external_study
     from .importers import import_cohort
 
     sources = {k: paths.SHARED_DATA / k for k in ("breast-lesions-usg", "bus-bra")}
@@ -417,6 +417,9 @@ def _external_study(results_root: Path) -> Path:
         from .external import record_predict_time, time_predict
 
         record_predict_time(out, time_predict(model_dir, manifests["bus-bra"], out, n=100), source)
+    study = results_root / "breast-lesions-usg"
+    if (study / "run.json").is_file() and all((study / "models" / m / "model.json").is_file() for m in STUDY_MODELS):
+        external_models(study, manifests["bus-bra"], out)  # the four models side by side, the CV-chosen one first
     return out
 
 

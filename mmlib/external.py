@@ -454,8 +454,9 @@ def external_results(folder=None) -> dict | None:
     """The external validation the real-data chapter shows, or None where it has not been run.
 
     Returns:
-        ``{"table": external_table(...), "glue": {key: text}, "record": external.json}``; the glue texts are
-        ``value (low–high)`` (AUC by lesion source, the segmenter's Dice) and counts and seconds.
+        ``{"table": external_table(...), "glue": {key: text}, "record": external.json, "models": the study's models
+        side by side (:func:`study_models_table`) or None}``; the glue texts are ``value (low–high)`` (AUC by lesion
+        source, the segmenter's Dice), counts and seconds, and sentences.
     """
     from .paths import results_dir
     from .report import fmt_ci
@@ -496,7 +497,10 @@ def external_results(folder=None) -> dict | None:
                                            + (f", with the model whose lesion source is {source}" if source else ""))
     if "predicted" in sources:
         glue["external_uncertain"] = uncertain_text(folder / "predicted")
-    return {"table": external_table(table), "glue": glue, "record": record}
+    glue["external_study_models"] = study_models_text(folder)
+    models = folder / STUDY_MODELS_TABLE
+    return {"table": external_table(table), "glue": glue, "record": record,
+            "models": study_models_table(pd.read_csv(models)) if models.is_file() else None}
 
 
 def external_glue_placeholders() -> dict:
@@ -504,7 +508,7 @@ def external_glue_placeholders() -> dict:
     untimed = "was not timed in this build (`python benchmarks/bench_external.py` or `make book PROFILE=paper` times it)"
     keys = ["external_auc_expert", "external_auc_predicted", "external_auc_none", "external_dice",
             "external_n_patients", "external_train_patients", "external_predict_timing",
-            "external_predicted_model", "external_uncertain"]
+            "external_predicted_model", "external_uncertain", "external_study_models"]
     return {k: untimed if k == "external_predict_timing" else "not measured" for k in keys}
 
 
@@ -547,4 +551,148 @@ def uncertain_text(folder) -> str:
 
         text += (f". The {len(parts[True])} patients with an uncertain or missing outline had AUC "
                  f"{auc(parts[True]):.3f}, the other {len(parts[False])} {auc(parts[False]):.3f}")
+    return text
+
+
+# ----------------------------------------------------------------------------------------------- a study's models
+#: The paper's four models: :func:`external_models` evaluates each a study saved.
+STUDY_MODELS = ("cuf_mt", "amw_cnn", "mm_abmil", "cnn_lstm")
+#: Inside the external results: one evaluation folder per study model, and the table that ranks them.
+STUDY_MODELS_FOLDER = "study-models"
+STUDY_MODELS_TABLE = "study_models.csv"
+#: The columns of :data:`STUDY_MODELS_TABLE` read from each model's ``metrics.csv``.
+STUDY_MODELS_METRICS = ("auc", "sensitivity", "specificity", "brier", "ece", "dice")
+
+
+def cv_ranking(study, models=STUDY_MODELS) -> pd.DataFrame:
+    """The study's models ranked by their cross-validated AUC on its development patients (``metrics.csv``: split
+    ``cv``, no ablation, every modality): ``model, cv_auc, cv_auc_low, cv_auc_high, cv_rank`` (1 first). This is how
+    :func:`external_models` picks its headline model before the external cohort is read.
+
+    Raises:
+        FileNotFoundError: ``study`` holds no finished run.
+        ValueError: a model has no such row (the study did not train it), named.
+    """
+    study = Path(study)
+    path = study / "metrics.csv"
+    if not (study / "run.json").is_file() or not path.is_file():
+        raise FileNotFoundError(f"{study} holds no finished study (run.json or metrics.csv missing): run "
+                                f"`mmlib run --profile breast-lesions-usg` first")
+    m = pd.read_csv(path)
+    m = m[(m["split"] == "cv") & (m["ablation"] == "none") & (m["scenario"] == "all") & (m["metric"] == "auc")]
+    missing = [x for x in models if x not in set(m["model"])]
+    if missing:
+        raise ValueError(f"{path}: no cross-validated AUC for {missing} (split cv, ablation none, scenario all); "
+                         f"the study trained {sorted(set(m['model']))}")
+    m = m.set_index("model").loc[list(models)]
+    out = pd.DataFrame({"model": list(models), "cv_auc": m["value"].to_numpy(float),
+                        "cv_auc_low": m["ci_low"].to_numpy(float), "cv_auc_high": m["ci_high"].to_numpy(float)})
+    # ties keep the listed order (the paper's), so the choice never depends on the table's row order
+    out["cv_rank"] = out["cv_auc"].rank(ascending=False, method="first").astype(int)
+    return out
+
+
+def external_models(study, test_manifest, out, *, models=STUDY_MODELS, n_boot: int = 2000, seed: int = 0,
+                    progress: bool = True) -> pd.DataFrame:
+    """Evaluate each of the paper's models a finished study saved on an external cohort, side by side.
+
+    The headline model is fixed before the external cohort is read: the one the study's development
+    cross-validation ranks first (:func:`cv_ranking`). Each ``<study>/models/<model>`` is evaluated with
+    :func:`external_validation` into ``<out>/study-models/<model>/`` (nothing tuned on the external cohort). Every
+    model's external AUC is then compared with the chosen one's on the same patients (a paired bootstrap resampling
+    patients, :func:`mmlib.stats.paired_bootstrap_diff`).
+
+    Writes ``<out>/study_models.csv``, one row per model: ``model, lesion_source, cv_auc (+ _low, _high), cv_rank,
+    chosen``, each metric of :data:`STUDY_MODELS_METRICS` with ``_low``/``_high`` (NaN where not measured, e.g. the
+    Dice of a model that does not segment), ``auc_diff`` (its external AUC minus the chosen model's) with its CI and
+    ``p_value``, and ``n_patients``.
+
+    Returns:
+        the table.
+    """
+    from .deploy import write_csv_atomic
+    from .stats import paired_bootstrap_diff
+
+    study, out = Path(study), Path(out)
+    ranking = cv_ranking(study, models)
+    folders = {m: study / "models" / m for m in models}
+    for m, folder in folders.items():
+        config = folder / "model.json"
+        if not config.is_file():
+            raise FileNotFoundError(f"{config} not found: the study did not save its {m} (save_models)")
+        found = json.loads(config.read_text()).get("model")
+        if found != m:
+            raise ValueError(f"{config} holds the model {found!r}, expected {m!r}")
+    rows, preds = [], {}
+    for i, (m, folder) in enumerate(folders.items(), start=1):
+        if progress:
+            print(f"[mmlib] external validation of the study's {m} ({i} of {len(folders)}) ...", flush=True)
+        done = external_validation(folder, test_manifest, out / STUDY_MODELS_FOLDER / m, n_boot=n_boot, seed=seed,
+                                   progress=progress)
+        summary = json.loads((done / SUMMARY).read_text())
+        metrics = pd.read_csv(done / "metrics.csv").set_index("metric")
+        row = {"model": m, "lesion_source": summary["lesion_source"], "n_patients": summary["n_patients"]}
+        for name in STUDY_MODELS_METRICS:
+            hit = metrics.loc[name] if name in metrics.index else None
+            for suffix, col in (("", "value"), ("_low", "ci_low"), ("_high", "ci_high")):
+                row[name + suffix] = float(hit[col]) if hit is not None else float("nan")
+        rows.append(row)
+        preds[m] = pd.read_csv(done / "predictions.csv").set_index("patient_id")
+    table = ranking.merge(pd.DataFrame(rows), on="model")
+    chosen = table.loc[table["cv_rank"] == 1, "model"].iloc[0]
+    table["chosen"] = table["model"] == chosen
+    ref = preds[chosen]
+    y = (ref["label"] == "malignant").to_numpy(int)
+    for col in ("auc_diff", "auc_diff_low", "auc_diff_high", "p_value"):
+        table[col] = float("nan")
+    for k, m in enumerate(table["model"]):
+        p = preds[m].loc[ref.index, "prob_malignant"].to_numpy(float)  # the same patients, in the same order
+        d = paired_bootstrap_diff(y, p, ref["prob_malignant"].to_numpy(float), metric="auc",
+                                  groups=ref["group"].astype(str).to_numpy(), n_boot=n_boot, seed=seed)
+        table.loc[k, ["auc_diff", "auc_diff_low", "auc_diff_high", "p_value"]] = [
+            d["diff"], d["ci_low"], d["ci_high"], d["p_value"] if m != chosen else float("nan")]
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv_atomic(table, out / STUDY_MODELS_TABLE)
+    return table
+
+
+def study_models_table(table: pd.DataFrame) -> pd.DataFrame:
+    """:data:`STUDY_MODELS_TABLE` for the reader: one row per model (the CV-chosen one marked), ``value (low–high)``."""
+    from .report import display_name, fmt_ci
+
+    rows = []
+    for r in table.sort_values("cv_rank").itertuples():
+        rows.append({"model": display_name(r.model) + (" (chosen by CV)" if r.chosen else ""),
+                     "CV AUC (development)": fmt_ci(r.cv_auc, r.cv_auc_low, r.cv_auc_high),
+                     **{name: fmt_ci(getattr(r, name), getattr(r, name + "_low"), getattr(r, name + "_high"))
+                        for name in STUDY_MODELS_METRICS if np.isfinite(getattr(r, name))},
+                     "AUC − chosen": "" if r.chosen else fmt_ci(r.auc_diff, r.auc_diff_low, r.auc_diff_high)})
+    return pd.DataFrame(rows).fillna("")
+
+
+def study_models_text(folder) -> str:
+    """The chapter's sentence on :data:`STUDY_MODELS_TABLE` in ``folder``: the CV-chosen model's external AUC, the
+    range over the models and which differ from it (the paired interval excludes 0); "not measured" without it."""
+    from .report import display_name, fmt_ci
+
+    path = Path(folder) / STUDY_MODELS_TABLE
+    if not path.is_file():
+        return "not measured"
+    t = pd.read_csv(path)
+    c = t[t["chosen"]].iloc[0]
+    text = (f"the development cross-validation ranks {display_name(c.model)} first (CV AUC "
+            f"{fmt_ci(c.cv_auc, c.cv_auc_low, c.cv_auc_high)}); on BUS-BRA, with the study's segmenter, it reaches "
+            f"AUC {fmt_ci(c.auc, c.auc_low, c.auc_high)}")
+    others = t[~t["chosen"]]
+    if len(others):
+        lo, hi = t.loc[t["auc"].idxmin()], t.loc[t["auc"].idxmax()]
+        text += (f". Across the {len(t)} models the external AUC runs from {lo.auc:.3f} ({display_name(lo.model)}) "
+                 f"to {hi.auc:.3f} ({display_name(hi.model)})")
+        apart = others[(others["auc_diff_low"] > 0) | (others["auc_diff_high"] < 0)]
+        if apart.empty:
+            text += f"; no model's paired difference from {display_name(c.model)} excludes zero"
+        else:
+            text += "; " + "; ".join(
+                f"{display_name(r.model)} differs from it by {r.auc_diff:+.3f} (paired 95% CI {r.auc_diff_low:+.3f} "
+                f"to {r.auc_diff_high:+.3f})" for r in apart.itertuples())
     return text

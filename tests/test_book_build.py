@@ -430,3 +430,14 @@ def test_external_companion_evaluates_the_breast_study_model(tmp_path, monkeypat
     build._external_study(results)
     assert calls[-1]["models"] == {"predicted": model}
     assert timed == [(model, 100), (9.0, "predicted")]  # mmlib predict timed with the images-only model
+    # Once the study has finished and saved the paper's four models, they are evaluated side by side too.
+    side = []
+    monkeypatch.setattr(mmlib.external, "external_models", lambda study, manifest, out: side.append((study, out)))
+    build._external_study(results)
+    assert side == []  # no run.json yet, only the AMW-CNN saved
+    (results / "breast-lesions-usg" / "run.json").write_text("{}")
+    for m in mmlib.external.STUDY_MODELS:
+        (results / "breast-lesions-usg" / "models" / m).mkdir(parents=True, exist_ok=True)
+        (results / "breast-lesions-usg" / "models" / m / "model.json").write_text("{}")
+    build._external_study(results)
+    assert side == [(results / "breast-lesions-usg", results / "external-bus-bra")]

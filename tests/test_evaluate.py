@@ -272,3 +272,83 @@ def test_external_uncertain_text_reads_the_flag_against_the_expert_masks(tmp_pat
     # flagged or missing: p0, p1, p7 (AUC 0: every malignant below every benign); the rest perfectly ranked
     assert text.endswith("The 3 patients with an uncertain or missing outline had AUC 0.000, the other 5 1.000")
     assert uncertain_text(tmp_path / "absent") == "not measured"
+
+
+def _study(folder, models: dict, cv_auc: dict):
+    """A finished study's folder as :func:`mmlib.external.external_models` reads it: ``run.json``, ``metrics.csv``
+    (the cross-validated AUC of each model, with an ablation row that must not count) and ``models/<name>``."""
+    import shutil
+
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text("{}")
+    rows = [{"model": m, "ablation": "none", "scenario": "all", "split": "cv", "metric": "auc", "value": v,
+             "ci_low": v - 0.05, "ci_high": v + 0.05} for m, v in cv_auc.items()]
+    rows.append({"model": "amw_cnn", "ablation": "no_clinical", "scenario": "all", "split": "cv", "metric": "auc",
+                 "value": 0.99, "ci_low": 0.98, "ci_high": 1.0})
+    pd.DataFrame(rows).to_csv(folder / "metrics.csv", index=False)
+    for name, src in models.items():
+        shutil.copytree(src, folder / "models" / name)
+    return folder
+
+
+def test_external_models_picks_by_cv_and_pairs_every_model_with_it(whole_image_model, masked, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from mmlib.experiment import train_model
+    from mmlib.external import (STUDY_MODELS_FOLDER, STUDY_MODELS_TABLE, cv_ranking, external_models,
+                                external_results, study_models_table, study_models_text)
+
+    lstm = train_model(masked, "cnn_lstm", tmp_path / "lstm", {**TINY, "roi": True, "lesion_source": "none"})
+    study = _study(tmp_path / "study", {"amw_cnn": whole_image_model, "cnn_lstm": lstm},
+                   {"amw_cnn": 0.80, "cnn_lstm": 0.90})
+    models = ("amw_cnn", "cnn_lstm")
+    assert list(cv_ranking(study, models)["cv_rank"]) == [2, 1]  # the ablation's 0.99 is not the model's
+    out = tmp_path / "ext"
+    table = external_models(study, masked, out, models=models, n_boot=100, progress=False).set_index("model")
+    assert (out / STUDY_MODELS_TABLE).is_file()
+    assert table.loc["cnn_lstm", "chosen"] and not table.loc["amw_cnn", "chosen"]
+    for m in models:  # each model's external AUC is its own predictions' on the external cohort
+        pred = pd.read_csv(out / STUDY_MODELS_FOLDER / m / "predictions.csv")
+        assert table.loc[m, "auc"] == pytest.approx(roc_auc_score(pred["label"] == "malignant", pred["prob_malignant"]))
+        assert table.loc[m, "lesion_source"] == "none" and np.isnan(table.loc[m, "dice"])
+    assert table.loc["cnn_lstm", "auc_diff"] == 0 and np.isnan(table.loc["cnn_lstm", "p_value"])
+    assert table.loc["amw_cnn", "auc_diff"] == pytest.approx(table.loc["amw_cnn", "auc"] - table.loc["cnn_lstm", "auc"])
+    assert table.loc["amw_cnn", "auc_diff_low"] <= table.loc["amw_cnn", "auc_diff"] <= table.loc["amw_cnn",
+                                                                                                    "auc_diff_high"]
+    shown = study_models_table(pd.read_csv(out / STUDY_MODELS_TABLE))
+    assert shown["model"].iloc[0] == "CNN-LSTM (chosen by CV)" and shown["AUC − chosen"].iloc[0] == ""
+    assert "dice" not in shown
+    text = study_models_text(out)
+    assert text.startswith("the development cross-validation ranks CNN-LSTM first (CV AUC 0.900 (0.850–0.950))")
+    assert f"it reaches AUC {table.loc['cnn_lstm', 'auc']:.3f} (" in text and "Across the 2 models" in text
+    assert study_models_text(tmp_path / "absent") == "not measured"
+    # the chapter reads the table beside the external study's rows
+    import yaml
+
+    from mmlib.external import external_study
+
+    profile = tmp_path / "p.yaml"
+    profile.write_text(yaml.safe_dump(TINY))
+    external_study(masked, masked, out, profile=profile, sources=("none",), n_boot=50, progress=False)
+    res = external_results(out)
+    assert res["glue"]["external_study_models"] == text and list(res["models"]["model"]) == list(shown["model"])
+
+
+def test_external_models_names_what_is_missing(whole_image_model, masked, tmp_path):
+    import json as _json
+
+    from mmlib.external import external_models
+
+    with pytest.raises(FileNotFoundError, match="no finished study"):
+        external_models(tmp_path / "nothing", masked, tmp_path / "o", models=("amw_cnn",))
+    study = _study(tmp_path / "s1", {"amw_cnn": whole_image_model}, {"amw_cnn": 0.8})
+    with pytest.raises(ValueError, match=r"no cross-validated AUC for \['cnn_lstm'\]"):
+        external_models(study, masked, tmp_path / "o", models=("amw_cnn", "cnn_lstm"))
+    study = _study(tmp_path / "s2", {"amw_cnn": whole_image_model}, {"amw_cnn": 0.8, "cnn_lstm": 0.9})
+    with pytest.raises(FileNotFoundError, match=r"cnn_lstm/model.json not found: the study did not save its cnn_lstm"):
+        external_models(study, masked, tmp_path / "o", models=("amw_cnn", "cnn_lstm"))
+    study = _study(tmp_path / "s3", {"cnn_lstm": whole_image_model}, {"cnn_lstm": 0.9})
+    with pytest.raises(ValueError, match="holds the model 'amw_cnn', expected 'cnn_lstm'"):
+        external_models(study, masked, tmp_path / "o", models=("cnn_lstm",))
+    assert not (tmp_path / "o").exists()  # nothing written before the checks pass
+    assert _json.loads((whole_image_model / "model.json").read_text())["model"] == "amw_cnn"
