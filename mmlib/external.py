@@ -657,7 +657,7 @@ def external_models(study, test_manifest, out, *, models=STUDY_MODELS, n_boot: i
 
 
 def study_models_table(table: pd.DataFrame) -> pd.DataFrame:
-    """:data:`STUDY_MODELS_TABLE` for the reader: one row per model (the CV-chosen one marked), ``value (low–high)``."""
+    """:data:`STUDY_MODELS_TABLE` for the reader: one row per model, the CV-chosen one marked; ``value (low–high)``."""
     from .report import display_name, fmt_ci
 
     rows = []
