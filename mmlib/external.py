@@ -498,9 +498,9 @@ def external_results(folder=None) -> dict | None:
     if "predicted" in sources:
         glue["external_uncertain"] = uncertain_text(folder / "predicted")
     glue["external_study_models"] = study_models_text(folder)
-    models = folder / STUDY_MODELS_TABLE
+    models = pd.read_csv(folder / STUDY_MODELS_TABLE) if (folder / STUDY_MODELS_TABLE).is_file() else None
     return {"table": external_table(table), "glue": glue, "record": record,
-            "models": study_models_table(pd.read_csv(models)) if models.is_file() else None}
+            "models": study_models_table(models) if models is not None and study_models_current(models) else None}
 
 
 def external_glue_placeholders() -> dict:
@@ -603,7 +603,7 @@ def external_models(study, test_manifest, out, *, models=STUDY_MODELS, n_boot: i
     patients, :func:`mmlib.stats.paired_bootstrap_diff`).
 
     Writes ``<out>/study_models.csv``, one row per model: ``model, lesion_source, cv_auc (+ _low, _high), cv_rank,
-    chosen``, each metric of :data:`STUDY_MODELS_METRICS` with ``_low``/``_high`` (NaN where not measured, e.g. the
+    study`` (its folder: :func:`study_models_current` checks the study has not changed since), ``chosen``, each metric of :data:`STUDY_MODELS_METRICS` with ``_low``/``_high`` (NaN where not measured, e.g. the
     Dice of a model that does not segment), ``auc_diff`` (its external AUC minus the chosen model's) with its CI and
     ``p_value``, and ``n_patients``.
 
@@ -639,6 +639,7 @@ def external_models(study, test_manifest, out, *, models=STUDY_MODELS, n_boot: i
         rows.append(row)
         preds[m] = pd.read_csv(done / "predictions.csv").set_index("patient_id")
     table = ranking.merge(pd.DataFrame(rows), on="model")
+    table["study"] = str(study.resolve())
     chosen = table.loc[table["cv_rank"] == 1, "model"].iloc[0]
     table["chosen"] = table["model"] == chosen
     ref = preds[chosen]
@@ -670,6 +671,23 @@ def study_models_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).fillna("")
 
 
+def study_models_current(table: pd.DataFrame) -> bool:
+    """Whether :data:`STUDY_MODELS_TABLE` still describes its study: every model's cross-validated AUC there is the
+    one the study's ``metrics.csv`` holds now (a rerun that changed the study changed its saved models too). A study
+    no longer on disk cannot be checked and counts as current."""
+    if "study" not in table:  # written before the table named its study: it cannot be checked
+        return False
+    study = Path(table["study"].iloc[0])
+    try:
+        now = cv_ranking(study, list(table["model"])).set_index("model")["cv_auc"]
+    except FileNotFoundError:
+        return True
+    except ValueError:  # the study no longer trains one of the models
+        return False
+    return bool(np.allclose(now.loc[list(table["model"])].to_numpy(float), table["cv_auc"].to_numpy(float),
+                            rtol=0, atol=1e-9))
+
+
 def study_models_text(folder) -> str:
     """The chapter's sentence on :data:`STUDY_MODELS_TABLE` in ``folder``: the CV-chosen model's external AUC, the
     range over the models and which differ from it (the paired interval excludes 0); "not measured" without it."""
@@ -679,6 +697,10 @@ def study_models_text(folder) -> str:
     if not path.is_file():
         return "not measured"
     t = pd.read_csv(path)
+    if not study_models_current(t):
+        study = t["study"].iloc[0] if "study" in t else "results/breast-lesions-usg"
+        return (f"(not current: the study in {study} may have changed since its models were evaluated; run "
+                f"`python benchmarks/bench_external.py --study-models {study}`)")
     c = t[t["chosen"]].iloc[0]
     text = (f"the development cross-validation ranks {display_name(c.model)} first (CV AUC "
             f"{fmt_ci(c.cv_auc, c.cv_auc_low, c.cv_auc_high)}); on BUS-BRA, with the study's segmenter, it reaches "

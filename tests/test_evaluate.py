@@ -332,6 +332,15 @@ def test_external_models_picks_by_cv_and_pairs_every_model_with_it(whole_image_m
     external_study(masked, masked, out, profile=profile, sources=("none",), n_boot=50, progress=False)
     res = external_results(out)
     assert res["glue"]["external_study_models"] == text and list(res["models"]["model"]) == list(shown["model"])
+    # A rerun of the study that changed its results makes the table stale: the chapter says so and shows none.
+    metrics = pd.read_csv(study / "metrics.csv")
+    metrics.loc[metrics["model"] == "amw_cnn", "value"] += 0.01
+    metrics.to_csv(study / "metrics.csv", index=False)
+    res = external_results(out)
+    assert res["glue"]["external_study_models"].startswith("(not current: the study in ") and res["models"] is None
+    assert f"--study-models {study.resolve()}" in res["glue"]["external_study_models"]
+    pd.read_csv(out / STUDY_MODELS_TABLE).drop(columns="study").to_csv(out / STUDY_MODELS_TABLE, index=False)
+    assert study_models_text(out).startswith("(not current")  # a table that does not name its study is not trusted
 
 
 def test_external_models_names_what_is_missing(whole_image_model, masked, tmp_path):
