@@ -603,9 +603,10 @@ def external_models(study, test_manifest, out, *, models=STUDY_MODELS, n_boot: i
     patients, :func:`mmlib.stats.paired_bootstrap_diff`).
 
     Writes ``<out>/study_models.csv``, one row per model: ``model, lesion_source, cv_auc (+ _low, _high), cv_rank,
-    study`` (its folder: :func:`study_models_current` checks the study has not changed since), ``chosen``, each metric of :data:`STUDY_MODELS_METRICS` with ``_low``/``_high`` (NaN where not measured, e.g. the
-    Dice of a model that does not segment), ``auc_diff`` (its external AUC minus the chosen model's) with its CI and
-    ``p_value``, and ``n_patients``.
+    study`` (its folder: :func:`study_models_current` checks the study has not changed since), ``chosen``, each
+    metric of :data:`STUDY_MODELS_METRICS` with ``_low``/``_high`` (NaN where not measured, e.g. the Dice of a model
+    that does not segment), ``auc_diff`` (its external AUC minus the chosen model's) with its CI and ``p_value``, and
+    ``n_patients``.
 
     Returns:
         the table.
@@ -667,7 +668,8 @@ def study_models_table(table: pd.DataFrame) -> pd.DataFrame:
                      "CV AUC (development)": fmt_ci(r.cv_auc, r.cv_auc_low, r.cv_auc_high),
                      **{name: fmt_ci(getattr(r, name), getattr(r, name + "_low"), getattr(r, name + "_high"))
                         for name in STUDY_MODELS_METRICS if np.isfinite(getattr(r, name))},
-                     "AUC − chosen": "" if r.chosen else fmt_ci(r.auc_diff, r.auc_diff_low, r.auc_diff_high)})
+                     "AUC − chosen": "" if r.chosen else
+                     f"{r.auc_diff:+.3f} ({r.auc_diff_low:+.3f} to {r.auc_diff_high:+.3f})"})
     return pd.DataFrame(rows).fillna("")
 
 
@@ -688,6 +690,11 @@ def study_models_current(table: pd.DataFrame) -> bool:
                             rtol=0, atol=1e-9))
 
 
+#: How :func:`study_models_text` says where the models' lesion came from.
+LESION_WORDS = {"predicted": "with the study's segmenter, ", "expert": "with the expert's lesion, ",
+                "none": "from whole images, "}
+
+
 def study_models_text(folder) -> str:
     """The chapter's sentence on :data:`STUDY_MODELS_TABLE` in ``folder``: the CV-chosen model's external AUC, the
     range over the models and which differ from it (the paired interval excludes 0); "not measured" without it."""
@@ -703,8 +710,8 @@ def study_models_text(folder) -> str:
                 f"`python benchmarks/bench_external.py --study-models {study}`)")
     c = t[t["chosen"]].iloc[0]
     text = (f"the development cross-validation ranks {display_name(c.model)} first (CV AUC "
-            f"{fmt_ci(c.cv_auc, c.cv_auc_low, c.cv_auc_high)}); on BUS-BRA, with the study's segmenter, it reaches "
-            f"AUC {fmt_ci(c.auc, c.auc_low, c.auc_high)}")
+            f"{fmt_ci(c.cv_auc, c.cv_auc_low, c.cv_auc_high)}); on BUS-BRA, {LESION_WORDS.get(c.lesion_source, '')}"
+            f"it reaches AUC {fmt_ci(c.auc, c.auc_low, c.auc_high)}")
     others = t[~t["chosen"]]
     if len(others):
         lo, hi = t.loc[t["auc"].idxmin()], t.loc[t["auc"].idxmax()]

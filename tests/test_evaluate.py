@@ -320,7 +320,10 @@ def test_external_models_picks_by_cv_and_pairs_every_model_with_it(whole_image_m
     assert "dice" not in shown
     text = study_models_text(out)
     assert text.startswith("the development cross-validation ranks CNN-LSTM first (CV AUC 0.900 (0.850–0.950))")
-    assert f"it reaches AUC {table.loc['cnn_lstm', 'auc']:.3f} (" in text and "Across the 2 models" in text
+    assert f"on BUS-BRA, from whole images, it reaches AUC {table.loc['cnn_lstm', 'auc']:.3f} (" in text
+    assert "Across the 2 models" in text
+    d = table.loc["amw_cnn"]
+    assert shown["AUC − chosen"].iloc[1] == f"{d.auc_diff:+.3f} ({d.auc_diff_low:+.3f} to {d.auc_diff_high:+.3f})"
     assert study_models_text(tmp_path / "absent") == "not measured"
     # the chapter reads the table beside the external study's rows
     import yaml
