@@ -486,10 +486,17 @@ def chapter_figures() -> dict[str, str]:
         out[f"{key}_gain"] = (f"{float(best['gain']):+.3f} for {display_name(best['model'])} (paired patient-level "
                               f"bootstrap 95% CI {float(best['ci_low']):+.3f} to {float(best['ci_high']):+.3f}, "
                               f"p = {float(best['p_value']):.3f})")
-        lo, hi = g.loc[pd.to_numeric(g["gain"]).idxmin()], g.loc[pd.to_numeric(g["gain"]).idxmax()]
-        n_sig = int(((pd.to_numeric(g["ci_low"]) > 0) | (pd.to_numeric(g["ci_high"]) < 0)).sum())
+        # a model that does not read what the variant changes (age alone, for a lesion setting) gains exactly 0 on
+        # every replicate: named apart, not the low end of the range
+        same = (pd.to_numeric(g["gain"]) == 0) & (pd.to_numeric(g["ci_low"]) == 0) & (pd.to_numeric(g["ci_high"]) == 0)
+        moved = g[~same] if (~same).any() else g
+        lo, hi = moved.loc[pd.to_numeric(moved["gain"]).idxmin()], moved.loc[pd.to_numeric(moved["gain"]).idxmax()]
+        n_sig = int(((pd.to_numeric(moved["ci_low"]) > 0) | (pd.to_numeric(moved["ci_high"]) < 0)).sum())
         out[f"{key}_gain_range"] = (f"from {float(lo['gain']):+.3f} ({display_name(lo['model'])}) to "
                                     f"{float(hi['gain']):+.3f} ({display_name(hi['model'])}); the interval excludes "
-                                    f"zero for {n_sig} of {len(g)} models")
+                                    f"zero for {n_sig} of {len(moved)} models" + (
+                                        f" ({', '.join(display_name(m) for m in g.loc[same, 'model'])} unchanged: "
+                                        f"{'it does' if same.sum() == 1 else 'they do'} not read it)"
+                                        if same.any() and (~same).any() else ""))
         out[f"{key}_variant_auc"] = figure(float(best["auc_variant"]), cmd)
     return out

@@ -103,6 +103,14 @@ def test_chapter_figures_say_which_command_fills_them(results):
     assert figs["us_margin015"] == "0.820"
     assert figs["us_outline_gain"].startswith("+0.050 for CUF-MT") and "p = 0.020" in figs["us_outline_gain"]
     assert "+0.010 (AMW-CNN)" in figs["us_outline_gain_range"] and "2 of 2" in figs["us_outline_gain_range"]
+    # a model the variant leaves unchanged (age alone reads no outline) is named apart, not the range's low end
+    probes.record("gains", [{"profile": "breast-lesions-usg", "comparison": "profile vs outline_features=False",
+                             "model": "age_only", "split": "cv", "auc_base": 0.7, "auc_variant": 0.7, "gain": 0.0,
+                             "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0}], keys=["profile", "comparison", "model", "split"])
+    figs = probes.chapter_figures()
+    assert figs["us_outline_gain_range"].startswith("from +0.010 (AMW-CNN) to +0.050 (CUF-MT)")
+    assert figs["us_outline_gain_range"].endswith("2 of 2 models (Age only (logistic regression) unchanged: it does "
+                                                  "not read it)")
     json.dumps(figs)  # every figure is text, ready to glue
 
 
