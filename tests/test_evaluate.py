@@ -347,8 +347,6 @@ def test_external_models_picks_by_cv_and_pairs_every_model_with_it(whole_image_m
 
 
 def test_external_models_names_what_is_missing(whole_image_model, masked, tmp_path):
-    import json as _json
-
     from mmlib.external import external_models
 
     with pytest.raises(FileNotFoundError, match="no finished study"):
@@ -363,4 +361,3 @@ def test_external_models_names_what_is_missing(whole_image_model, masked, tmp_pa
     with pytest.raises(ValueError, match="holds the model 'amw_cnn', expected 'cnn_lstm'"):
         external_models(study, masked, tmp_path / "o", models=("cnn_lstm",))
     assert not (tmp_path / "o").exists()  # nothing written before the checks pass
-    assert _json.loads((whole_image_model / "model.json").read_text())["model"] == "amw_cnn"
