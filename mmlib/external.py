@@ -578,8 +578,9 @@ def cv_ranking(study, models=STUDY_MODELS) -> pd.DataFrame:
     if not (study / "run.json").is_file() or not path.is_file():
         raise FileNotFoundError(f"{study} holds no finished study (run.json or metrics.csv missing): run "
                                 f"`mmlib run --profile breast-lesions-usg` first")
-    m = pd.read_csv(path)
-    m = m[(m["split"] == "cv") & (m["ablation"] == "none") & (m["scenario"] == "all") & (m["metric"] == "auc")]
+    from .report import _sel
+
+    m = _sel(pd.read_csv(path), split="cv", ablation="none", scenario="all", metric="auc")
     missing = [x for x in models if x not in set(m["model"])]
     if missing:
         raise ValueError(f"{path}: no cross-validated AUC for {missing} (split cv, ablation none, scenario all); "
@@ -645,14 +646,15 @@ def external_models(study, test_manifest, out, *, models=STUDY_MODELS, n_boot: i
     table["chosen"] = table["model"] == chosen
     ref = preds[chosen]
     y = (ref["label"] == "malignant").to_numpy(int)
-    for col in ("auc_diff", "auc_diff_low", "auc_diff_high", "p_value"):
-        table[col] = float("nan")
+    table[["auc_diff", "auc_diff_low", "auc_diff_high", "p_value"]] = [0.0, 0.0, 0.0, float("nan")]  # the chosen one
     for k, m in enumerate(table["model"]):
+        if m == chosen:
+            continue
         p = preds[m].loc[ref.index, "prob_malignant"].to_numpy(float)  # the same patients, in the same order
         d = paired_bootstrap_diff(y, p, ref["prob_malignant"].to_numpy(float), metric="auc",
                                   groups=ref["group"].astype(str).to_numpy(), n_boot=n_boot, seed=seed)
         table.loc[k, ["auc_diff", "auc_diff_low", "auc_diff_high", "p_value"]] = [
-            d["diff"], d["ci_low"], d["ci_high"], d["p_value"] if m != chosen else float("nan")]
+            d["diff"], d["ci_low"], d["ci_high"], d["p_value"]]
     out.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(table, out / STUDY_MODELS_TABLE)
     return table
