@@ -161,7 +161,7 @@ class StudyLesions:
     crossfit: str = "pairs"
     masks: dict = field(default_factory=dict)
     #: segmenters the study needed and how many of them it reused from a cache (``run.json``: ``segmenters``)
-    fits: dict = field(default_factory=lambda: {"total": 0, "reused": 0})
+    fits: dict = field(default_factory=lambda: {"total": 0, "reused": 0, "resegmented": 0})
     found: dict = field(default_factory=dict)
     #: like ``found``: the segmenter's score of each view's outline (mean lesion probability inside the mask)
     outline_scores: dict = field(default_factory=dict)
@@ -336,6 +336,9 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
     from .experiment import cohort_fingerprint
 
     base_key = [MASKS_VERSION, settings.key_dict(), seed, cohort_fingerprint(cohort)]
+    # The network's own key: the same, with the settings that only change prediction at their defaults, so that a
+    # segmenter cached before they were set (or with other values) segments again instead of being refitted.
+    network_key = [MASKS_VERSION, settings.network_settings().key_dict(), seed, cohort_fingerprint(cohort)]
     n_folds, scheme = int(p["n_folds"]), lesions.crossfit
     if n_folds < 3:
         raise ValueError(f"lesion_source 'predicted' cross-fits segmenters inside the training folds and needs "
@@ -348,13 +351,21 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
     for m, left_out in itertools.product(modalities, plan):
         train_rows, target_rows = segmenter_rows(left_out, lesions.row_folds, n_folds, scheme)
         pairs = [(image, mask) for _, _, image, mask in _expert_views(cohort, train_rows, m) if mask is not None]
-        key = hashlib.sha256(json.dumps([*base_key, m, sorted(cohort.patients["patient_id"].iloc[train_rows])],
-                                        default=str).encode()).hexdigest()[:12]
+        patients = sorted(cohort.patients["patient_id"].iloc[train_rows])
+        key, net_key = (hashlib.sha256(json.dumps([*k, m, patients], default=str).encode()).hexdigest()[:12]
+                        for k in (base_key, network_key))
         keys[m, left_out] = key
-        record = None if fresh else _stored(folder, m, left_out, key, elsewhere=_sibling_caches(study.out))
-        jobs.append(_SegmenterJob(m, left_out, key, pairs, _expert_views(cohort, target_rows, m), record))
-    fitted = _fit_segmenters(study, [job for job in jobs if job.record is None], settings, seed, folder,
-                             lesions.row_folds)
+        record = network = None
+        if not fresh:
+            record = _stored(folder, m, left_out, key, elsewhere=_sibling_caches(study.out))
+            if record is None:
+                network = _stored_network(folder, m, left_out, net_key, elsewhere=_sibling_caches(study.out))
+        jobs.append(_SegmenterJob(m, left_out, key, pairs, _expert_views(cohort, target_rows, m), record, net_key,
+                                  network))
+    resegment = [job for job in jobs if job.record is None and job.network is not None]
+    fitted = {**_resegment(study, resegment, settings, folder, lesions.row_folds),
+              **_fit_segmenters(study, [job for job in jobs if job.record is None and job.network is None], settings,
+                                seed, folder, lesions.row_folds)}
     scores = []
     for i, job in enumerate(jobs):
         m, left_out, key, targets = job.m, job.left_out, job.key, job.targets
@@ -363,6 +374,7 @@ def _predict_masks(study, lesions: StudyLesions, *, fresh: bool = False) -> None
         record = job.record if job.record is not None else fitted[m, left_out]["record"]
         lesions.fits["total"] += 1
         lesions.fits["reused"] += job.record is not None
+        lesions.fits["resegmented"] += job.network is not None
         outline = _outline_scores(home, targets)
         _register(lesions, cohort, m, left_out, record, outline)
         if not left_out:
@@ -395,6 +407,48 @@ class _SegmenterJob:
     pairs: list
     targets: list
     record: list | None = None
+    network_key: str | None = None
+    network: Path | None = None  # a cached segmenter of the same network, to segment the targets again
+
+
+def _stored_network(folder: Path, modality: str, left_out, network_key: str, elsewhere=()) -> Path | None:
+    """A cached segmenter (its ``segmenter`` folder) whose network this study's would be: the same network key
+    (``done.json``'s ``network``; a home cached before the field existed counts by its ``key`` when its settings
+    that change prediction only are at their defaults), here or in a study beside this one. None if there is none."""
+    from .segmentation import SegmenterSettings
+
+    for where in (folder, *elsewhere):
+        for home in sorted(Path(where).glob(f"{modality}-{_name(left_out)}-*")):
+            try:
+                record = json.loads((home / "done.json").read_text())
+                meta = json.loads((home / "segmenter" / "segmenter.json").read_text())
+                own = SegmenterSettings.from_dict(meta["settings"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not a finished segmenter of ours
+            net = record.get("network", record.get("key") if own == own.network_settings() else None)
+            if net == network_key and int(meta.get("members", 1)) == 1:
+                return home / "segmenter"
+    return None
+
+
+def _resegment(study, todo: list[_SegmenterJob], settings, folder: Path, row_folds) -> dict:
+    """Segment the targets of ``todo`` again with their cached networks under this run's prediction settings
+    (:data:`mmlib.segmentation.INFERENCE`); no fit. Returns what :func:`_fit_segmenters` returns."""
+    from .segmentation import Segmenter
+
+    out = {}
+    for n, job in enumerate(todo, start=1):
+        t = time.perf_counter()
+        cached = Segmenter.load(job.network)
+        segmenter = dataclasses.replace(cached, settings=settings, info={**cached.info, "resegmented_from":
+                                                                          str(job.network)})
+        result = _segment_and_write(job, segmenter, folder, row_folds)
+        out[job.m, job.left_out] = {**result, "images": len(job.pairs), "seconds": time.perf_counter() - t}
+        study.log(f"({n}/{len(todo)}) {job.m} segmenter {_name(job.left_out)}: network reused from "
+                  f"{job.network.parent.name}, {len(job.targets)} images segmented again with this run's "
+                  f"prediction settings ({sum(not ok for *_, ok in result['record'])} without a lesion), "
+                  f"{time.perf_counter() - t:.1f} s")
+    return out
 
 
 def segmenter_workers(params: dict, n_fits: int) -> int:
@@ -483,14 +537,21 @@ def _fit_one(job: _SegmenterJob, settings, seed: int, device: str, folder: Path,
     t = time.perf_counter()
     segmenter = fit_segmenter([a for a, _ in job.pairs], [b for _, b in job.pairs], settings=settings, seed=seed,
                               progress=False, stem_cache=stem_cache, device=device)
+    return {**_segment_and_write(job, segmenter, folder, row_folds), "images": len(job.pairs),
+            "seconds": time.perf_counter() - t}
+
+
+def _segment_and_write(job: _SegmenterJob, segmenter, folder: Path, row_folds) -> dict:
+    """Segment the job's targets and write its masks, outline scores and (a held-out segmenter with a refiner) the
+    whole-image network's scores beside the segmenter."""
     predicted = segmenter.predict([image for _, _, image, _ in job.targets], whole_image=True)
-    record = _write_masks(folder, job.m, job.left_out, job.key, job.targets, predicted, segmenter)
+    record = _write_masks(folder, job.m, job.left_out, job.key, job.targets, predicted, segmenter,
+                          network_key=job.network_key)
     home = folder / f"{job.m}-{_name(job.left_out)}-{job.key}"
     _outline_scores(home, job.targets, predicted)
-    if len(job.left_out) == 1 and int(settings.refine_size):
+    if len(job.left_out) == 1 and int(segmenter.settings.refine_size):
         _whole_image_scores(home, job.targets, job.m, row_folds, predicted)
-    return {"record": record, "kept": sum(pm.refined is False for pm in predicted), "images": len(job.pairs),
-            "seconds": time.perf_counter() - t}
+    return {"record": record, "kept": sum(pm.refined is False for pm in predicted)}
 
 
 _WORKER: dict = {}
@@ -657,7 +718,7 @@ def _read_done(home: Path, key: str):
 
 
 def _write_masks(folder: Path, modality, left_out, key, targets, predicted, segmenter,
-                 home_name: str | None = None):
+                 home_name: str | None = None, network_key: str | None = None):
     """Write the found masks under ``<modality>-<segmenter>-<key>/masks-<content hash>/`` (or ``home_name``); returns
     ``[(row, view, mask path or None, found)]`` and records it in ``done.json``."""
     from PIL import Image
@@ -680,7 +741,10 @@ def _write_masks(folder: Path, modality, left_out, key, targets, predicted, segm
     views = [(r, j, None if name is None else str(final / name), bool(pm.found))
              for (r, j, _, _), name, pm in zip(targets, names, predicted)]
     segmenter.save(home / "segmenter")
-    (home / "done.json").write_text(json.dumps({"key": key, "left_out": sorted(left_out), "views": views}))
+    done = {"key": key, "left_out": sorted(left_out), "views": views}
+    if network_key is not None:
+        done["network"] = network_key
+    (home / "done.json").write_text(json.dumps(done))
     return views
 
 
@@ -752,12 +816,21 @@ def refiner_gain(images: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> 
     if cv.empty or whole.empty:
         return None
     both = cv.merge(whole, on=["row", "view", "modality"], suffixes=("", "_whole"))
-    diff = (both["dice"] - both["dice_whole"]).groupby(both["group"]).agg(["sum", "count"])
+    gain = paired_dice_gain(both["dice"], both["dice_whole"], both["group"], n_boot=n_boot, seed=seed)
+    return {"dice": float(both["dice"].mean()), "dice_whole_image": float(both["dice_whole"].mean()),
+            "diff": gain["diff"], "ci_low": gain["ci_low"], "ci_high": gain["ci_high"], "n_images": len(both),
+            "n_patients": gain["n_patients"]}
+
+
+def paired_dice_gain(a, b, groups, *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Mean per-image Dice of ``a`` minus ``b`` (the same images, two segmenters or two settings) with a 95% CI
+    from a bootstrap that draws whole patients (``groups``): ``diff``, ``ci_low``, ``ci_high``, ``n_patients``."""
+    d = pd.Series(np.asarray(a, dtype=float) - np.asarray(b, dtype=float))
+    diff = d.groupby(np.asarray(groups)).agg(["sum", "count"])
     draws = np.random.default_rng(seed).integers(0, len(diff), (int(n_boot), len(diff)))
     boot = diff["sum"].to_numpy()[draws].sum(1) / diff["count"].to_numpy()[draws].sum(1)
-    return {"dice": float(both["dice"].mean()), "dice_whole_image": float(both["dice_whole"].mean()),
-            "diff": float((both["dice"] - both["dice_whole"]).mean()), "ci_low": float(np.quantile(boot, 0.025)),
-            "ci_high": float(np.quantile(boot, 0.975)), "n_images": len(both), "n_patients": len(diff)}
+    return {"diff": float(d.mean()), "ci_low": float(np.quantile(boot, 0.025)),
+            "ci_high": float(np.quantile(boot, 0.975)), "n_patients": len(diff)}
 
 
 def segmentation_summary(views: pd.DataFrame, groups: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:

@@ -109,8 +109,9 @@ def study_time(run: dict, profile: str) -> str:
         return figure(minutes, f"python -m mmlib run --profile {profile}")
     units, segs = run.get("units") or {}, run.get("segmenters") or {}
     shown = f"{minutes:.0f} minute{'' if round(minutes) == 1 else 's'}"
-    reused = [f"{n['reused']} of {n.get('total', n['reused'])} {what}" for n, what in
-              ((units, "finished units of work"), (segs, "lesion segmenters")) if n.get("reused")]
+    reused = [f"{n[part]} of {n.get('total', n[part])} {what}" for n, part, what in
+              ((units, "reused", "finished units of work"), (segs, "reused", "lesion segmenters"),
+               (segs, "resegmented", "lesion segmenters' networks (segmenting again)")) if n.get(part)]
     if not reused:
         return f"in {shown}"
     return (f"in {shown} of this build, which reused {' and '.join(reused)} "

@@ -42,6 +42,7 @@ __all__ = [
     "SEGMENTER_WEIGHTS",
     "SEGMENTER_CONFIG",
     "REFINER_WEIGHTS",
+    "INFERENCE",
     "POST_PROCESSING",
     "set_post_processing",
     "ensemble_segmenters",
@@ -57,6 +58,9 @@ TRAIN_MODES = ("frozen", "finetune")
 PRECISIONS = ("float32", "bfloat16")
 #: Settings that change no mask, only what is said about it: outside reuse keys, settable on a saved segmenter.
 POST_PROCESSING = ("uncertain_below",)
+#: Settings that change the masks but not the network (how it is read at prediction): a cached segmenter is not
+#: refitted for them, only run again (:meth:`SegmenterSettings.network_settings`).
+INFERENCE = ("tta", "tta_scales", "refine_margins", "threshold", "min_area")
 #: Settings the refiner may set apart from the whole-image network's (``SegmenterSettings.refiner_overrides``).
 REFINER_OVERRIDABLE = ("epochs", "n_augment", "lr", "wd", "bs", "output_stride", "decoder_channels", "precision",
                        "augment")
@@ -83,6 +87,12 @@ class SegmenterSettings:
         threshold: lesion probability above which a pixel is lesion.
         min_area: smallest lesion kept, as a fraction of the image's area; below it the lesion is not found.
         tta: average the probabilities of the image and its horizontal mirror.
+        tta_scales: sides (multiples of 32) at which the whole-image network also reads each image; the lesion
+            probabilities are averaged over them (and the mirror) in the ``image_size`` letterbox. Empty: only
+            ``image_size``. It changes the masks but not the network: a cached segmenter is not refitted for it
+            (:data:`INFERENCE`).
+        refine_margins: margins of the refiner's crops around the found lesion, averaged where they overlap (each
+            as ``refine_margin``). Empty: ``refine_margin`` alone. Like ``tta_scales``, prediction only.
         output_stride: 1 runs the decoder's last stage at the input's resolution; 2 runs it at half resolution
             and upsamples the logits bilinearly (on BrEaST development folds a CPU fit about a quarter faster,
             Dice 0.012 lower: params/breast-lesions-usg.yaml).
@@ -119,6 +129,8 @@ class SegmenterSettings:
     threshold: float = 0.5
     min_area: float = 0.001
     tta: bool = True
+    tta_scales: tuple = ()
+    refine_margins: tuple = ()
     output_stride: int = 1
     precision: str = "float32"
     refine_size: int = 0
@@ -128,6 +140,8 @@ class SegmenterSettings:
 
     def __post_init__(self):
         self.decoder_channels = tuple(int(c) for c in self.decoder_channels)
+        self.tta_scales = _int_tuple("tta_scales", self.tta_scales)
+        self.refine_margins = tuple(float(m) for m in _listed("refine_margins", self.refine_margins))
         if not isinstance(self.refiner_overrides, dict):
             raise ValueError(f"segmenter refiner_overrides must be a mapping of settings, got "
                              f"{self.refiner_overrides!r}")
@@ -169,10 +183,33 @@ class SegmenterSettings:
                              f"{self.refine_size!r}")
         if not 0 <= float(self.refine_margin) <= 2:
             raise ValueError(f"segmenter refine_margin must be in [0, 2], got {self.refine_margin!r}")
+        bad = [v for v in self.tta_scales if v < 32 or v % 32]
+        if bad:
+            raise ValueError(f"segmenter tta_scales must be multiples of 32 and >= 32, got {list(self.tta_scales)}")
+        if any(not 0 <= m <= 2 for m in self.refine_margins):
+            raise ValueError(f"segmenter refine_margins must each be in [0, 2], got {list(self.refine_margins)}")
+        if self.refine_margins and not int(self.refine_size):
+            raise ValueError("segmenter refine_margins needs a refiner (refine_size > 0)")
         if not 0 <= float(self.uncertain_below) < 1:
             raise ValueError(f"segmenter uncertain_below must be in [0, 1) (0: never), got {self.uncertain_below!r}")
         if self.refiner_overrides:
             self.refiner_settings()  # the refiner's own settings are checked too
+
+    @property
+    def scales(self) -> tuple:
+        """The sides the whole-image network reads each image at in prediction (``image_size`` first)."""
+        size = int(self.image_size)
+        return (size, *dict.fromkeys(v for v in self.tta_scales if v != size))
+
+    @property
+    def margins(self) -> tuple:
+        """The margins of the refiner's crops in prediction."""
+        return self.refine_margins or (float(self.refine_margin),)
+
+    def network_settings(self) -> "SegmenterSettings":
+        """These settings with those of :data:`INFERENCE` at their defaults: what decides the fitted network."""
+        defaults = {k: SegmenterSettings.__dataclass_fields__[k].default for k in INFERENCE}
+        return replace(self, **defaults)
 
     def refiner_settings(self) -> "SegmenterSettings":
         """The refiner's settings: these, with :attr:`refiner_overrides` applied."""
@@ -190,11 +227,12 @@ class SegmenterSettings:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["decoder_channels"] = list(self.decoder_channels)
+        d["tta_scales"], d["refine_margins"] = list(self.tta_scales), list(self.refine_margins)
         return d
 
     #: Settings added after segmenters were first cached, with the value that behaves as before they existed.
     ADDED_LATER = {"output_stride": 1, "precision": "float32", "refine_size": 0, "refine_margin": 0.3,
-                   "refiner_overrides": {}, "augment": "standard"}
+                   "refiner_overrides": {}, "augment": "standard", "tta_scales": [], "refine_margins": []}
 
     def key_dict(self) -> dict:
         """:meth:`to_dict` for reuse keys: a setting added later enters only when it differs from the behaviour
@@ -399,6 +437,19 @@ def _normalise(img: torch.Tensor) -> torch.Tensor:
     return (img.expand(*img.shape[:-3], 3, *img.shape[-2:]) - mean) / std
 
 
+def _listed(name: str, value) -> list:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"segmenter {name} must be a list, got {value!r}")
+    return list(value)
+
+
+def _int_tuple(name: str, value) -> tuple:
+    values = _listed(name, value)
+    if any(isinstance(v, bool) or int(v) != v for v in values):
+        raise ValueError(f"segmenter {name} must be a list of whole numbers, got {values!r}")
+    return tuple(int(v) for v in values)
+
+
 def _read_full(image: Path, mask: Path | None) -> tuple[np.ndarray, np.ndarray | None]:
     """An image and its expert mask (bool, at the image's size; None without a mask)."""
     from .imaging import read_image, read_mask, resize_mask
@@ -468,6 +519,20 @@ def _unletterbox(prob: np.ndarray, shape: tuple[int, int], size: int) -> np.ndar
     top, left, nh, nw = _letterbox(shape, size)
     inner = torch.from_numpy(np.ascontiguousarray(prob[top:top + nh, left:left + nw]))[None, None]
     return F.interpolate(inner, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def _rebox(prob: np.ndarray, shape: tuple[int, int], side: int, size: int) -> np.ndarray:
+    """A ``(side, side)`` letterboxed probability map of an image of ``shape`` brought into its ``(size, size)``
+    letterbox (bilinear; zero outside the image)."""
+    import torch.nn.functional as F
+
+    top, left, nh, nw = _letterbox(shape, side)
+    inner = torch.from_numpy(np.ascontiguousarray(prob[top:top + nh, left:left + nw]))[None, None]
+    top, left, nh, nw = _letterbox(shape, size)
+    out = np.zeros((size, size), dtype=np.float32)
+    out[top:top + nh, left:left + nw] = F.interpolate(inner, size=(nh, nw), mode="bilinear",
+                                                      align_corners=False)[0, 0].numpy()
+    return out
 
 
 def _seed_of(path: Path, copy: int, seed: int) -> int:
@@ -561,8 +626,11 @@ class Segmenter:
         return len(self.network.members) if isinstance(self.network, MeanProbability) else 1
 
     def probabilities(self, images: Sequence[Path | str], *, bs: int = 16, progress: bool = False):
-        """Lesion probability maps ``(S, S)`` of letterboxed images, with the original shapes."""
-        size = int(self.settings.image_size)
+        """Lesion probability maps ``(S, S)`` of letterboxed images, with the original shapes: the mean over the
+        settings' :attr:`~SegmenterSettings.scales` (each map brought into the ``image_size`` letterbox)."""
+        from .imaging import read_image, resize_square
+
+        size, scales = int(self.settings.image_size), self.settings.scales
         net = self.network.eval()
         probs, shapes = [], []
         paths = [Path(p) for p in images]
@@ -573,12 +641,17 @@ class Segmenter:
             starts = progress_bar(starts, f"segmenting {len(paths)} images")
         with torch.no_grad():
             for s in starts:
-                batch = []
-                for p in paths[s:s + bs]:
-                    img, _, shape = _read_pair(p, None, size)
-                    batch.append(torch.from_numpy(img)[None])
-                    shapes.append(shape)
-                probs.extend(self._sigmoid(net, _normalise(torch.stack(batch)))[:, 0].numpy())
+                full = [read_image(p) for p in paths[s:s + bs]]
+                batch_shapes = [img.shape for img in full]
+                shapes.extend(batch_shapes)
+                total = None
+                for side in scales:
+                    x = torch.stack([torch.from_numpy(resize_square(img, side))[None] for img in full])
+                    p = self._sigmoid(net, _normalise(x))[:, 0].numpy()
+                    if side != size:
+                        p = np.stack([_rebox(q, shape, side, size) for q, shape in zip(p, batch_shapes)])
+                    total = p if total is None else total + p
+                probs.extend(total / len(scales))
         return probs, shapes
 
     def predict(self, images: Sequence[Path | str], *, progress: bool = False, refine: bool = True,
@@ -599,20 +672,27 @@ class Segmenter:
         from .imaging import read_image
 
         size, net = int(self.settings.refine_size), self.refiner.eval()
+        margins = self.settings.margins
         out = [replace(pm, whole_image=pm if keep_whole_image else None) for pm in coarse]  # none found: kept
         found = [i for i, pm in enumerate(coarse) if pm.found]
         with torch.no_grad():
             for s in range(0, len(found), bs):
                 chunk, crops, boxes = found[s:s + bs], [], []
                 for i in chunk:
-                    box = _crop_box(coarse[i].mask, float(self.settings.refine_margin))
-                    crops.append(torch.from_numpy(_crop(read_image(paths[i]), None, box, size)[0])[None])
-                    boxes.append(box)
+                    img = read_image(paths[i])
+                    for margin in margins:
+                        box = _crop_box(coarse[i].mask, margin)
+                        crops.append(torch.from_numpy(_crop(img, None, box, size)[0])[None])
+                        boxes.append(box)
                 probs = self._sigmoid(net, _normalise(torch.stack(crops)))[:, 0].numpy()
-                for i, (y0, y1, x0, x1), prob in zip(chunk, boxes, probs):
-                    full = np.zeros(coarse[i].mask.shape, dtype=np.float32)
-                    full[y0:y1, x0:x1] = _unletterbox(prob, (y1 - y0, x1 - x0), size)
-                    refined = self._outline(full)
+                for n, i in enumerate(chunk):
+                    shape = coarse[i].mask.shape
+                    full, seen = np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32)
+                    for (y0, y1, x0, x1), prob in zip(boxes[n * len(margins):(n + 1) * len(margins)],
+                                                      probs[n * len(margins):(n + 1) * len(margins)]):
+                        full[y0:y1, x0:x1] += _unletterbox(prob, (y1 - y0, x1 - x0), size)
+                        seen[y0:y1, x0:x1] += 1
+                    refined = self._outline(np.divide(full, seen, out=full, where=seen > 0))
                     out[i] = replace(refined if refined.found else coarse[i], refined=refined.found,
                                      whole_image=coarse[i] if keep_whole_image else None)
         return out

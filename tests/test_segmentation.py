@@ -276,7 +276,7 @@ def test_study_with_predicted_lesions(blob_manifest, tmp_path):
         lesion_source="predicted", segmenter=dict(TINY, image_size=32, epochs=4, n_augment=0),
         results_dir=str(tmp_path / "results")))
     res = ex.load_results(ex.run_experiment(params))
-    assert res.run["segmenters"] == {"total": 1 + 3 + 3, "reused": 0}  # run.json says what the run fitted
+    assert res.run["segmenters"] == {"total": 1 + 3 + 3, "reused": 0, "resegmented": 0}  # run.json says what the run fitted
     seg = pd.read_csv(res.folder / "segmentation.csv")
     assert set(seg["split"]) == {"cv", "crossfit", "test"} and set(seg["fold"]) == {"0", "1", "2", "all"}
     # the training rows' masks are scored too: every development image once per pair segmenter that segments it
@@ -308,7 +308,7 @@ def test_study_with_predicted_lesions(blob_manifest, tmp_path):
     (done[1].parent / "outline_scores.csv").unlink()
     again = ex.load_results(ex.run_experiment(params))
     pd.testing.assert_frame_equal(res.predictions, again.predictions)
-    assert again.run["segmenters"] == {"total": 7, "reused": 7}
+    assert again.run["segmenters"] == {"total": 7, "reused": 7, "resegmented": 0}
     assert (done[1].parent / "outline_scores.csv").is_file()
     pd.testing.assert_frame_equal(images, pd.read_csv(again.folder / "segmentation_images.csv"), atol=1e-6)
     # a tuning variant beside it (another results folder) copies the same segmenters' masks instead of refitting
@@ -345,7 +345,7 @@ def test_study_with_predicted_lesions(blob_manifest, tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(mmlib.segmentation, "fit_segmenter", no_fit)
         ens = ex.load_results(ex.run_experiment(folds))
-    assert ens.run["segmenters"] == {"total": 3 + 3, "reused": 3 + 3}
+    assert ens.run["segmenters"] == {"total": 3 + 3, "reused": 3 + 3, "resegmented": 0}
     names = sorted(d.parent.name for d in (tmp_path / "results-folds" / "cache" / "lesions").glob("*/done.json"))
     assert not any("all-dev" in n for n in names) and sum("fold-ensemble" in n for n in names) == 1
     saved = Segmenter.load(ens.folder / "models" / "amw_cnn" / "segmenter")
@@ -361,6 +361,24 @@ def test_study_with_predicted_lesions(blob_manifest, tmp_path):
         mp.setattr(mmlib.segmentation, "ensemble_segmenters", lambda *a, **k: pytest.fail("ensembled again"))
         again = ex.load_results(ex.run_experiment(folds))
     pd.testing.assert_frame_equal(ens.predictions, again.predictions)
+    # settings that change the masks but not the network (a second scale, two refiner margins) segment again with
+    # the cached networks: no fit, new masks under a new key that names its network, and the models say the run's
+    tta = dict(params, results_dir=str(tmp_path / "results-tta"), segmenter=dict(params["segmenter"], tta_scales=[64]))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mmlib.segmentation, "fit_segmenter", no_fit)
+        multi = ex.load_results(ex.run_experiment(tta))
+    assert multi.run["segmenters"] == {"total": 7, "reused": 0, "resegmented": 7}
+    homes = sorted((tmp_path / "results-tta" / "cache" / "lesions").glob("*/done.json"))
+    assert len(homes) == 7 and not {h.parent.name for h in homes} & {d.parent.name for d in done}
+    assert sorted(json.loads(h.read_text())["network"] for h in homes) == sorted(
+        json.loads(d.read_text())["key"] for d in done)  # each names the network it reused
+    seg_t = pd.read_csv(multi.folder / "segmentation.csv")
+    assert not np.allclose(seg_t["dice"], seg["dice"])  # the masks were drawn again, at two scales
+    assert Segmenter.load(multi.folder / "models" / "amw_cnn" / "segmenter").settings.scales == (32, 64)
+    with pytest.MonkeyPatch.context() as mp:  # and are reused by a rerun, like any segmenter's
+        mp.setattr(mmlib.segmentation, "fit_segmenter", no_fit)
+        assert ex.load_results(ex.run_experiment(tta)).run["segmenters"] == {"total": 7, "reused": 7,
+                                                                              "resegmented": 0}
 
 
 def test_a_collapsed_fit_is_refitted_and_said(blobs, monkeypatch):
@@ -693,7 +711,7 @@ def test_study_segmenters_do_not_depend_on_the_number_of_workers(blob_manifest, 
             segmenter=dict(TINY, image_size=32, epochs=3, n_augment=1, refine_size=32),
             results_dir=str(tmp_path / f"w{workers}" / "results")))  # apart: no sibling cache to copy from
         runs[workers] = ex.load_results(ex.run_experiment(params))
-        assert runs[workers].run["segmenters"] == {"total": 7, "reused": 0}
+        assert runs[workers].run["segmenters"] == {"total": 7, "reused": 0, "resegmented": 0}
         assert not list((runs[workers].folder / "cache" / "lesions").glob(".stems-*"))  # cleaned up
     homes = {w: sorted(p.relative_to(r.folder).as_posix() for p in (r.folder / "cache" / "lesions").glob("*/masks-*"))
              for w, r in runs.items()}
@@ -740,3 +758,57 @@ def test_a_segmenter_failing_in_a_worker_is_named_and_the_others_are_kept(blobs,
     assert (folder / "ultrasound-without-1-k1" / "done.json").is_file()
     assert not (folder / "ultrasound-without-2-k2").exists() and not list(folder.glob(".stems-*"))
     assert any("without-1: fitted on 4 images" in line for line in lines)
+
+
+@pytest.mark.slow  # uses the fitted segmenter
+def test_prediction_scales_and_refiner_margins_average_their_maps(fitted, blobs):
+    """tta_scales: the whole-image network also reads each image at other sides, the maps averaged in the
+    image_size letterbox; refine_margins: the refiner's crops at several margins, averaged where they overlap. Both
+    change the masks, not the network: outside the network's key, inside the masks'."""
+    from dataclasses import replace
+
+    from mmlib import segmentation as S
+    from mmlib.imaging import read_image, resize_square
+
+    images, masks = blobs
+    base = fitted.settings
+    assert base.scales == (64,) and replace(base, tta_scales=(64,)).scales == (64,)
+    multi = replace(fitted, settings=replace(base, tta_scales=(96, 64)))
+    assert multi.settings.scales == (64, 96)
+    probs, shapes = multi.probabilities(images[14:16])
+    one, _ = fitted.probabilities(images[14:16])
+    for p, q, image, shape in zip(probs, one, images[14:16], shapes):
+        x = torch.from_numpy(resize_square(read_image(image), 96))[None, None]
+        with torch.no_grad():
+            at96 = fitted._sigmoid(fitted.network.eval(), S._normalise(x))[0, 0].numpy()
+        np.testing.assert_allclose(p, (q + S._rebox(at96, shape, 96, 64)) / 2, atol=1e-6)
+    top, left, nh, nw = S._letterbox(shapes[0], 64)  # a map brought into its own letterbox is itself inside it
+    same = S._rebox(one[0], shapes[0], 64, 64)
+    np.testing.assert_allclose(same[top:top + nh, left:left + nw], one[0][top:top + nh, left:left + nw], atol=1e-6)
+    assert not same[:top].any() and not same[:, :left].any()
+    scored = [dice_iou(pm.mask, read_mask(m))[0] for pm, m in zip(multi.predict(images[14:]), masks[14:])]
+    assert np.mean(scored) > 0.7
+    # the refiner's margins (the fitted network stands in for a refiner of 64 px crops)
+    refined = S.Segmenter(fitted.network, replace(base, refine_size=64), {}, fitted.network)
+    two = replace(refined, settings=replace(refined.settings, refine_margins=(0.3, 0.8)))
+    assert refined.settings.margins == (0.3,) and two.settings.margins == (0.3, 0.8)
+    alone = replace(refined, settings=replace(refined.settings, refine_margins=(0.3,)))
+    for a, b in zip(refined.predict(images[14:]), alone.predict(images[14:])):
+        assert np.array_equal(a.mask, b.mask)  # one margin: as before
+    coarse = fitted.predict(images[14:])
+    wide = two.predict(images[14:])
+    assert any(not np.array_equal(a.mask, b.mask) for a, b in zip(wide, refined.predict(images[14:])))
+    for pm, c in zip(wide, coarse):  # inside the widest crop
+        y0, y1, x0, x1 = S._crop_box(c.mask, 0.8)
+        assert pm.refined and not pm.mask[:y0].any() and not pm.mask[y1:].any() and not pm.mask[:, :x0].any()
+    # keys: defaults leave old keys alone; set, they enter the masks' key but not the network's
+    assert "tta_scales" not in SegmenterSettings().key_dict() and "refine_margins" not in SegmenterSettings().key_dict()
+    tuned = SegmenterSettings(refine_size=128, tta_scales=[192], refine_margins=[0.3, 0.45])
+    assert tuned.key_dict()["tta_scales"] == [192] and tuned.key_dict()["refine_margins"] == [0.3, 0.45]
+    assert tuned.network_settings().key_dict() == SegmenterSettings(refine_size=128).key_dict()
+    assert SegmenterSettings.from_dict(tuned.to_dict()) == tuned  # JSON round trip
+    for bad, match in (({"tta_scales": [100]}, "multiples of 32"), ({"tta_scales": 192}, "must be a list"),
+                       ({"tta_scales": [192.5]}, "whole numbers"), ({"refine_margins": [0.3]}, "needs a refiner"),
+                       ({"refine_size": 128, "refine_margins": [3]}, r"in \[0, 2\]")):
+        with pytest.raises(ValueError, match=match):
+            SegmenterSettings(**bad)
