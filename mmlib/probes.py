@@ -251,7 +251,70 @@ def segmenter_figures(profile: str, key: str) -> dict[str, str]:
     out[f"{key}_refiner"] = refiner_text(paths.results_dir(profile), cmd)
     out[f"{key}_deployed"] = deployed_text(_study(profile), paths.results_dir("probes") / "segmenter_ensemble.csv",
                                            cmd)
+    out[f"{key}_reading"] = reading_text(_study(profile), paths.results_dir("probes") / "segmenter_tta.csv", cmd)
     return out
+
+
+def _reading(settings) -> str:
+    """How a segmenter with ``settings`` reads an image at prediction, in words."""
+    sides = " and ".join(str(v) for v in settings.scales)
+    text = f"each image at {sides} px (with {'their' if len(settings.scales) > 1 else 'its'} mirror{'s' if len(settings.scales) > 1 else ''}" \
+           f"{'; the maps averaged' if len(settings.scales) > 1 else ''})"
+    if int(settings.refine_size):
+        many = len(settings.margins) > 1
+        text += (f", the refiner {'its crops' if many else 'its crop'} at margin{'s' if many else ''} "
+                 f"{' and '.join(f'{m:g}' for m in settings.margins)}")
+    return text
+
+
+#: The benchmark that compares the segmenter's prediction settings on held-out development images.
+TTA_BENCH = "python benchmarks/bench_segmenter_tta.py"
+
+
+def reading_text(res, table: Path, cmd: str) -> str:
+    """How a study's segmenters read each image at prediction (``tta_scales``, ``refine_margins``: settings that
+    change the masks, not the networks) and what each variant measured on held-out development images
+    (``results/probes/segmenter_tta.csv``, :data:`TTA_BENCH`), as text to glue."""
+    from dataclasses import replace
+
+    from .segmentation import SegmenterSettings
+
+    if res is None:
+        return figure(float("nan"), cmd)
+    settings = SegmenterSettings.from_dict(res.run["params"].get("segmenter") or {})
+    said = f"The study's segmenters read {_reading(settings)}"
+    rows = pd.read_csv(table) if Path(table).is_file() else pd.DataFrame()
+    if rows.empty:
+        return f"{said}; the comparison on development images: {figure(float('nan'), TTA_BENCH)}"
+    rows["setting"] = [(tuple(json.loads(a)), tuple(json.loads(b))) for a, b in zip(rows["tta_scales"],
+                                                                                 rows["refine_margins"])]
+    own = (tuple(settings.tta_scales), tuple(settings.refine_margins))
+    whole = rows[rows["folds"] == "all folds"].set_index("variant")
+    ref = whole[whole.index == whole["against"]]
+    if ref.empty or own not in set(rows["setting"]):
+        return f"{said}; the comparison on development images does not hold this setting: " \
+               f"{figure(float('nan'), TTA_BENCH)}"
+
+    def gain(r) -> str:
+        return f"{r.gain:+.3f} (95% CI {r.gain_ci_low:+.3f} to {r.gain_ci_high:+.3f})"
+
+    mine = rows[rows["setting"] == own].set_index("folds")
+    if (rows.loc[rows["variant"] == ref.index[0], "setting"] == own).all():
+        text = f"{said}, as the first version did"
+    else:
+        text = (f"{said}: held-out Dice {mine.loc['all folds', 'dice']:.3f} against {ref['dice'].iloc[0]:.3f} as the "
+                f"first version read the same {int(ref['n_images'].iloc[0])} images, a paired gain of "
+                f"{gain(next(mine.loc[['all folds']].itertuples()))}")
+        if {"choosing folds", "confirming folds"} <= set(mine.index):
+            text += (f"; {gain(next(mine.loc[['choosing folds']].itertuples()))} on the folds that chose and "
+                     f"{gain(next(mine.loc[['confirming folds']].itertuples()))} on the others")
+    others = whole[(whole.index != ref.index[0]) & (whole["setting"] != own)]
+    if len(others):
+        text += ". Also tried: " + "; ".join(
+            f"{_reading(replace(settings, tta_scales=r.setting[0], refine_margins=r.setting[1]))}: {r.dice:.3f}, "
+            f"{gain(r)}" for r in others.itertuples())
+    return (f"{text} (prediction settings change the masks, not the networks: measured on the development images "
+            f"each fold's segmenter held out, with no refit; `benchmarks/bench_segmenter_tta.py`)")
 
 
 def uncertain_text(res, model: str | None, cmd: str) -> str:

@@ -181,6 +181,7 @@ def test_segmenter_figures_read_the_studys_segmentation_table(results):
     assert "python -m mmlib run --profile breast-lesions-usg" in figs.pop("s_plan")  # no run.json: no schedule
     assert "python -m mmlib run --profile breast-lesions-usg" in figs.pop("s_refiner")  # no per-image table
     assert "python -m mmlib run --profile breast-lesions-usg" in figs.pop("s_deployed")  # no run.json
+    assert "python -m mmlib run --profile breast-lesions-usg" in figs.pop("s_reading")  # no run.json
     assert figs == {"s_cv": "0.760 (95% CI 0.730–0.790; 200 patients)", "s_cv_found": "197 of 200",
                     "s_test": "0.800 (95% CI 0.750–0.840; 50 patients)", "s_test_found": "50 of 50"}
     rows.append({**rows[1], "split": "crossfit", "n_images": 800, "dice": 0.74, "dice_ci_low": 0.71,
@@ -257,6 +258,10 @@ def test_study_time_says_when_the_run_reused_finished_work():
     assert probes.study_time({"wall_time_seconds": 1466.2, "units": {"total": 66, "reused": 0},
                               "segmenters": {"total": 11, "reused": 0}}, "p") == "in 24 minutes"
     assert "python -m mmlib run --profile p" in probes.study_time({}, "p")
+    # networks reused to segment again under new prediction settings are not from scratch either
+    again = probes.study_time({"wall_time_seconds": 700.0, "units": {"total": 66, "reused": 0},
+                               "segmenters": {"total": 11, "reused": 0, "resegmented": 11}}, "p")
+    assert "which reused 11 of 11 lesion segmenters' networks (segmenting again)" in again
 
 
 def test_the_studys_uncertain_outlines_are_counted_with_the_auc_on_each_side():
@@ -313,3 +318,52 @@ def test_external_masks_text_places_the_gap_from_the_probe_table(tmp_path):
     pd.DataFrame(rows).to_csv(path, index=False)
     assert probes.external_masks_text(path, "cmd").endswith("make part of the gap")
     assert "cmd" in probes.external_masks_text(tmp_path / "absent.csv", "cmd")
+
+
+def test_the_segmenters_reading_is_said_with_its_paired_gain_on_development_images(tmp_path):
+    """bench_segmenter_tta.compare's table (variants of the prediction settings, paired against the first, on all
+    folds, the choosing folds and the others) and the chapter's sentence read from it."""
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_segmenter_tta as bench
+
+    assert bench.parse_variant("two:192:0.3,0.45") == ("two", {"tta_scales": [192], "refine_margins": [0.3, 0.45]})
+    assert bench.parse_variant("plain::") == ("plain", {"tta_scales": [], "refine_margins": []})
+    with pytest.raises(SystemExit, match="name:scales:margins"):
+        bench.parse_variant("192")
+    variants = dict(bench.parse_variant(v) for v in ("plain::", "two-scales:192:"))
+    rng = np.random.default_rng(0)
+    n = 50
+    base = rng.uniform(0.5, 0.9, n)
+    images = pd.concat([pd.DataFrame({"fold": np.arange(n) % 5, "row": np.arange(n), "patient_id": [f"p{i}" for i in
+                                      range(n)], "variant": name, "dice": base + gain})
+                        for name, gain in (("plain", 0.0), ("two-scales", 0.01))])
+    images.loc[(images["variant"] == "two-scales") & (images["fold"] == 1), "dice"] -= 0.01  # no gain in fold 1
+    table = bench.compare(images, variants, [0, 2, 3])
+    got = table.set_index(["folds", "variant"])
+    assert got.loc[("all folds", "plain"), "gain"] == 0 and got.loc[("all folds", "two-scales"), "n_images"] == n
+    assert got.loc[("choosing folds", "two-scales"), "gain"] == pytest.approx(0.01)
+    assert got.loc[("confirming folds", "two-scales"), "gain"] == pytest.approx(0.005)
+    assert got.loc[("all folds", "two-scales"), "gain_ci_low"] <= 0.008 <= got.loc[("all folds", "two-scales"),
+                                                                                     "gain_ci_high"]
+    path = tmp_path / "segmenter_tta.csv"
+    assert "bench_segmenter_tta.py" in probes.reading_text(SimpleNamespace(run={"params": {}}), path, "cmd")
+    assert "cmd" in probes.reading_text(None, path, "cmd")
+    table.to_csv(path, index=False)
+
+    def study(**segmenter):
+        return SimpleNamespace(run={"params": {"segmenter": {"refine_size": 128, **segmenter}}})
+
+    chosen = probes.reading_text(study(tta_scales=[192]), path, "cmd")
+    assert chosen.startswith("The study's segmenters read each image at 160 and 192 px (with their mirrors; the maps "
+                             "averaged), the refiner its crop at margin 0.3: held-out Dice ")
+    assert f"against {base.mean():.3f} as the first version read the same {n} images, a paired gain of +0.008" in chosen
+    assert "+0.010 (95% CI +0.010 to +0.010) on the folds that chose and +0.005" in chosen
+    assert "Also tried" not in chosen  # the only other variant is the reference
+    plain = probes.reading_text(study(), path, "cmd")
+    assert "each image at 160 px (with its mirror), the refiner its crop at margin 0.3, as the first version did" in plain
+    assert "Also tried: each image at 160 and 192 px" in plain
+    assert "does not hold this setting" in probes.reading_text(study(tta_scales=[224]), path, "cmd")
