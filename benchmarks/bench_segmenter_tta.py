@@ -48,22 +48,19 @@ def held_out_dice(results: Path, variants: dict) -> "pd.DataFrame":
 
     from mmlib.cohort import load_manifest
     from mmlib.imaging import read_mask
-    from mmlib.lesions import study_segmenter_home
-    from mmlib.segmentation import Segmenter, dice_iou
+    from mmlib.lesions import held_out_images
+    from mmlib.segmentation import dice_iou
 
     run = json.loads((results / "run.json").read_text())
     cohort = load_manifest(run["cohort"]["manifest"], decode_images=False)
     rows = []
     for k in range(int(run["params"]["n_folds"])):
-        home = study_segmenter_home(results, {k})
-        fitted = Segmenter.load(home / "segmenter")
-        views = json.loads((home / "done.json").read_text())["views"]
-        images = [cohort.patients["ultrasound"].iloc[r][v] for r, v, *_ in views]
-        truths = [read_mask(cohort.patients["ultrasound_mask"].iloc[r][v]) for r, v, *_ in views]
+        fitted, view_rows, images, masks = held_out_images(results, k, cohort)
+        truths = [read_mask(m) for m in masks]
         for name, values in variants.items():
             t = time.perf_counter()
             seg = replace(fitted, settings=replace(fitted.settings, **values))
-            for (r, *_), pm, truth in zip(views, seg.predict(images), truths):
+            for r, pm, truth in zip(view_rows, seg.predict(images), truths):
                 rows.append({"fold": k, "row": r, "patient_id": cohort.patients["patient_id"].iloc[r], "variant": name,
                              "found": bool(pm.found), "dice": dice_iou(pm.mask, truth)[0] if pm.found else 0.0})
             print(f"fold {k}: {len(images)} held-out images, {name}: {time.perf_counter() - t:.1f} s", flush=True)

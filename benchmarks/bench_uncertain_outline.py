@@ -31,19 +31,15 @@ def held_out_scores(results: Path, poor: float):
 
     from mmlib.cohort import load_manifest
     from mmlib.imaging import read_mask
-    from mmlib.lesions import study_segmenter_home
-    from mmlib.segmentation import Segmenter, dice_iou
+    from mmlib.lesions import held_out_images
+    from mmlib.segmentation import dice_iou
 
     run = json.loads((results / "run.json").read_text())
     cohort = load_manifest(run["cohort"]["manifest"], decode_images=False)
     rows = []
     for k in range(int(run["params"]["n_folds"])):
-        home = study_segmenter_home(results, {k})
-        seg = Segmenter.load(home / "segmenter")
-        views = json.loads((home / "done.json").read_text())["views"]
-        images = [cohort.patients["ultrasound"].iloc[r][v] for r, v, *_ in views]
-        truths = [cohort.patients["ultrasound_mask"].iloc[r][v] for r, v, *_ in views]
-        print(f"fold {k}: {len(images)} held-out images, segmenter {home.name}", flush=True)
+        seg, _, images, truths = held_out_images(results, k, cohort)
+        print(f"fold {k}: {len(images)} held-out images", flush=True)
         for pm, truth in zip(seg.predict(images), truths):
             dice = dice_iou(pm.mask, read_mask(truth))[0] if pm.found and truth is not None else 0.0
             rows.append({"fold": k, "found": bool(pm.found), "score": float(pm.score), "dice": float(dice)})

@@ -664,6 +664,19 @@ def study_segmenter_home(results, left_out, modality: str = "ultrasound") -> Pat
     return homes[-1]
 
 
+def held_out_images(results, k: int, cohort, modality: str = "ultrasound"):
+    """The segmenter a study in ``results`` fitted without development fold ``k`` (:func:`study_segmenter_home`) and
+    the fold's images it segmented: ``(segmenter, rows, images, expert masks)``, one entry per view in the lists."""
+    from .segmentation import Segmenter
+
+    home = study_segmenter_home(results, {k}, modality)
+    views = json.loads((home / "done.json").read_text())["views"]
+    rows = [int(r) for r, *_ in views]
+    images = [cohort.patients[modality].iloc[r][v] for r, v, *_ in views]
+    masks = [cohort.patients[mask_column(modality)].iloc[r][v] for r, v, *_ in views]
+    return Segmenter.load(home / "segmenter"), rows, images, masks
+
+
 def _sibling_caches(out: Path) -> list[Path]:
     """The lesion caches of the other studies beside ``out`` (a profile's tuning variants, its reference run)."""
     parent, found = Path(out).parent, []

@@ -303,6 +303,15 @@ def test_study_with_predicted_lesions(blob_manifest, tmp_path):
     # every outline's score is kept beside its segmenter; uncertain_below 0 flags none
     assert not res.predictions["uncertain_outline"].any() and res.predictions["uncertain_outline"].dtype == bool
     assert images["score"].between(0, 1).all() and not images["uncertain"].any()
+    # the benchmarks' view of a fold: the segmenter fitted without it and the fold's images, with their expert masks
+    from mmlib.cohort import load_manifest
+    from mmlib.lesions import held_out_images
+
+    cohort = load_manifest(blob_manifest, decode_images=False)
+    fold0, rows0, images0, masks0 = held_out_images(res.folder, 0, cohort)
+    held = images.query("split == 'cv' and fold == 0")
+    assert sorted(rows0) == sorted(held["row"]) and len(images0) == len(masks0) == len(rows0)
+    assert images0 == [cohort.patients["ultrasound"].iloc[r][0] for r in rows0] and fold0.settings.image_size == 32
     # a rerun reuses every segmenter and every finished unit; a segmenter cached without its scores is run again
     # once for them (prediction only)
     (done[1].parent / "outline_scores.csv").unlink()
