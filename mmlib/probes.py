@@ -258,8 +258,8 @@ def segmenter_figures(profile: str, key: str) -> dict[str, str]:
 def _reading(settings) -> str:
     """How a segmenter with ``settings`` reads an image at prediction, in words."""
     sides = " and ".join(str(v) for v in settings.scales)
-    text = f"each image at {sides} px (with {'their' if len(settings.scales) > 1 else 'its'} mirror{'s' if len(settings.scales) > 1 else ''}" \
-           f"{'; the maps averaged' if len(settings.scales) > 1 else ''})"
+    text = (f"each image at {sides} px (with their mirrors; the maps averaged)" if len(settings.scales) > 1 else
+            f"each image at {sides} px (with its mirror)")
     if int(settings.refine_size):
         many = len(settings.margins) > 1
         text += (f", the refiner {'its crops' if many else 'its crop'} at margin{'s' if many else ''} "
@@ -298,12 +298,13 @@ def reading_text(res, table: Path, cmd: str) -> str:
     def gain(r) -> str:
         return f"{r.gain:+.3f} (95% CI {r.gain_ci_low:+.3f} to {r.gain_ci_high:+.3f})"
 
-    mine = rows[rows["setting"] == own].set_index("folds")
+    mine = rows[rows["setting"] == own].drop_duplicates("folds").set_index("folds")
+    old = replace(settings, tta_scales=ref["setting"].iloc[0][0], refine_margins=ref["setting"].iloc[0][1])
     if (rows.loc[rows["variant"] == ref.index[0], "setting"] == own).all():
-        text = f"{said}, as the first version did"
+        text = f"{said}, the reference of the comparison below"
     else:
-        text = (f"{said}: held-out Dice {mine.loc['all folds', 'dice']:.3f} against {ref['dice'].iloc[0]:.3f} as the "
-                f"first version read the same {int(ref['n_images'].iloc[0])} images, a paired gain of "
+        text = (f"{said}: held-out Dice {mine.loc['all folds', 'dice']:.3f} against {ref['dice'].iloc[0]:.3f} reading "
+                f"{_reading(old)}, on the same {int(ref['n_images'].iloc[0])} images, a paired gain of "
                 f"{gain(next(mine.loc[['all folds']].itertuples()))}")
         if {"choosing folds", "confirming folds"} <= set(mine.index):
             text += (f"; {gain(next(mine.loc[['choosing folds']].itertuples()))} on the folds that chose and "

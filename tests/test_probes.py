@@ -360,10 +360,12 @@ def test_the_segmenters_reading_is_said_with_its_paired_gain_on_development_imag
     chosen = probes.reading_text(study(tta_scales=[192]), path, "cmd")
     assert chosen.startswith("The study's segmenters read each image at 160 and 192 px (with their mirrors; the maps "
                              "averaged), the refiner its crop at margin 0.3: held-out Dice ")
-    assert f"against {base.mean():.3f} as the first version read the same {n} images, a paired gain of +0.008" in chosen
+    assert (f"against {base.mean():.3f} reading each image at 160 px (with its mirror), the refiner its crop at margin "
+            f"0.3, on the same {n} images, a paired gain of +0.008") in chosen
     assert "+0.010 (95% CI +0.010 to +0.010) on the folds that chose and +0.005" in chosen
     assert "Also tried" not in chosen  # the only other variant is the reference
     plain = probes.reading_text(study(), path, "cmd")
-    assert "each image at 160 px (with its mirror), the refiner its crop at margin 0.3, as the first version did" in plain
+    assert ("each image at 160 px (with its mirror), the refiner its crop at margin 0.3, the reference of the "
+            "comparison below. Also tried") in plain
     assert "Also tried: each image at 160 and 192 px" in plain
     assert "does not hold this setting" in probes.reading_text(study(tta_scales=[224]), path, "cmd")

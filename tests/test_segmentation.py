@@ -276,7 +276,8 @@ def test_study_with_predicted_lesions(blob_manifest, tmp_path):
         lesion_source="predicted", segmenter=dict(TINY, image_size=32, epochs=4, n_augment=0),
         results_dir=str(tmp_path / "results")))
     res = ex.load_results(ex.run_experiment(params))
-    assert res.run["segmenters"] == {"total": 1 + 3 + 3, "reused": 0, "resegmented": 0}  # run.json says what the run fitted
+    # run.json says what the run fitted
+    assert res.run["segmenters"] == {"total": 1 + 3 + 3, "reused": 0, "resegmented": 0}
     seg = pd.read_csv(res.folder / "segmentation.csv")
     assert set(seg["split"]) == {"cv", "crossfit", "test"} and set(seg["fold"]) == {"0", "1", "2", "all"}
     # the training rows' masks are scored too: every development image once per pair segmenter that segments it
